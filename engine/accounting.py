@@ -1,0 +1,125 @@
+"""Privacy costs as exact values, composition, and budget arithmetic.
+
+Costs are :class:`~decimal.Decimal` so that thousands of charges of 0.1 add
+up to exactly what was asked (no float drift in the ledger). Composition of
+the measurements inside one query uses the losses OpenDP's privacy maps
+report; the zCDP → (ε, δ) conversion is OpenDP's too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+import opendp.prelude as dp
+
+from engine.errors import PolicyViolation
+from engine.policy import BudgetSection
+
+dp.enable_features("contrib")
+
+
+class Accounting(StrEnum):
+    PURE = "pure"
+    """ε-DP; discrete Laplace noise; δ is never spent."""
+    ZCDP = "zcdp"
+    """ρ-zCDP inside a query, discrete Gaussian noise, charged as (ε, δ)."""
+
+
+def exact(value: float | int | str | Decimal) -> Decimal:
+    """The decimal a person typed: ``0.1`` stays ``Decimal('0.1')``."""
+    return value if isinstance(value, Decimal) else Decimal(repr(float(value)) if not isinstance(value, str) else value)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An (ε, δ) privacy cost or budget, exact."""
+
+    epsilon: Decimal
+    delta: Decimal
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.epsilon + other.epsilon, self.delta + other.delta)
+
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.epsilon - other.epsilon, self.delta - other.delta)
+
+    def within(self, budget: Cost) -> bool:
+        return self.epsilon <= budget.epsilon and self.delta <= budget.delta
+
+    def to_dict(self) -> dict[str, float]:
+        return {"epsilon": float(self.epsilon), "delta": float(self.delta)}
+
+
+ZERO = Cost(Decimal(0), Decimal(0))
+
+
+def budget_of(section: BudgetSection) -> Cost:
+    return Cost(exact(section.epsilon), exact(section.delta))
+
+
+@dataclass(frozen=True)
+class PrivacyRequest:
+    """The (ε, δ) a query may spend, validated against the dataset's policy."""
+
+    epsilon: Decimal
+    delta: Decimal
+    accounting: Accounting
+
+    @classmethod
+    def validate(cls, epsilon: object, delta: object, budget: BudgetSection) -> PrivacyRequest:
+        eps = _finite(epsilon, "epsilon")
+        if eps <= 0:
+            raise PolicyViolation("epsilon must be greater than 0")
+        if eps > budget.max_epsilon_per_query:
+            raise PolicyViolation(f"epsilon {eps} is above this dataset's max_epsilon_per_query ({budget.max_epsilon_per_query})")
+        accounting = Accounting(budget.accounting)
+        dlt = 0.0 if delta is None else _finite(delta, "delta")
+        if not 0 <= dlt < 1:
+            raise PolicyViolation("delta must be at least 0 and below 1")
+        if accounting is Accounting.ZCDP:
+            if dlt == 0:
+                raise PolicyViolation('this dataset uses zcdp accounting: give a delta > 0 (e.g. --delta 1e-7)')
+            if dlt > budget.delta:
+                raise PolicyViolation(f"delta {dlt} is above this dataset's whole delta budget ({budget.delta})")
+        return cls(exact(eps), exact(dlt), accounting)
+
+    @property
+    def cost(self) -> Cost:
+        """What the ledger charges: the whole request (pure DP never spends δ)."""
+        return Cost(self.epsilon, self.delta if self.accounting is Accounting.ZCDP else Decimal(0))
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+        raise PolicyViolation(f"{name} must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise PolicyViolation(f"{name} must be a number") from None
+    if not math.isfinite(number):
+        raise PolicyViolation(f"{name} must be a finite number")
+    return number
+
+
+def compose(losses: Sequence[float]) -> float:
+    """Sequential composition: ε adds under pure DP, ρ adds under zCDP."""
+    return math.fsum(losses)
+
+
+def zcdp_to_epsilon(rho: float, delta: float) -> float:
+    """The ε of (ε, δ)-DP implied by ρ-zCDP, by OpenDP's conversion.
+
+    A Gaussian of scale 1 queried at distance ``d`` is ``d²/2``-zCDP, so it
+    carries OpenDP's conversion for any ρ (``d`` rounded up, to stay sound).
+    """
+    if rho == 0:
+        return 0.0
+    distance = math.nextafter(math.sqrt(2 * rho), math.inf)
+    reference = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0)
+    converted = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(reference), delta)
+    epsilon, _ = converted.map(distance)
+    return float(epsilon)

@@ -1,0 +1,28 @@
+"""What every backend provides: exact bounded aggregates for a QueryPlan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.plan import QueryPlan
+
+
+@dataclass(frozen=True)
+class ExactAggregates:
+    """Bounded, exact (not yet noisy) aggregates: never shown to anyone.
+
+    ``keys[i]`` is the i-th group's key tuple (empty when ungrouped) and
+    ``parts[p][i]`` the integer value of part ``p`` in that group.
+    """
+
+    keys: list[tuple[object, ...]]
+    parts: list[list[int]]
+
+
+class Backend(Protocol):
+    def check_schema(self, plan: QueryPlan) -> None:
+        """Raise before anything is charged if the pool cannot serve the plan (metadata only)."""
+
+    def execute(self, plan: QueryPlan, seed: int | None = None) -> ExactAggregates:
+        """Run the plan: filter, clamp, bound each unit's contribution, aggregate."""

@@ -1,0 +1,256 @@
+"""QueryPlan → Polars LazyFrame → exact bounded aggregates.
+
+Member-level bounding is done by aggregating each member's rows per group
+first (row count, non-NULL count and integer sum of the clamped values), then
+capping: counts at ``max_rows_per_group`` and sums at the member's (floored)
+mean times that capped count. Groups beyond ``max_groups`` per member are
+dropped at random (a per-query seeded hash). This two-level aggregation is
+the least work any member-level bound needs, and it streams.
+
+NULL and NaN values of a numeric column are NULL: COUNT(col), SUM and AVG
+skip them, as SQL does. ±inf are clamped to the bounds. Values that cannot be
+read as the declared type become NULL (casts never fail on data).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+
+import polars as pl
+
+from engine import plan as ir
+from engine.backends.base import ExactAggregates
+from engine.errors import PolicyError
+
+_KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
+    ir.ColumnKind.NATIVE: None,
+    ir.ColumnKind.TEXT: pl.String(),
+    ir.ColumnKind.INT: pl.Int64(),
+    ir.ColumnKind.FLOAT: pl.Float64(),
+    ir.ColumnKind.BOOL: pl.Boolean(),
+}
+_COMPARE: dict[ir.CompareOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
+    ir.CompareOp.EQ: lambda a, b: a == b,
+    ir.CompareOp.NEQ: lambda a, b: a != b,
+    ir.CompareOp.LT: lambda a, b: a < b,
+    ir.CompareOp.LTE: lambda a, b: a <= b,
+    ir.CompareOp.GT: lambda a, b: a > b,
+    ir.CompareOp.GTE: lambda a, b: a >= b,
+}
+_ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
+    ir.ArithOp.ADD: lambda a, b: a + b,
+    ir.ArithOp.SUB: lambda a, b: a - b,
+    ir.ArithOp.MUL: lambda a, b: a * b,
+    ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
+}
+_ROWS = "__rows"
+_RANK = "__rank"
+
+
+class PolarsBackend:
+    """Runs plans on Polars, streaming."""
+
+    def check_schema(self, plan: ir.QueryPlan) -> None:
+        """Fail before charging if the pool lacks a column the plan reads (metadata only, no rows)."""
+        available = set(_scan(plan.source).collect_schema().names())
+        missing = [name for name, _ in plan.source.columns if name not in available]
+        if missing:
+            raise PolicyError(f"the pool of {plan.dataset} has no column {', '.join(missing)} declared in its policy")
+
+    def execute(self, plan: ir.QueryPlan, seed: int | None = None) -> ExactAggregates:
+        frame = bounded_aggregates(plan, secrets.randbits(63) if seed is None else seed)
+        result = frame.collect(engine="streaming")
+        if plan.group_keys:
+            keys = [tuple(row) for row in result.select([key.column for key in plan.group_keys]).iter_rows()]
+        else:
+            keys = [()] * result.height
+        parts = [result.get_column(_part_name(index)).to_list() for index in range(len(plan.parts))]
+        return ExactAggregates(keys=keys, parts=parts)
+
+
+def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
+    """The lazy query: one row per public group key (all of them), one Int64 column per part."""
+    frame = _scan(plan.source).select(_read(name, kind) for name, kind in plan.source.columns)
+    if plan.where is not None:
+        frame = frame.filter(_row_expr(plan.where))
+    for key in plan.group_keys:
+        frame = frame.filter(pl.col(key.column).is_in(list(key.values)))
+    columns = _value_columns(plan)
+    frame = frame.with_columns(_fixed_point(value) for value in columns.values())
+    keys = [key.column for key in plan.group_keys]
+    unit = plan.contribution.unit_column
+    if unit is None:
+        bounded = _aggregate(frame, keys, _row_level_parts(plan))
+    else:
+        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
+        per_member = per_member.with_columns(_member_level_parts(plan))
+        if keys and plan.contribution.max_groups < _possible_groups(plan):
+            per_member = _keep_random_groups(per_member, unit, keys, plan.contribution.max_groups, seed)
+        bounded = _aggregate(per_member, keys, [pl.col(_part_name(i)).sum() for i in range(len(plan.parts))])
+    return _with_all_keys(bounded, plan)
+
+
+def _scan(source: ir.Source) -> pl.LazyFrame:
+    paths = [str(path) for path in source.paths]
+    if source.format is ir.SourceFormat.CSV:
+        return pl.scan_csv(paths, infer_schema_length=10_000)
+    return pl.scan_parquet(paths)
+
+
+def _read(name: str, kind: ir.ColumnKind) -> pl.Expr:
+    dtype = _KINDS[kind]
+    column = pl.col(name)
+    if dtype is None:
+        return column
+    if kind is ir.ColumnKind.FLOAT:
+        return column.cast(pl.Float64, strict=False).fill_nan(None)
+    return column.cast(dtype, strict=False)
+
+
+def _value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
+    return {part.value.column: part.value for part in plan.parts if part.value is not None}
+
+
+def _fixed_name(column: str) -> str:
+    return f"__fixed_{column}"
+
+
+def _part_name(index: int) -> str:
+    return f"__part_{index}"
+
+
+def _fixed_point(value: ir.FixedPoint) -> pl.Expr:
+    """Clamp to the bounds, then round to integer fixed-point units (NULL stays NULL)."""
+    scaled = pl.col(value.column).cast(pl.Float64) * value.scale
+    return scaled.clip(value.lower, value.upper).round().cast(pl.Int64).alias(_fixed_name(value.column))
+
+
+def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
+    """Each row is a unit: counts and sums over rows need no capping."""
+    expressions = []
+    for index, part in enumerate(plan.parts):
+        if part.kind is ir.PartKind.COUNT_ROWS:
+            expression = pl.len().cast(pl.Int64)
+        elif part.kind is ir.PartKind.COUNT_VALUES:
+            expression = pl.col(part.counted_column).count().cast(pl.Int64)
+        else:
+            assert part.value is not None
+            fixed = pl.col(_fixed_name(part.value.column))
+            if part.kind is ir.PartKind.CENTERED_SUM:
+                fixed = fixed - part.value.center
+            expression = fixed.sum()
+        expressions.append(expression.alias(_part_name(index)))
+    return expressions
+
+
+def _counted_columns(plan: ir.QueryPlan) -> list[str]:
+    """Columns whose non-NULL rows a part counts, or whose values a part sums."""
+    names = [part.counted_column or part.value.column for part in plan.parts if part.counted_column or part.value]
+    return sorted(set(names))
+
+
+def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[pl.Expr]:
+    """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum."""
+    statistics = [pl.len().cast(pl.Int64).alias(_ROWS)]
+    statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in _counted_columns(plan)]
+    statistics += [pl.col(_fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
+    return statistics
+
+
+def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
+    """Cap one member's contribution to one group: at most ``max_rows_per_group`` rows' worth.
+
+    Sums become the member's floored mean (inside the bounds) times the capped
+    count, so a member adds at most ``cap × magnitude`` to a group.
+    """
+    cap = plan.contribution.max_rows_per_group
+    expressions = []
+    for index, part in enumerate(plan.parts):
+        if part.kind is ir.PartKind.COUNT_ROWS:
+            expression = pl.min_horizontal(pl.col(_ROWS), cap)
+        elif part.kind is ir.PartKind.COUNT_VALUES:
+            expression = pl.min_horizontal(pl.col(f"__n_{part.counted_column}"), cap)
+        else:
+            assert part.value is not None
+            column = part.value.column
+            count = pl.col(f"__n_{column}")
+            center = part.value.center if part.kind is ir.PartKind.CENTERED_SUM else 0
+            mean = pl.col(f"__s_{column}") // count - center
+            expression = pl.when(count > 0).then(mean * pl.min_horizontal(count, cap)).otherwise(0)
+        expressions.append(expression.cast(pl.Int64).alias(_part_name(index)))
+    return expressions
+
+
+def _possible_groups(plan: ir.QueryPlan) -> int:
+    possible = 1
+    for key in plan.group_keys:
+        possible *= len(key.values)
+    return possible
+
+
+def _keep_random_groups(frame: pl.LazyFrame, unit: str, keys: list[str], max_groups: int, seed: int) -> pl.LazyFrame:
+    """Keep at most ``max_groups`` groups per member, chosen by a hash seeded afresh for every query."""
+    rank = pl.struct([unit, *keys]).hash(seed).rank("ordinal").over(unit)
+    return frame.filter(rank <= max_groups)
+
+
+def _aggregate(frame: pl.LazyFrame, keys: list[str], expressions: list[pl.Expr]) -> pl.LazyFrame:
+    return frame.group_by(keys).agg(expressions) if keys else frame.select(expressions)
+
+
+def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
+    """Every public key appears, empty groups with zeros (their absence would leak)."""
+    if not plan.group_keys:
+        return bounded.with_columns(pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts)))
+    grid: pl.LazyFrame | None = None
+    for key in plan.group_keys:
+        dtype = pl.Boolean() if all(isinstance(value, bool) for value in key.values) else pl.String()
+        values = pl.LazyFrame({key.column: pl.Series(key.column, list(key.values), dtype=dtype)})
+        grid = values if grid is None else grid.join(values, how="cross")
+    assert grid is not None
+    joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left", nulls_equal=False)
+    return joined.with_columns(pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts)))
+
+
+def _row_expr(expr: ir.RowExpr) -> pl.Expr:
+    """Compile a WHERE expression; SQL's three-valued logic maps onto Polars' NULLs."""
+    match expr:
+        case ir.Col(name, as_text):
+            return pl.col(name).cast(pl.String) if as_text else pl.col(name)
+        case ir.Lit(value):
+            return pl.lit(value)
+        case ir.Compare(op, left, right):
+            return _COMPARE[op](_row_expr(left), _row_expr(right))
+        case ir.Arith(op, left, right):
+            return _ARITH[op](_row_expr(left), _row_expr(right))
+        case ir.Neg(operand):
+            return -_row_expr(operand)
+        case ir.And(operands):
+            return pl.all_horizontal(_row_expr(operand) for operand in operands)
+        case ir.Or(operands):
+            return pl.any_horizontal(_row_expr(operand) for operand in operands)
+        case ir.Not(operand):
+            return ~_row_expr(operand)
+        case ir.InList(operand, values):
+            present = [lit.value for lit in values if lit.value is not None]
+            matched = _row_expr(operand).is_in(present) if present else pl.lit(False)
+            # x IN (…, NULL) is NULL, not false, where x matches nothing (SQL semantics).
+            if len(present) < len(values):
+                matched = pl.when(matched).then(True).otherwise(None)
+            return pl.when(_row_expr(operand).is_null()).then(None).otherwise(matched)
+        case ir.Between(operand, low, high):
+            value = _row_expr(operand)
+            return (value >= _row_expr(low)) & (value <= _row_expr(high))
+        case ir.IsNull(operand):
+            return _row_expr(operand).is_null()
+        case ir.Like(operand, pattern, case_sensitive):
+            return _row_expr(operand).str.contains(_like_regex(pattern, case_sensitive))
+    raise AssertionError(f"unknown row expression {expr!r}")
+
+
+def _like_regex(pattern: str, case_sensitive: bool) -> str:
+    """SQL LIKE as an anchored regex; everything but ``%`` and ``_`` is literal."""
+    pieces = [".*" if char == "%" else "." if char == "_" else re.escape(char) for char in pattern]
+    return ("(?s)" if case_sensitive else "(?si)") + "^" + "".join(pieces) + "$"

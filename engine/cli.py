@@ -1,0 +1,193 @@
+"""The ``coopdp`` command: an operator tool (whoever runs it holds the data and the ledger).
+
+Errors become exit codes here and only here: 2 query rejected, 3 budget or
+quota exhausted, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.demo import EXAMPLES, ensure_demo
+from engine.engine import BudgetStatus, Engine
+from engine.errors import BudgetRefused, CoopdpError, InternalError, QueryRejected
+from engine.result import Result
+
+EXIT_CODES: dict[type[CoopdpError], int] = {QueryRejected: 2, BudgetRefused: 3}
+
+app = typer.Typer(
+    name="coopdp",
+    help="Differentially private SQL over a data cooperative's pool.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+PoliciesOption = Annotated[
+    Path, typer.Option("--policies", envvar="COOPDP_POLICIES", help="Directory of policy files.")
+]
+LedgerOption = Annotated[
+    str | None,
+    typer.Option("--ledger", envvar="COOPDP_LEDGER", help="Ledger URL (default: sqlite:///coopdp.db beside the policies)."),
+]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table for people, json for scripts.")]
+
+
+def exit_code(error: CoopdpError) -> int:
+    return next((code for kind, code in EXIT_CODES.items() if isinstance(error, kind)), 1)
+
+
+def _fail(error: Exception, output: OutputFormat) -> NoReturn:
+    if not isinstance(error, CoopdpError):
+        # Never print the message of an unexpected error: it could hold a data value.
+        error = InternalError(f"unexpected {error.__class__.__name__}; this is a bug")
+    if output is OutputFormat.JSON:
+        print(json.dumps(error.to_dict()), file=sys.stderr)
+    else:
+        errors.print(f"[bold red]error[/] {escape(f'[{error.code}]: {error.message}')}", highlight=False)
+    raise typer.Exit(exit_code(error))
+
+
+def _open(policies: Path, ledger: str | None, output: OutputFormat) -> Engine:
+    try:
+        return Engine.from_policies(policies, ledger=ledger)
+    except Exception as error:  # noqa: BLE001 - every failure ends as a typed error and exit code
+        _fail(error, output)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One SELECT over the dataset's table.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset (table) name.")],
+    epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget this query may spend.")],
+    delta: Annotated[float | None, typer.Option("--delta", help="δ (needed by zcdp datasets).")] = None,
+    buyer: Annotated[str | None, typer.Option("--buyer", help="Charge this buyer's quota.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Cost and accuracy only; reads no data.")] = False,
+    output: FormatOption = OutputFormat.TABLE,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Answer an aggregate SQL query with differential privacy."""
+    engine = _open(policies, ledger, output)
+    try:
+        result = engine.query(dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run)
+    except Exception as error:  # noqa: BLE001
+        _fail(error, output)
+    finally:
+        engine.close()
+    if output is OutputFormat.JSON:
+        print(json.dumps(result.to_dict()))
+    else:
+        _print_result(result)
+
+
+@app.command()
+def budget(
+    dataset: Annotated[str | None, typer.Option("--dataset", help="One dataset (default: all).")] = None,
+    output: FormatOption = OutputFormat.TABLE,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Show each dataset's privacy budget, spent and left."""
+    engine = _open(policies, ledger, output)
+    try:
+        statuses = engine.budgets(dataset)
+    except Exception as error:  # noqa: BLE001
+        _fail(error, output)
+    finally:
+        engine.close()
+    if output is OutputFormat.JSON:
+        print(json.dumps({"datasets": [_budget_dict(status) for status in statuses]}))
+        return
+    table = Table(title="Privacy budgets")
+    for column in ("dataset", "accounting", "ε spent", "ε left", "δ spent", "δ left"):
+        table.add_column(column, justify="left" if column in ("dataset", "accounting") else "right")
+    for status in statuses:
+        left = status.remaining
+        amounts = (status.spent.epsilon, left.epsilon, status.spent.delta, left.delta)
+        table.add_row(status.dataset, status.accounting, *(f"{float(amount):g}" for amount in amounts))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Create the demo pool and policy if missing, then run example queries."""
+    for path in ensure_demo(policies):
+        console.print(f"created {path}")
+    engine = _open(policies, ledger, OutputFormat.TABLE)
+    try:
+        for title, epsilon, sql in EXAMPLES:
+            console.rule(title)
+            console.print(f"[dim]$ coopdp query --dataset gig_work --epsilon {epsilon} {escape(repr(sql))}[/]", highlight=False)
+            try:
+                _print_result(engine.query("gig_work", sql, epsilon=epsilon))
+            except CoopdpError as error:
+                console.print(f"[bold red]refused[/] {escape(f'[{error.code}]: {error.message}')}", highlight=False)
+        console.rule("Budget")
+        for status in engine.budgets():
+            console.print(f"{status.dataset}: ε {status.remaining.epsilon} of {status.budget.epsilon} left")
+    finally:
+        engine.close()
+
+
+def _budget_dict(status: BudgetStatus) -> dict[str, Any]:
+    return {
+        "dataset": status.dataset,
+        "accounting": status.accounting,
+        "budget": status.budget.to_dict(),
+        "spent": status.spent.to_dict(),
+        "remaining": status.remaining.to_dict(),
+    }
+
+
+def _print_result(result: Result) -> None:
+    title = "dry run: nothing read, nothing charged" if result.dry_run else f"{result.dataset} · {result.query_id}"
+    table = Table(title=title, caption="± is the half-width of a 95% interval per cell")
+    for column in result.columns:
+        table.add_column(column, justify="right")
+    for row in result.rows:
+        table.add_row(*(_cell(value) for value in row))
+    table.add_section()
+    table.add_row(*(_accuracy_cell(result.accuracy, column) for column in result.columns), style="dim")
+    console.print(table)
+    console.print(
+        f"cost ε={result.cost.epsilon} δ={result.cost.delta} · remaining ε={result.remaining.epsilon} δ={result.remaining.delta}",
+        highlight=False,
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _accuracy_cell(accuracy: dict[str, float | None], column: str) -> str:
+    if column not in accuracy:
+        return ""
+    value = accuracy[column]
+    return "± n/a" if value is None else f"± {value:,.2f}"

@@ -1,0 +1,326 @@
+"""The QueryPlan: a small, typed, backend-free description of one query.
+
+It imports neither Polars nor OpenDP, so any backend (Polars today, Spark
+later) compiles the same plan. Everything privacy-relevant (value bounds,
+fixed-point scales, contribution bounds) is fixed here, from the policy and
+the query text only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Union
+
+# --- row expressions (WHERE) ---------------------------------------------------
+
+
+class ValueType(Enum):
+    """The logical type of a row expression, used to refuse ill-typed SQL early."""
+
+    STRING = "string"
+    NUMBER = "number"
+    BOOL = "bool"
+    ID = "id"
+    NULL = "null"
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    as_text: bool = False
+    """Read as text (id columns, whose stored type the policy does not fix, compare as text)."""
+
+
+@dataclass(frozen=True)
+class Lit:
+    value: str | int | float | bool | None
+
+
+class CompareOp(Enum):
+    EQ = "="
+    NEQ = "<>"
+    LT = "<"
+    LTE = "<="
+    GT = ">"
+    GTE = ">="
+
+
+@dataclass(frozen=True)
+class Compare:
+    op: CompareOp
+    left: RowExpr
+    right: RowExpr
+
+
+class ArithOp(Enum):
+    ADD = "+"
+    SUB = "-"
+    MUL = "*"
+    DIV = "/"
+
+
+@dataclass(frozen=True)
+class Arith:
+    op: ArithOp
+    left: RowExpr
+    right: RowExpr
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: RowExpr
+
+
+@dataclass(frozen=True)
+class And:
+    operands: tuple[RowExpr, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    operands: tuple[RowExpr, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: RowExpr
+
+
+@dataclass(frozen=True)
+class InList:
+    operand: RowExpr
+    values: tuple[Lit, ...]
+
+
+@dataclass(frozen=True)
+class Between:
+    operand: RowExpr
+    low: RowExpr
+    high: RowExpr
+
+
+@dataclass(frozen=True)
+class IsNull:
+    operand: RowExpr
+
+
+@dataclass(frozen=True)
+class Like:
+    """SQL LIKE: ``%`` any run, ``_`` one character; ``case_sensitive=False`` for ILIKE."""
+
+    operand: RowExpr
+    pattern: str
+    case_sensitive: bool
+
+
+RowExpr = Union[Col, Lit, Compare, Arith, Neg, And, Or, Not, InList, Between, IsNull, Like]
+
+# --- sources, bounds and contribution ------------------------------------------
+
+
+class SourceFormat(Enum):
+    PARQUET = "parquet"
+    CSV = "csv"
+
+
+class ColumnKind(Enum):
+    """How a backend reads a column: as text, integer, float, boolean, or as stored (ids)."""
+
+    NATIVE = "native"
+    TEXT = "text"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+
+
+@dataclass(frozen=True)
+class Source:
+    paths: tuple[Path, ...]
+    format: SourceFormat
+    columns: tuple[tuple[str, ColumnKind], ...]
+    """The columns the query reads, each cast (never failing: bad values become NULL) to its kind."""
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A numeric column clamped to ``[lower, upper]`` and summed as integers.
+
+    A value ``v`` becomes ``round(clamp(v) * scale)``; the integer bounds are
+    ``lower * scale`` and ``upper * scale``. ``scale`` is a power of two small
+    enough that no sum over ``MAX_ROWS`` rows can overflow a signed 64-bit
+    integer.
+    """
+
+    column: str
+    lower: int
+    upper: int
+    scale: int
+
+    @property
+    def center(self) -> int:
+        return (self.lower + self.upper) // 2
+
+    @property
+    def magnitude(self) -> int:
+        """The largest absolute value one row can add to a plain sum."""
+        return max(abs(self.lower), abs(self.upper))
+
+    @property
+    def centered_magnitude(self) -> int:
+        """The largest absolute value one row can add to a sum centred on ``center``."""
+        return max(self.center - self.lower, self.upper - self.center)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """How much one privacy unit may add to one query.
+
+    ``unit_column`` is None at row level (each row is its own unit, so one row
+    touches one group once).
+    """
+
+    unit_column: str | None
+    max_groups: int
+    max_rows_per_group: int
+
+
+# --- measured parts and aggregates ---------------------------------------------
+
+
+class PartKind(Enum):
+    """An exact, bounded integer statistic per group; each gets its own noise."""
+
+    COUNT_ROWS = "count_rows"
+    COUNT_VALUES = "count_values"
+    SUM = "sum"
+    CENTERED_SUM = "centered_sum"
+
+
+@dataclass(frozen=True)
+class Part:
+    kind: PartKind
+    value: FixedPoint | None = None
+    """The bounded column summed (SUM, CENTERED_SUM) or counted (COUNT_VALUES)."""
+
+    counted_column: str | None = None
+    """For COUNT_VALUES: the column whose non-NULL rows are counted."""
+
+    @property
+    def label(self) -> str:
+        column = self.value.column if self.value else self.counted_column
+        return f"{self.kind.value}({column or '*'})"
+
+
+class AggregateKind(Enum):
+    COUNT = "count"
+    SUM = "sum"
+    AVG = "avg"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A SQL aggregate, computed after noise from the parts it names (indices into ``QueryPlan.parts``)."""
+
+    kind: AggregateKind
+    parts: tuple[int, ...]
+    value: FixedPoint | None = None
+
+
+# --- post-processing (on noisy values only) ------------------------------------
+
+
+@dataclass(frozen=True)
+class AggRef:
+    index: int
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class PostArith:
+    op: ArithOp
+    left: PostExpr
+    right: PostExpr
+
+
+@dataclass(frozen=True)
+class PostNeg:
+    operand: PostExpr
+
+
+PostExpr = Union[AggRef, KeyRef, Lit, PostArith, PostNeg]
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    name: str
+    expr: PostExpr
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    expr: PostExpr
+    descending: bool
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    column: str
+    values: tuple[str | bool, ...]
+    """The public key set: every key is in the output, empty groups included."""
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """How far one unit can move a part's vector of per-group values, in integer units."""
+
+    l1: int
+    l2: int
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    dataset: str
+    source: Source
+    where: RowExpr | None
+    group_keys: tuple[GroupKey, ...]
+    contribution: Contribution
+    parts: tuple[Part, ...]
+    aggregates: tuple[Aggregate, ...]
+    output: tuple[OutputColumn, ...]
+    order_by: tuple[OrderItem, ...] = ()
+    limit: int | None = None
+    offset: int = 0
+
+    @property
+    def groups_touched_per_unit(self) -> int:
+        """The L0 bound: how many output groups one unit can change."""
+        possible = 1
+        for key in self.group_keys:
+            possible *= len(key.values)
+        return min(self.contribution.max_groups, possible)
+
+    def sensitivity(self, part: Part) -> Sensitivity:
+        """Sensitivity of ``part`` when one unit is added or removed.
+
+        A unit touches at most ``groups_touched_per_unit`` groups and adds at
+        most ``max_rows_per_group`` rows' worth to each, every row at most the
+        part's per-row magnitude. L2 is rounded up to an integer (sound, and
+        what OpenDP's integer metrics take).
+        """
+        per_row = 1
+        if part.kind is PartKind.SUM:
+            assert part.value is not None
+            per_row = part.value.magnitude
+        elif part.kind is PartKind.CENTERED_SUM:
+            assert part.value is not None
+            per_row = part.value.centered_magnitude
+        per_group = per_row * self.contribution.max_rows_per_group
+        groups = self.groups_touched_per_unit
+        return Sensitivity(l1=groups * per_group, l2=math.isqrt(groups * per_group * per_group - 1) + 1)

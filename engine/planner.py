@@ -1,0 +1,498 @@
+"""AST + Policy → QueryPlan.
+
+Every check that can refuse a query happens here, before any data is read
+and before anything is charged. The plan is built from the validated AST
+only; bounds, keys and contribution limits come from the policy alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from engine import plan as ir
+from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
+from engine.policy import ColumnPolicy, ColumnType, Policy
+from engine.sql import fragment
+
+MAX_ROWS = 2**34
+"""Rows a pool may hold; with the bounds below, no integer sum can overflow 64 bits."""
+MAX_FIXED_POINT_BITS = 20
+"""Fractional bits kept for float columns (a resolution of about 1e-6)."""
+_SUM_LIMIT = 2**62
+MAX_OUTPUT_GROUPS = 100_000
+"""Rows of public group keys one query may release."""
+
+_COMPARISONS = {
+    exp.EQ: ir.CompareOp.EQ,
+    exp.NEQ: ir.CompareOp.NEQ,
+    exp.LT: ir.CompareOp.LT,
+    exp.LTE: ir.CompareOp.LTE,
+    exp.GT: ir.CompareOp.GT,
+    exp.GTE: ir.CompareOp.GTE,
+}
+_ARITHMETIC = {exp.Add: ir.ArithOp.ADD, exp.Sub: ir.ArithOp.SUB, exp.Mul: ir.ArithOp.MUL, exp.Div: ir.ArithOp.DIV}
+_AGGREGATES = {exp.Count: ir.AggregateKind.COUNT, exp.Sum: ir.AggregateKind.SUM, exp.Avg: ir.AggregateKind.AVG}
+_ALLOWED_FUNCTIONS = {*_AGGREGATES, exp.And, exp.Or}
+_COLUMN_KINDS = {
+    ColumnType.ID: ir.ColumnKind.NATIVE,
+    ColumnType.CATEGORY: ir.ColumnKind.TEXT,
+    ColumnType.INT: ir.ColumnKind.INT,
+    ColumnType.FLOAT: ir.ColumnKind.FLOAT,
+    ColumnType.BOOL: ir.ColumnKind.BOOL,
+}
+_VALUE_TYPES = {
+    ColumnType.ID: ir.ValueType.ID,
+    ColumnType.CATEGORY: ir.ValueType.STRING,
+    ColumnType.INT: ir.ValueType.NUMBER,
+    ColumnType.FLOAT: ir.ValueType.NUMBER,
+    ColumnType.BOOL: ir.ValueType.BOOL,
+}
+_REFUSED = {
+    exp.Window: "window functions are not supported: they compute per-row values; aggregate with GROUP BY instead",
+    exp.Join: "joins are not supported yet: query one dataset at a time",
+    exp.Subquery: "subqueries are not supported yet",
+    exp.With: "WITH (common table expressions) is not supported yet",
+    exp.Min: "exact MIN is refused: it would reveal one member's value",
+    exp.Max: "exact MAX is refused: it would reveal one member's value",
+    exp.Distinct: "DISTINCT is not supported",
+    exp.Having: "HAVING is not supported yet: filter the released rows yourself",
+}
+
+
+def plan_query(select: exp.Select, policy: Policy) -> ir.QueryPlan:
+    """Validate ``select`` against ``policy`` and build its plan."""
+    return _Planner(policy).plan(select)
+
+
+@dataclass
+class _Planner:
+    policy: Policy
+    parts: list[ir.Part] = field(default_factory=list)
+    aggregates: list[ir.Aggregate] = field(default_factory=list)
+    used_columns: set[str] = field(default_factory=set)
+    table_names: set[str] = field(default_factory=set)
+    group_columns: tuple[str, ...] = ()
+
+    def plan(self, select: exp.Select) -> ir.QueryPlan:
+        _refuse_constructs(select)
+        self._check_modifiers(select)
+        self._resolve_from(select)
+        where = select.args.get("where")
+        row_filter = self._predicate(where.this) if where is not None else None
+        group_keys = self._group_keys(select)
+        output = self._select_list(select)
+        if not self.aggregates:
+            raise PolicyViolation("the query has no aggregate: add COUNT, SUM or AVG (rows are never released)")
+        order_by = self._order_by(select, output)
+        limit, offset = self._limit(select)
+        if self.policy.unit_column:
+            self.used_columns.add(self.policy.unit_column)
+        privacy = self.policy.privacy
+        contribution = ir.Contribution(
+            unit_column=self.policy.unit_column,
+            max_groups=privacy.max_groups or 1,
+            max_rows_per_group=privacy.max_rows_per_group or 1,
+        )
+        plan = ir.QueryPlan(
+            dataset=self.policy.name,
+            source=self._source(),
+            where=row_filter,
+            group_keys=group_keys,
+            contribution=contribution,
+            parts=tuple(self.parts),
+            aggregates=tuple(self.aggregates),
+            output=output,
+            order_by=order_by,
+            limit=limit,
+            offset=offset,
+        )
+        _check_no_overflow(plan)
+        return plan
+
+    # --- FROM and modifiers ------------------------------------------------------
+
+    def _check_modifiers(self, select: exp.Select) -> None:
+        if select.args.get("distinct"):
+            raise Unsupported("SELECT DISTINCT is not supported: GROUP BY the columns instead")
+        for name in ("kind", "hint", "operation_modifiers", "exclude", "into", "locks", "qualify", "laterals"):
+            if select.args.get(name):
+                raise Unsupported(f"{name.upper().replace('_', ' ')} in a SELECT is not supported")
+
+    def _resolve_from(self, select: exp.Select) -> None:
+        source = select.args.get("from_") or select.args.get("from")
+        if source is None:
+            raise InvalidSQL(f"the query has no FROM clause: select from {self.policy.name}")
+        table = source.this
+        if not isinstance(table, exp.Table) or not isinstance(table.this, exp.Identifier):
+            raise Unsupported(f"FROM {fragment(table)} is not supported: select from the table {self.policy.name}")
+        if table.args.get("db") or table.args.get("catalog"):
+            raise UnknownTable(f"unknown table {fragment(table)}: the dataset's table is {self.policy.name}")
+        if table.name.lower() != self.policy.name.lower():
+            raise UnknownTable(f"unknown table {table.name!r}: this dataset's table is {self.policy.name!r}")
+        for name in ("joins", "pivots", "laterals"):
+            if table.args.get(name):
+                raise Unsupported(f"{name.upper()} on the FROM table is not supported")
+        self.table_names = {table.name.lower()}
+        if table.alias:
+            self.table_names.add(table.alias.lower())
+
+    def _source(self) -> ir.Source:
+        paths = self.policy.source_paths
+        source_format = ir.SourceFormat.CSV if paths[0].suffix.lower() == ".csv" else ir.SourceFormat.PARQUET
+        columns = tuple(
+            (name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns)
+        )
+        return ir.Source(paths=paths, format=source_format, columns=columns)
+
+    # --- names ---------------------------------------------------------------------
+
+    def _column(self, node: exp.Column) -> tuple[str, ColumnPolicy]:
+        if node.table and node.table.lower() not in self.table_names:
+            raise UnknownTable(f"unknown table {node.table!r} in {fragment(node)}")
+        name = node.name
+        columns = self.policy.columns
+        resolved = name if name in columns else next((c for c in columns if c.lower() == name.lower()), None)
+        if resolved is None:
+            raise UnknownColumn(f"unknown column {name!r}: {self.policy.name} has {', '.join(sorted(columns))}")
+        self.used_columns.add(resolved)
+        return resolved, columns[resolved]
+
+    # --- WHERE -----------------------------------------------------------------------
+
+    def _predicate(self, node: exp.Expression) -> ir.RowExpr:
+        expr, value_type = self._row(node)
+        if value_type not in (ir.ValueType.BOOL, ir.ValueType.NULL):
+            raise InvalidSQL(f"WHERE needs a true/false condition, not {fragment(node)}")
+        return expr
+
+    def _row(self, node: exp.Expression) -> tuple[ir.RowExpr, ir.ValueType]:
+        """A row expression and its type; refuses ill-typed comparisons up front."""
+        if isinstance(node, exp.Paren):
+            return self._row(node.this)
+        if isinstance(node, exp.Column):
+            name, column = self._column(node)
+            return ir.Col(name, as_text=column.type is ColumnType.ID), _VALUE_TYPES[column.type]
+        if isinstance(node, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) and _is_literal(node):
+            literal = _literal(node)
+            return literal, _literal_type(literal)
+        if type(node) in _COMPARISONS:
+            left, right = self._comparable(node, node.this, node.expression)
+            return ir.Compare(_COMPARISONS[type(node)], left, right), ir.ValueType.BOOL
+        if type(node) in _ARITHMETIC:
+            left = self._numeric(node.this)
+            right = self._numeric(node.expression)
+            return ir.Arith(_ARITHMETIC[type(node)], left, right), ir.ValueType.NUMBER
+        if isinstance(node, exp.Neg):
+            return ir.Neg(self._numeric(node.this)), ir.ValueType.NUMBER
+        if isinstance(node, (exp.And, exp.Or)):
+            operands = (self._predicate(node.this), self._predicate(node.expression))
+            combined = ir.And(operands) if isinstance(node, exp.And) else ir.Or(operands)
+            return combined, ir.ValueType.BOOL
+        if isinstance(node, exp.Not):
+            return ir.Not(self._predicate(node.this)), ir.ValueType.BOOL
+        if isinstance(node, exp.In):
+            return self._in_list(node), ir.ValueType.BOOL
+        if isinstance(node, exp.Between):
+            operand, low = self._comparable(node, node.this, node.args["low"])
+            _, high = self._comparable(node, node.this, node.args["high"])
+            return ir.Between(operand, low, high), ir.ValueType.BOOL
+        if isinstance(node, exp.Is):
+            if not isinstance(node.expression, exp.Null):
+                raise Unsupported(f"only IS NULL / IS NOT NULL are supported, not {fragment(node)}")
+            operand, _ = self._row(node.this)
+            return ir.IsNull(operand), ir.ValueType.BOOL
+        if isinstance(node, (exp.Like, exp.ILike)):
+            return self._like(node), ir.ValueType.BOOL
+        if type(node) in _AGGREGATES:
+            raise InvalidSQL(f"aggregates are not allowed in WHERE: {fragment(node)}")
+        raise Unsupported(f"{fragment(node)} is not supported in a row condition")
+
+    def _comparable(self, node: exp.Expression, left: exp.Expression, right: exp.Expression) -> tuple[ir.RowExpr, ir.RowExpr]:
+        """Both sides of a comparison, type-checked; literals compared with an id become text."""
+        left_expr, left_type = self._row(left)
+        right_expr, right_type = self._row(right)
+        _check_comparable(node, left_type, right_type, literal=_literal_sides(left_expr, right_expr))
+        if ir.ValueType.ID in (left_type, right_type):
+            return _as_text(left_expr), _as_text(right_expr)
+        return left_expr, right_expr
+
+    def _numeric(self, node: exp.Expression) -> ir.RowExpr:
+        expr, value_type = self._row(node)
+        if value_type not in (ir.ValueType.NUMBER, ir.ValueType.NULL):
+            raise InvalidSQL(f"arithmetic needs numbers: {fragment(node)} is not a number")
+        return expr
+
+    def _in_list(self, node: exp.In) -> ir.RowExpr:
+        if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
+            raise Unsupported(f"IN needs a list of literal values: {fragment(node)}")
+        operand, operand_type = self._row(node.this)
+        values = []
+        for item in node.expressions:
+            if not _is_literal(item):
+                raise Unsupported(f"IN needs a list of literal values: {fragment(item)}")
+            literal = _literal(item)
+            _check_comparable(node, operand_type, _literal_type(literal), literal=True)
+            values.append(_as_text(literal) if operand_type is ir.ValueType.ID else literal)
+        return ir.InList(operand, tuple(values))
+
+    def _like(self, node: exp.Like | exp.ILike) -> ir.RowExpr:
+        if node.args.get("escape"):
+            raise Unsupported("LIKE … ESCAPE is not supported")
+        operand, operand_type = self._row(node.this)
+        if operand_type not in (ir.ValueType.STRING, ir.ValueType.ID):
+            raise InvalidSQL(f"LIKE needs a text column: {fragment(node)}")
+        pattern = node.expression
+        if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+            raise Unsupported(f"LIKE needs a literal pattern: {fragment(node)}")
+        return ir.Like(operand, pattern.this, case_sensitive=isinstance(node, exp.Like))
+
+    # --- GROUP BY ----------------------------------------------------------------------
+
+    def _group_keys(self, select: exp.Select) -> tuple[ir.GroupKey, ...]:
+        group = select.args.get("group")
+        if group is None:
+            return ()
+        for name in ("grouping_sets", "cube", "rollup", "totals"):
+            if group.args.get(name):
+                raise Unsupported(f"GROUP BY {name.upper().replace('_', ' ')} is not supported")
+        keys: list[ir.GroupKey] = []
+        for node in group.expressions:
+            if not isinstance(node, exp.Column):
+                raise Unsupported(f"GROUP BY {fragment(node)}: only plain columns can be grouped by")
+            name, column = self._column(node)
+            if name == self.policy.unit_column or column.type is ColumnType.ID:
+                raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
+            public_keys = column.public_keys
+            if public_keys is None:
+                raise PolicyViolation(
+                    f"GROUP BY {name} is refused: the policy lists no public keys for it "
+                    "(private key release is not supported yet)"
+                )
+            if name in (key.column for key in keys):
+                raise InvalidSQL(f"GROUP BY names {name} twice")
+            keys.append(ir.GroupKey(name, public_keys))
+        if math.prod(len(key.values) for key in keys) > MAX_OUTPUT_GROUPS:
+            raise Unsupported(f"the GROUP BY keys make more than {MAX_OUTPUT_GROUPS} groups")
+        self.group_columns = tuple(key.column for key in keys)
+        return tuple(keys)
+
+    # --- SELECT list and aggregates ------------------------------------------------
+
+    def _select_list(self, select: exp.Select) -> tuple[ir.OutputColumn, ...]:
+        output: list[ir.OutputColumn] = []
+        for item in select.expressions:
+            if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
+                raise PolicyViolation("SELECT * is refused: rows are never released; select aggregates")
+            node = item.this if isinstance(item, exp.Alias) else item
+            name = item.alias if isinstance(item, exp.Alias) else _default_name(node)
+            if name.lower() in (column.name.lower() for column in output):
+                raise InvalidSQL(f"two output columns are named {name!r}: give one an alias")
+            output.append(ir.OutputColumn(name, self._post(node)))
+        return tuple(output)
+
+    def _post(self, node: exp.Expression) -> ir.PostExpr:
+        """An expression over aggregates and group keys, evaluated after noise."""
+        if isinstance(node, exp.Paren):
+            return self._post(node.this)
+        if type(node) in _AGGREGATES:
+            return ir.AggRef(self._aggregate(node))
+        if isinstance(node, exp.Column):
+            name, _ = self._column(node)
+            if name not in self.group_columns:
+                raise InvalidSQL(
+                    f"column {name} must appear in GROUP BY or be inside an aggregate (rows are never released)"
+                )
+            return ir.KeyRef(name)
+        if _is_literal(node):
+            return _literal(node)
+        if type(node) in _ARITHMETIC:
+            return ir.PostArith(_ARITHMETIC[type(node)], self._post(node.this), self._post(node.expression))
+        if isinstance(node, exp.Neg):
+            return ir.PostNeg(self._post(node.this))
+        raise Unsupported(f"{fragment(node)} is not supported in the SELECT list")
+
+    def _aggregate(self, node: exp.Expression) -> int:
+        kind = _AGGREGATES[type(node)]
+        argument = node.this
+        if isinstance(argument, exp.Distinct):
+            raise Unsupported(f"{fragment(node)}: COUNT/SUM/AVG of DISTINCT values is not supported yet")
+        if node.expressions or any(node.args.get(key) for key in ("filter", "ignore_nulls")):
+            raise Unsupported(f"{fragment(node)}: extra aggregate arguments are not supported")
+        if kind is ir.AggregateKind.COUNT:
+            aggregate = self._count(node, argument)
+        else:
+            if not isinstance(argument, exp.Column):
+                raise Unsupported(f"{fragment(node)}: aggregate a plain column (expressions are not supported yet)")
+            value = self._fixed_point(node, argument)
+            if kind is ir.AggregateKind.SUM:
+                aggregate = ir.Aggregate(kind, (self._part(ir.Part(ir.PartKind.SUM, value=value)),), value)
+            else:
+                count = self._part(ir.Part(ir.PartKind.COUNT_VALUES, counted_column=value.column))
+                centered = self._part(ir.Part(ir.PartKind.CENTERED_SUM, value=value))
+                aggregate = ir.Aggregate(kind, (count, centered), value)
+        if aggregate not in self.aggregates:
+            self.aggregates.append(aggregate)
+        return self.aggregates.index(aggregate)
+
+    def _count(self, node: exp.Expression, argument: exp.Expression) -> ir.Aggregate:
+        if isinstance(argument, exp.Star) or (isinstance(argument, exp.Literal) and not argument.is_string):
+            part = ir.Part(ir.PartKind.COUNT_ROWS)
+        elif isinstance(argument, exp.Column):
+            name, _ = self._column(argument)
+            part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
+        else:
+            raise Unsupported(f"{fragment(node)}: count rows (*) or a plain column")
+        return ir.Aggregate(ir.AggregateKind.COUNT, (self._part(part),))
+
+    def _fixed_point(self, node: exp.Expression, argument: exp.Column) -> ir.FixedPoint:
+        name, column = self._column(argument)
+        if not column.type.is_numeric or column.bounds is None:
+            raise PolicyViolation(
+                f"{fragment(node)}: {name} is a {column.type} column without bounds; SUM and AVG need a bounded number"
+            )
+        low, high = column.bounds
+        magnitude = max(abs(low), abs(high))
+        if column.type is ColumnType.INT:
+            scale = 1
+        else:
+            bits = math.floor(math.log2(_SUM_LIMIT / MAX_ROWS / magnitude)) if magnitude > 0 else MAX_FIXED_POINT_BITS
+            scale = 2 ** max(0, min(MAX_FIXED_POINT_BITS, bits))
+        fixed = ir.FixedPoint(name, lower=round(low * scale), upper=round(high * scale), scale=scale)
+        if fixed.lower == fixed.upper:
+            raise PolicyViolation(f"the bounds of {name} are too narrow for fixed-point sums")
+        if fixed.magnitude * MAX_ROWS > _SUM_LIMIT:
+            raise PolicyViolation(f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})")
+        return fixed
+
+    def _part(self, part: ir.Part) -> int:
+        if part not in self.parts:
+            self.parts.append(part)
+        return self.parts.index(part)
+
+    # --- ORDER BY / LIMIT -------------------------------------------------------------
+
+    def _order_by(self, select: exp.Select, output: tuple[ir.OutputColumn, ...]) -> tuple[ir.OrderItem, ...]:
+        order = select.args.get("order")
+        if order is None:
+            return ()
+        items = []
+        by_name = {column.name.lower(): column.expr for column in output}
+        for ordered in order.expressions:
+            node = ordered.this
+            if isinstance(node, exp.Column) and not node.table and node.name.lower() in by_name:
+                expr = by_name[node.name.lower()]
+            elif isinstance(node, exp.Literal) and not node.is_string:
+                position = int(node.this) if node.this.isdigit() else 0
+                if not 1 <= position <= len(output):
+                    raise InvalidSQL(f"ORDER BY {node.this}: there are {len(output)} output columns")
+                expr = output[position - 1].expr
+            else:
+                expr = self._post(node)
+            items.append(ir.OrderItem(expr, descending=bool(ordered.args.get("desc"))))
+        return tuple(items)
+
+    def _limit(self, select: exp.Select) -> tuple[int | None, int]:
+        limit = select.args.get("limit")
+        offset = select.args.get("offset")
+        return (
+            _non_negative_int(limit.expression, "LIMIT") if limit is not None else None,
+            _non_negative_int(offset.expression, "OFFSET") if offset is not None else 0,
+        )
+
+
+def _refuse_constructs(select: exp.Select) -> None:
+    """Refuse, by name, constructs that would read other data or release rows."""
+    for node in select.walk():
+        for construct, reason in _REFUSED.items():
+            if isinstance(node, construct):
+                raise Unsupported(f"{reason}: {fragment(node)}")
+        if isinstance(node, exp.Select) and node is not select:
+            raise Unsupported(f"subqueries are not supported yet: {fragment(node)}")
+        if isinstance(node, (exp.Anonymous, exp.Func)) and type(node) not in _ALLOWED_FUNCTIONS:
+            raise Unsupported(f"function {fragment(node)} is not supported")
+
+
+def _check_no_overflow(plan: ir.QueryPlan) -> None:
+    for part in plan.parts:
+        if plan.sensitivity(part).l1 > _SUM_LIMIT:
+            raise PolicyViolation(f"{part.label}: the contribution bounds times the value bounds overflow 64-bit sums")
+
+
+def _default_name(node: exp.Expression) -> str:
+    if isinstance(node, exp.Column):
+        return node.name
+    return fragment(node, limit=60).lower()
+
+
+def _literal(node: exp.Expression) -> ir.Lit:
+    if isinstance(node, exp.Null):
+        return ir.Lit(None)
+    if isinstance(node, exp.Boolean):
+        return ir.Lit(bool(node.this))
+    if isinstance(node, exp.Neg):
+        inner = _literal(node.this)
+        if isinstance(inner.value, bool) or not isinstance(inner.value, (int, float)):
+            raise InvalidSQL(f"cannot negate {fragment(node)}")
+        return ir.Lit(-inner.value)
+    if not isinstance(node, exp.Literal):
+        raise Unsupported(f"{fragment(node)} is not a literal value")
+    if node.is_string:
+        return ir.Lit(node.this)
+    text = node.this
+    try:
+        number: int | float = int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            raise InvalidSQL(f"{text!r} is not a number") from None
+    if isinstance(number, int) and abs(number) >= 2**63:
+        number = float(number)
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidSQL(f"{text!r} is not a finite number")
+    return ir.Lit(number)
+
+
+def _literal_type(literal: ir.Lit) -> ir.ValueType:
+    value = literal.value
+    if value is None:
+        return ir.ValueType.NULL
+    if isinstance(value, bool):
+        return ir.ValueType.BOOL
+    if isinstance(value, str):
+        return ir.ValueType.STRING
+    return ir.ValueType.NUMBER
+
+
+def _is_literal(node: exp.Expression) -> bool:
+    if isinstance(node, exp.Neg):
+        return isinstance(node.this, exp.Literal) and not node.this.is_string
+    return isinstance(node, (exp.Literal, exp.Boolean, exp.Null))
+
+
+def _literal_sides(*exprs: ir.RowExpr) -> bool:
+    return any(isinstance(expr, ir.Lit) for expr in exprs)
+
+
+def _as_text(expr: ir.RowExpr) -> ir.RowExpr:
+    if isinstance(expr, ir.Lit) and expr.value is not None and not isinstance(expr.value, str):
+        return ir.Lit(str(expr.value))
+    return expr
+
+
+def _check_comparable(node: exp.Expression, left: ir.ValueType, right: ir.ValueType, *, literal: bool) -> None:
+    """Refuse comparisons whose types differ (they would fail, or silently never match, on data)."""
+    if ir.ValueType.NULL in (left, right) or left == right:
+        return
+    if literal and ir.ValueType.ID in (left, right) and {left, right} <= {ir.ValueType.ID, ir.ValueType.STRING, ir.ValueType.NUMBER}:
+        return
+    raise InvalidSQL(f"cannot compare a {left.value} with a {right.value}: {fragment(node)}")
+
+
+def _non_negative_int(node: exp.Expression, clause: str) -> int:
+    if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
+        return int(node.this)
+    raise InvalidSQL(f"{clause} needs a non-negative whole number, not {fragment(node)}")

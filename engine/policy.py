@@ -1,0 +1,202 @@
+"""Dataset policies: the cooperative's rules for one pool, loaded from TOML.
+
+A policy is a strict model: unknown keys are load errors (a misspelt privacy
+setting must never fall back to a silent default), and every privacy-relevant
+field is required. Errors name the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import PolicyError
+
+ROW_UNIT = "row"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ColumnType(StrEnum):
+    ID = "id"
+    CATEGORY = "category"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (ColumnType.INT, ColumnType.FLOAT)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnPolicy(_Strict):
+    """One column of the pool: its type, value bounds or public keys."""
+
+    type: ColumnType
+    bounds: tuple[float, float] | None = None
+    values: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnPolicy:
+        if self.type.is_numeric:
+            if self.bounds is None:
+                raise ValueError(f"a {self.type} column needs bounds = [low, high]")
+            low, high = self.bounds
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ValueError("bounds must be finite numbers")
+            if low >= high:
+                raise ValueError(f"bounds are inverted or empty: low {low} must be below high {high}")
+            if self.type is ColumnType.INT and not (float(low).is_integer() and float(high).is_integer()):
+                raise ValueError("an int column needs integer bounds")
+        elif self.bounds is not None:
+            raise ValueError(f"a {self.type} column takes no bounds")
+        if self.values is not None:
+            if self.type is not ColumnType.CATEGORY:
+                raise ValueError(f"a {self.type} column takes no values (only category columns list public keys)")
+            if not self.values:
+                raise ValueError("values must list at least one key, or be left out for private keys")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError("values must not repeat")
+        return self
+
+    @property
+    def public_keys(self) -> tuple[str | bool, ...] | None:
+        """The group keys anyone may see, or None when the keys are private."""
+        if self.type is ColumnType.BOOL:
+            return (False, True)
+        return self.values
+
+
+class DatasetSection(_Strict):
+    name: str
+    source: str
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError("must be a plain SQL identifier (letters, digits, underscores)")
+        return name
+
+
+class PrivacySection(_Strict):
+    unit: str
+    max_groups: int | None = Field(default=None, gt=0)
+    max_rows_per_group: int | None = Field(default=None, gt=0)
+
+
+class BudgetSection(_Strict):
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(ge=0, lt=1, allow_inf_nan=False)
+    accounting: Literal["pure", "zcdp"]
+    max_epsilon_per_query: float = Field(gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _per_query_within_total(self) -> BudgetSection:
+        if self.max_epsilon_per_query > self.epsilon:
+            raise ValueError("max_epsilon_per_query must not exceed the dataset's epsilon")
+        if self.accounting == "zcdp" and self.delta == 0:
+            raise ValueError('accounting = "zcdp" needs delta > 0 (its cost is reported as (epsilon, delta))')
+        return self
+
+
+class BuyerPolicy(_Strict):
+    epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    purpose: str | None = None
+
+
+class Policy(_Strict):
+    """A validated policy; ``source_paths`` are the pool's files, resolved."""
+
+    dataset: DatasetSection
+    privacy: PrivacySection
+    budget: BudgetSection
+    columns: dict[str, ColumnPolicy]
+    buyers: dict[str, BuyerPolicy] = {}
+    source_paths: tuple[Path, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        for name in self.columns:
+            if not _NAME.match(name):
+                raise ValueError(f"column name {name!r} must be a plain SQL identifier")
+        lowered = [name.lower() for name in self.columns]
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("column names must differ in more than letter case (SQL names are case-insensitive)")
+        unit = self.privacy.unit
+        if unit == ROW_UNIT:
+            if self.privacy.max_groups is not None or self.privacy.max_rows_per_group is not None:
+                raise ValueError('privacy.unit = "row" takes no max_groups / max_rows_per_group (each row is its own unit)')
+        else:
+            if unit not in self.columns:
+                raise ValueError(f"privacy.unit {unit!r} is not a declared column (declare it with type = \"id\", or use \"row\")")
+            if self.columns[unit].type is not ColumnType.ID:
+                raise ValueError(f"privacy.unit column {unit!r} must have type = \"id\"")
+            if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
+                raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.dataset.name
+
+    @property
+    def unit_column(self) -> str | None:
+        """The privacy unit's column, or None for row-level privacy."""
+        return None if self.privacy.unit == ROW_UNIT else self.privacy.unit
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate one policy file; raise :class:`PolicyError` naming file and key."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise PolicyError(f"{path}: cannot read the policy file ({error.__class__.__name__})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise PolicyError(f"{path}: not valid TOML: {error}") from error
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or '(top level)'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise PolicyError(f"{path}: {problems}") from None
+    sources = _resolve_source(path, policy.dataset.source)
+    return policy.model_copy(update={"source_paths": sources})
+
+
+def _resolve_source(policy_path: Path, source: str) -> tuple[Path, ...]:
+    pattern = Path(source) if Path(source).is_absolute() else policy_path.parent / source
+    matches = sorted(Path(match) for match in glob.glob(str(pattern)))
+    files = tuple(match.resolve() for match in matches if match.is_file())
+    if not files:
+        raise PolicyError(f"{policy_path}: dataset.source: {source!r} matches no file")
+    suffixes = {file.suffix.lower() for file in files}
+    if not suffixes <= {".parquet", ".csv"} or len(suffixes) != 1:
+        raise PolicyError(f"{policy_path}: dataset.source: files must all be .parquet or all be .csv")
+    return files
+
+
+def load_policies(directory: Path) -> dict[str, Policy]:
+    """Every ``*.toml`` in ``directory``, keyed by dataset name."""
+    if not directory.is_dir():
+        raise PolicyError(f"{directory}: policies directory not found")
+    policies: dict[str, Policy] = {}
+    for path in sorted(directory.glob("*.toml")):
+        policy = load_policy(path)
+        if policy.name in policies:
+            raise PolicyError(f"{path}: dataset.name: {policy.name!r} is declared by another policy file too")
+        policies[policy.name] = policy
+    return policies

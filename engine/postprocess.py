@@ -1,0 +1,109 @@
+"""Turn noisy parts into the released table: aggregates, SELECT arithmetic, ORDER BY, LIMIT.
+
+Everything here reads noisy values and the plan only, so it costs no privacy.
+Counts are clamped at zero, sums of non-negative columns too, and averages
+into their column's bounds; an average whose noisy count is below one is NULL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine import plan as ir
+from engine.mechanisms import NoisePlan
+
+Value = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[list[Value]]
+    accuracy: dict[str, float | None]
+
+
+def accuracy(plan: ir.QueryPlan, noise: NoisePlan) -> dict[str, float | None]:
+    """Per noisy output column, the 95% half-width of one cell (None where it depends on the data)."""
+    result: dict[str, float | None] = {}
+    for column in plan.output:
+        if isinstance(column.expr, (ir.KeyRef, ir.Lit)):
+            continue
+        direct = isinstance(column.expr, ir.AggRef) and plan.aggregates[column.expr.index].kind is not ir.AggregateKind.AVG
+        result[column.name] = noise.accuracy(plan.aggregates[column.expr.index].parts[0]) if direct else None
+    return result
+
+
+def build_table(
+    plan: ir.QueryPlan, noise: NoisePlan, keys: Sequence[tuple[object, ...]], noisy: Sequence[Sequence[int]]
+) -> Table:
+    key_names = [key.column for key in plan.group_keys]
+    rows = []
+    for group, key in enumerate(keys):
+        aggregates = [_aggregate(aggregate, [noisy[part][group] for part in aggregate.parts]) for aggregate in plan.aggregates]
+        keys_by_name = dict(zip(key_names, key))
+        rows.append(([_evaluate(column.expr, aggregates, keys_by_name) for column in plan.output],
+                     [_evaluate(item.expr, aggregates, keys_by_name) for item in plan.order_by]))
+    for position in reversed(range(len(plan.order_by))):
+        descending = plan.order_by[position].descending
+        rows.sort(key=lambda row: _sort_key(row[1][position], descending), reverse=descending)
+    selected = [row for row, _ in rows][plan.offset :]
+    if plan.limit is not None:
+        selected = selected[: plan.limit]
+    return Table([column.name for column in plan.output], selected, accuracy(plan, noise))
+
+
+def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
+    value = aggregate.value
+    if aggregate.kind is ir.AggregateKind.COUNT:
+        return max(values[0], 0)
+    assert value is not None
+    if aggregate.kind is ir.AggregateKind.SUM:
+        total = values[0] / value.scale if value.scale != 1 else values[0]
+        return max(total, 0) if value.lower >= 0 else total
+    count, centered_sum = values
+    if count < 1:
+        return None
+    mean = (value.center + centered_sum / count) / value.scale
+    return min(max(mean, value.lower / value.scale), value.upper / value.scale)
+
+
+def _evaluate(expr: ir.PostExpr, aggregates: list[Value], keys: dict[str, object]) -> Value:
+    match expr:
+        case ir.AggRef(index):
+            return aggregates[index]
+        case ir.KeyRef(name):
+            return keys[name]  # type: ignore[return-value]
+        case ir.Lit(value):
+            return value
+        case ir.PostNeg(operand):
+            inner = _evaluate(operand, aggregates, keys)
+            return None if inner is None else -_number(inner)
+        case ir.PostArith(op, left, right):
+            return _arith(op, _evaluate(left, aggregates, keys), _evaluate(right, aggregates, keys))
+    raise AssertionError(f"unknown post-processing expression {expr!r}")
+
+
+def _number(value: Value) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise TypeError("not a number")
+
+
+def _arith(op: ir.ArithOp, left: Value, right: Value) -> Value:
+    if left is None or right is None:
+        return None
+    a, b = _number(left), _number(right)
+    if op is ir.ArithOp.ADD:
+        return a + b
+    if op is ir.ArithOp.SUB:
+        return a - b
+    if op is ir.ArithOp.MUL:
+        return a * b
+    return None if b == 0 else a / b
+
+
+def _sort_key(value: Value, descending: bool) -> tuple[bool, Value]:
+    """NULLs sort last in both directions."""
+    missing = value is None
+    return (not missing if descending else missing, 0 if missing else value)
