@@ -1,0 +1,127 @@
+"""Shared fixtures: small pools with their policies, written to a temporary directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from engine import Engine
+
+POLICY_TEMPLATE = """\
+[dataset]
+name = "{name}"
+source = "../data/{name}.{suffix}"
+
+[privacy]
+{privacy}
+
+[budget]
+epsilon = {epsilon}
+delta = {delta}
+accounting = "{accounting}"
+max_epsilon_per_query = {max_epsilon_per_query}
+
+[columns.member_id]
+type = "id"
+
+[columns.region]
+type = "category"
+values = ["north", "south", "east", "west"]
+
+[columns.city]
+type = "category"
+
+[columns.hours]
+type = "float"
+bounds = [0.0, 60.0]
+
+[columns.age]
+type = "int"
+bounds = [18, 80]
+
+[columns.member_flag]
+type = "bool"
+{extra}
+"""
+
+MEMBER_LEVEL = "unit = \"member_id\"\nmax_groups = 1\nmax_rows_per_group = 10"
+ROW_LEVEL = 'unit = "row"'
+
+
+def small_pool(rows: int = 600, members: int = 60, seed: int = 1) -> pl.DataFrame:
+    """A deterministic pool matching ``POLICY_TEMPLATE``'s columns."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    member = rng.integers(1, members + 1, size=rows)
+    hours = rng.uniform(0, 20, size=rows)
+    hours[rng.random(rows) < 0.05] = np.nan
+    return pl.DataFrame(
+        {
+            "member_id": member,
+            "region": np.array(["north", "south", "east", "west"])[rng.integers(0, 4, size=rows)],
+            "city": np.array(["a", "b", "c"])[rng.integers(0, 3, size=rows)],
+            "hours": pl.Series(hours).fill_nan(None),
+            "age": rng.integers(18, 81, size=rows),
+            "member_flag": rng.random(rows) < 0.5,
+        }
+    )
+
+
+def write_dataset(
+    root: Path,
+    frame: pl.DataFrame,
+    *,
+    name: str = "shifts",
+    privacy: str = MEMBER_LEVEL,
+    epsilon: float = 10.0,
+    delta: float = 1e-6,
+    accounting: str = "pure",
+    max_epsilon_per_query: float = 2.0,
+    extra: str = "",
+    suffix: str = "parquet",
+) -> Path:
+    """Write ``frame`` and its policy under ``root``; return the policies directory."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    policies = root / "policies"
+    policies.mkdir(parents=True, exist_ok=True)
+    data_path = root / "data" / f"{name}.{suffix}"
+    if suffix == "csv":
+        frame.write_csv(data_path)
+    else:
+        frame.write_parquet(data_path)
+    (policies / f"{name}.toml").write_text(
+        POLICY_TEMPLATE.format(
+            name=name,
+            suffix=suffix,
+            privacy=privacy,
+            epsilon=epsilon,
+            delta=delta,
+            accounting=accounting,
+            max_epsilon_per_query=max_epsilon_per_query,
+            extra=extra,
+        )
+    )
+    return policies
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Callable[..., Path]:
+    """``dataset(frame=None, **policy)`` writes a pool and policy; returns the policies directory."""
+
+    def make(frame: pl.DataFrame | None = None, **policy: Any) -> Path:
+        return write_dataset(tmp_path, small_pool() if frame is None else frame, **policy)
+
+    return make
+
+
+@pytest.fixture
+def engine(dataset: Callable[..., Path], tmp_path: Path) -> Iterator[Engine]:
+    """An engine over the default small member-level pool ``shifts``."""
+    created = Engine.from_policies(dataset(), ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    yield created
+    created.close()

@@ -1,0 +1,148 @@
+"""The first SQL subset: what is answered, and what is refused (with its code, for free)."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+
+from engine import Engine
+from engine.errors import CoopdpError
+
+REFUSED = [
+    ("SELEC COUNT(*) FROM shifts", "invalid_sql"),
+    ("SELECT COUNT(* FROM shifts", "invalid_sql"),
+    ("", "invalid_sql"),
+    ("SELECT * FROM shifts", "policy_violation"),
+    ("SELECT hours FROM shifts", "invalid_sql"),
+    ("SELECT region, hours, COUNT(*) FROM shifts GROUP BY region", "invalid_sql"),
+    ("SELECT region FROM shifts GROUP BY region", "policy_violation"),
+    ("SELECT 1 FROM shifts", "policy_violation"),
+    ("SELECT member_id, COUNT(*) FROM shifts GROUP BY member_id", "policy_violation"),
+    ("SELECT city, COUNT(*) FROM shifts GROUP BY city", "policy_violation"),
+    ("SELECT MIN(hours) FROM shifts", "unsupported"),
+    ("SELECT MAX(age) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) OVER () FROM shifts", "unsupported"),
+    ("SELECT SUM(hours) OVER (PARTITION BY region) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts UNION SELECT COUNT(*) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts INTERSECT SELECT COUNT(*) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts EXCEPT SELECT COUNT(*) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts a JOIN shifts b ON a.member_id = b.member_id", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM shifts) t", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts WHERE age IN (SELECT age FROM shifts)", "unsupported"),
+    ("WITH x AS (SELECT * FROM shifts) SELECT COUNT(*) FROM x", "unsupported"),
+    ("SELECT COUNT(*) FROM other", "unknown_table"),
+    ("SELECT COUNT(*) FROM public.shifts", "unknown_table"),
+    ("SELECT COUNT(*) FROM read_parquet('/etc/passwd')", "unsupported"),
+    ("SELECT COUNT(*) FROM 'data/shifts.parquet'", "unknown_table"),
+    ("SELECT COUNT(salary) FROM shifts", "unknown_column"),
+    ("SELECT COUNT(*) FROM shifts WHERE salary > 3", "unknown_column"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY nope", "unknown_column"),
+    ("SELECT SUM(city) FROM shifts", "policy_violation"),
+    ("SELECT AVG(member_id) FROM shifts", "policy_violation"),
+    ("SELECT COUNT(*) FROM shifts; SELECT COUNT(*) FROM shifts", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts; DROP TABLE shifts", "invalid_sql"),
+    ("DELETE FROM shifts", "unsupported"),
+    ("SELECT COUNT(DISTINCT region) FROM shifts", "unsupported"),
+    ("SELECT DISTINCT COUNT(*) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts WHERE region = 3", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts WHERE age = 'old'", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts WHERE age", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts WHERE UPPER(region) = 'NORTH'", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts WHERE COUNT(*) > 1", "invalid_sql"),
+    ("SELECT region, COUNT(*) FROM shifts GROUP BY region HAVING COUNT(*) > 3", "unsupported"),
+    ("SELECT COUNT(*) AS n, SUM(age) AS n FROM shifts", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts LIMIT -1", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts ORDER BY 3", "invalid_sql"),
+    ("SELECT " + "(" * 60 + "1" + ")" * 60 + ", COUNT(*) FROM shifts", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts WHERE age > " + "+".join(["1"] * 5000), "unsupported"),
+    ("SELECT COUNT(*) FROM shifts WHERE " + " OR ".join(["age = 1"] * 400), "unsupported"),
+    ("SELECT COUNT(*) FROM shifts -- " + "x" * 30_000, "unsupported"),
+]
+
+
+@pytest.mark.parametrize(("sql", "code"), REFUSED)
+def test_refused_queries_cost_nothing(engine: Engine, sql: str, code: str) -> None:
+    with pytest.raises(CoopdpError) as raised:
+        engine.query("shifts", sql, epsilon=1.0)
+    assert raised.value.code == code, raised.value.message
+    assert engine.ledger.spent("shifts").dataset.epsilon == 0
+    assert engine.ledger.releases() == []
+
+
+@pytest.mark.parametrize("epsilon", [0, -1, math.nan, math.inf, 1e308, 2.5, "abc", True])
+def test_bad_epsilon_is_refused_for_free(engine: Engine, epsilon: object) -> None:
+    with pytest.raises(CoopdpError) as raised:
+        engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=epsilon)  # type: ignore[arg-type]
+    assert raised.value.code == "policy_violation"
+    assert engine.ledger.spent("shifts").dataset.epsilon == 0
+
+
+ANSWERED = [
+    "select count(*) from shifts",
+    'SELECT COUNT(*) FROM "shifts"',
+    "SELECT COUNT(*) FROM SHIFTS WHERE AGE >= 25",
+    "SELECT COUNT(*) /* a comment */ FROM shifts -- trailing comment",
+    "SELECT COUNT(*) FROM shifts;",
+    'SELECT "region", COUNT(*) FROM shifts GROUP BY "region"',
+    "SELECT s.region, COUNT(s.hours) FROM shifts AS s GROUP BY s.region",
+    "SELECT region, member_flag, COUNT(*) FROM shifts GROUP BY region, member_flag",
+    "SELECT COUNT(*) FROM shifts WHERE age BETWEEN 20 AND 40 AND NOT region = 'north'",
+    "SELECT COUNT(*) FROM shifts WHERE region IN ('north', 'east') OR hours IS NULL",
+    "SELECT COUNT(*) FROM shifts WHERE region NOT IN ('north') AND hours IS NOT NULL",
+    "SELECT COUNT(*) FROM shifts WHERE city LIKE 'a%' OR city ILIKE 'B_' OR region NOT LIKE '%th'",
+    "SELECT COUNT(*) FROM shifts WHERE hours * 2 + 1 > age / 10 AND -age < -20",
+    "SELECT COUNT(*) FROM shifts WHERE member_id = 7 OR member_id IN (1, 2, '3')",
+    "SELECT COUNT(*) FROM shifts WHERE member_flag AND NOT member_flag = FALSE",
+    "SELECT SUM(hours) / COUNT(*) AS mean, SUM(age) - 3 * COUNT(age) FROM shifts",
+    "SELECT region, AVG(hours) AS h FROM shifts GROUP BY region ORDER BY h DESC, region LIMIT 2",
+    "SELECT region, COUNT(*) FROM shifts GROUP BY region ORDER BY COUNT(*) ASC LIMIT 3 OFFSET 1",
+    "SELECT region, COUNT(*) FROM shifts GROUP BY region ORDER BY 2 DESC",
+    "SELECT COUNT(1) FROM shifts",
+]
+
+
+@pytest.mark.parametrize("sql", ANSWERED)
+def test_supported_queries_are_answered_and_charged(engine: Engine, sql: str) -> None:
+    result = engine.query("shifts", sql, epsilon=0.5)
+    assert result.rows
+    assert result.cost.epsilon == Decimal("0.5")
+    assert engine.ledger.spent("shifts").dataset.epsilon == Decimal("0.5")
+
+
+def test_group_by_public_keys_lists_every_key_even_empty_ones(engine: Engine) -> None:
+    result = engine.query(
+        "shifts", "SELECT region, COUNT(*) AS n FROM shifts WHERE region = 'north' GROUP BY region", epsilon=1.0
+    )
+    assert sorted(row[0] for row in result.rows) == ["east", "north", "south", "west"]
+
+
+def test_group_by_two_public_columns_gives_the_cross_product(engine: Engine) -> None:
+    result = engine.query(
+        "shifts", "SELECT region, member_flag, COUNT(*) FROM shifts GROUP BY region, member_flag", epsilon=1.0
+    )
+    assert len(result.rows) == 8
+
+
+def test_order_and_limit_apply_after_noise(engine: Engine) -> None:
+    result = engine.query(
+        "shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region ORDER BY n DESC LIMIT 2", epsilon=1.0
+    )
+    counts = [row[1] for row in result.rows]
+    assert len(counts) == 2 and counts == sorted(counts, reverse=True)
+
+
+def test_arithmetic_on_aggregates_uses_the_noisy_values(engine: Engine) -> None:
+    result = engine.query("shifts", "SELECT COUNT(*) AS n, COUNT(*) * 2 AS twice, -COUNT(*) AS neg FROM shifts", epsilon=1.0)
+    ((n, twice, neg),) = result.rows
+    assert twice == 2 * n and neg == -n
+    assert set(result.accuracy) == {"n", "twice", "neg"}
+    assert result.accuracy["twice"] is None
+
+
+def test_error_messages_never_contain_data_values(engine: Engine) -> None:
+    with pytest.raises(CoopdpError) as raised:
+        engine.query("shifts", "SELECT city, COUNT(*) FROM shifts GROUP BY city", epsilon=1.0)
+    for city in ("'a'", "'b'", "'c'"):
+        assert city not in raised.value.message
