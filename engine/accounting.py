@@ -8,6 +8,7 @@ report; the zCDP → (ε, δ) conversion is OpenDP's too.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,8 +119,26 @@ def zcdp_to_epsilon(rho: float, delta: float) -> float:
     """
     if rho == 0:
         return 0.0
-    distance = math.nextafter(math.sqrt(2 * rho), math.inf)
-    reference = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0)
-    converted = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(reference), delta)
-    epsilon, _ = converted.map(distance)
+    epsilon, _ = _conversion(delta).map(math.nextafter(math.sqrt(2 * rho), math.inf))
     return float(epsilon)
+
+
+@functools.lru_cache(maxsize=64)
+def _conversion(delta: float) -> dp.Measurement:
+    reference = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale=1.0)
+    return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(reference), delta)
+
+
+@functools.lru_cache(maxsize=256)
+def largest_rho(epsilon: float, delta: float) -> float:
+    """The largest ρ whose (ε, δ) conversion stays within ``epsilon`` (bisection on OpenDP's map)."""
+    log_term = math.log(1 / delta)
+    low = (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2  # the classic bound: always feasible
+    high = epsilon
+    while high - low > 1e-7 * high:
+        middle = (low + high) / 2
+        if zcdp_to_epsilon(middle, delta) <= epsilon:
+            low = middle
+        else:
+            high = middle
+    return low

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import opendp.prelude as dp
 
-from engine.accounting import Accounting, Cost, PrivacyRequest, compose, zcdp_to_epsilon
+from engine.accounting import Accounting, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
 from engine.errors import InternalError
 from engine.ledger import ChargeReceipt
 from engine.plan import Part, QueryPlan
@@ -22,6 +22,7 @@ from engine.plan import Part, QueryPlan
 ALPHA = 0.05
 """Accuracy is the half-width of a (1 - ALPHA) interval: 95%."""
 _ATTEMPTS = 40
+_EXACT_GAUSSIAN_ACCURACY_SCALE = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,17 @@ class NoisePlan:
     def accuracy(self, index: int) -> float:
         """Half-width of the 95% interval around one noisy cell of part ``index``, in the column's units."""
         noise = self.parts[index]
-        to_accuracy = (
-            dp.discrete_laplacian_scale_to_accuracy
-            if self.accounting is Accounting.PURE
-            else dp.discrete_gaussian_scale_to_accuracy
-        )
-        return float(to_accuracy(noise.scale, ALPHA)) / noise.units_per_value
+        return _integer_accuracy(self.accounting, noise.scale) / noise.units_per_value
+
+
+def _integer_accuracy(accounting: Accounting, scale: float) -> float:
+    if accounting is Accounting.PURE:
+        return float(dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA))
+    if scale <= _EXACT_GAUSSIAN_ACCURACY_SCALE:
+        return float(dp.discrete_gaussian_scale_to_accuracy(scale, ALPHA))
+    # OpenDP sums the discrete tail term by term (slow for large scales); there the
+    # discrete interval is the continuous one rounded up (checked up to the cut-over).
+    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, ALPHA))) + 1.0
 
 
 def _measurement(accounting: Accounting, scale: float) -> dp.Measurement:
@@ -77,7 +83,7 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
         target = epsilon
         multiplier = count / epsilon
     else:
-        target = _largest_rho(epsilon, delta)
+        target = largest_rho(epsilon, delta)
         multiplier = math.sqrt(count / (2 * target))
     for _ in range(_ATTEMPTS):
         losses = [_measurement(accounting, multiplier * s).map(s) for s in sensitivities]
@@ -97,22 +103,6 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
 def _sensitivity(plan: QueryPlan, part: Part, accounting: Accounting) -> int:
     sensitivity = plan.sensitivity(part)
     return sensitivity.l1 if accounting is Accounting.PURE else sensitivity.l2
-
-
-def _largest_rho(epsilon: float, delta: float) -> float:
-    """The largest ρ whose (ε, δ) conversion stays within ``epsilon`` (bisection on OpenDP's map)."""
-    log_term = math.log(1 / delta)
-    low = (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2  # the classic bound: always feasible
-    high = epsilon
-    for _ in range(40):
-        middle = (low + high) / 2
-        if zcdp_to_epsilon(middle, delta) <= epsilon:
-            low = middle
-        else:
-            high = middle
-        if high - low <= 1e-9 * high:
-            break
-    return low
 
 
 def add_noise(noise: NoisePlan, exact: Sequence[Sequence[int]], receipt: ChargeReceipt) -> list[list[int]]:

@@ -1,0 +1,1 @@
+"""Benchmarks: how much the privacy machinery costs over plain Polars (not tests; run by hand)."""

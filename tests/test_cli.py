@@ -1,0 +1,100 @@
+"""The ``coopdp`` command end to end: output formats, exit codes, JSON errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+
+runner = CliRunner()
+QUERY = "SELECT region, COUNT(*) AS n, SUM(hours) AS h, AVG(age) FROM shifts WHERE age >= 25 GROUP BY region ORDER BY n DESC"
+
+
+@pytest.fixture
+def policies(dataset: Callable[..., Path]) -> Path:
+    return dataset(epsilon=1.0, max_epsilon_per_query=1.0)
+
+
+def _run(policies: Path, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [*args, "--policies", str(policies)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_query_as_json_follows_the_contract(policies: Path) -> None:
+    code, out, _ = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", QUERY)
+    assert code == 0
+    document = json.loads(out)
+    assert document["columns"] == ["region", "n", "h", "avg(age)"]
+    assert len(document["rows"]) == 4
+    assert document["cost"] == {"epsilon": 0.5, "delta": 0.0}
+    assert document["remaining"]["epsilon"] == 0.5
+    assert set(document["accuracy"]) == {"n", "h", "avg(age)"}
+
+
+def test_query_as_a_table_for_people(policies: Path) -> None:
+    code, out, _ = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", QUERY)
+    assert code == 0
+    assert "north" in out and "±" in out and "remaining ε=0.5" in out
+
+
+def test_rejected_query_exits_2_with_a_json_error(policies: Path) -> None:
+    code, _, err = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", "SELECT * FROM shifts")
+    assert code == 2
+    assert json.loads(err) == {
+        "error": {"code": "policy_violation", "message": "SELECT * is refused: rows are never released; select aggregates"}
+    }
+
+
+def test_epsilon_above_the_per_query_maximum_exits_2(policies: Path) -> None:
+    code, _, err = _run(policies, "query", "--dataset", "shifts", "--epsilon", "1.5", "--format", "json", QUERY)
+    assert code == 2 and json.loads(err)["error"]["code"] == "policy_violation"
+
+
+def test_exhausted_budget_exits_3(policies: Path) -> None:
+    for _ in range(2):
+        assert _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", QUERY)[0] == 0
+    code, out, err = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", QUERY)
+    assert code == 3 and out == ""
+    assert json.loads(err)["error"]["code"] == "budget_exhausted"
+
+
+def test_dry_run_charges_nothing(policies: Path) -> None:
+    code, out, _ = _run(policies, "query", "--dry-run", "--dataset", "shifts", "--epsilon", "1.0", "--format", "json", QUERY)
+    assert code == 0 and json.loads(out)["rows"] == []
+    code, out, _ = _run(policies, "budget", "--format", "json")
+    assert json.loads(out)["datasets"][0]["spent"] == {"epsilon": 0.0, "delta": 0.0}
+
+
+def test_budget_shows_spent_and_left(policies: Path) -> None:
+    _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.25", QUERY)
+    code, out, _ = _run(policies, "budget", "--dataset", "shifts")
+    assert code == 0 and "shifts" in out and "0.75" in out
+
+
+def test_a_bad_policy_exits_1_naming_the_file(policies: Path) -> None:
+    path = policies / "shifts.toml"
+    path.write_text(path.read_text().replace("epsilon = 1.0", "epsilon = -1.0"))
+    code, _, err = _run(policies, "budget", "--format", "json")
+    assert code == 1
+    error = json.loads(err)["error"]
+    assert error["code"] == "invalid_policy" and "shifts.toml" in error["message"]
+
+
+def test_the_installed_command_runs_the_demo(tmp_path: Path) -> None:
+    environment = {**os.environ, "COOPDP_POLICIES": str(tmp_path / "policies")}
+    coopdp = str(Path(sys.executable).parent / "coopdp")
+    completed = subprocess.run([coopdp, "demo"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "created" in completed.stdout and "refused" in completed.stdout
+    assert (tmp_path / "coopdp.db").exists()
+    budget = subprocess.run([coopdp, "budget", "--format", "json"], cwd=tmp_path, env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert json.loads(budget.stdout)["datasets"][0]["spent"]["epsilon"] == pytest.approx(0.4)

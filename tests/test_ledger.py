@@ -1,0 +1,108 @@
+"""The ledger: exact amounts, atomic charges across processes, durability, failing closed."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from engine.accounting import Cost
+from engine.errors import BudgetExhausted, LedgerError, QuotaExhausted
+from engine.ledger import ChargeRequest, SQLiteLedger, open_ledger
+
+BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
+
+
+def _request(epsilon: str = "0.5", buyer: str | None = None, quota: str | None = None) -> ChargeRequest:
+    return ChargeRequest(
+        dataset="pool",
+        buyer=buyer,
+        sql="SELECT COUNT(*) FROM pool",
+        cost=Cost(Decimal(epsilon), Decimal(0)),
+        budget=BUDGET,
+        quota=Decimal(quota) if quota else None,
+    )
+
+
+def _charge_many(path: str, attempts: int) -> int:
+    ledger = SQLiteLedger(Path(path))
+    granted = 0
+    for _ in range(attempts):
+        try:
+            ledger.charge(_request("0.1"))
+            granted += 1
+        except BudgetExhausted:
+            pass
+    ledger.close()
+    return granted
+
+
+def test_thousands_of_small_charges_add_up_exactly(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    budget = Cost(Decimal("1000"), Decimal(0))
+    for _ in range(2000):
+        ledger.charge(ChargeRequest("pool", None, "q", Cost(Decimal("0.1"), Decimal(0)), budget, None))
+    assert ledger.spent("pool").dataset.epsilon == Decimal("200.0")
+
+
+def test_concurrent_processes_never_overspend(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    SQLiteLedger(Path(path)).close()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        granted = pool.starmap(_charge_many, [(path, 30)] * 4)
+    assert sum(granted) == 50  # 5.0 / 0.1
+    ledger = SQLiteLedger(Path(path))
+    assert ledger.spent("pool").dataset.epsilon == Decimal("5.0")
+    assert len(ledger.releases()) == 50
+
+
+def test_a_refused_charge_changes_nothing(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.charge(_request("4.5"))
+    with pytest.raises(BudgetExhausted, match="0.5 and delta"):
+        ledger.charge(_request("0.75"))
+    assert ledger.spent("pool").dataset.epsilon == Decimal("4.5")
+    assert len(ledger.releases()) == 1
+
+
+def test_quota_is_charged_per_buyer(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
+    with pytest.raises(QuotaExhausted):
+        ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
+    spent = ledger.spent("pool", "lab")
+    assert spent.buyer.epsilon == Decimal("1.0") and spent.dataset.epsilon == Decimal("1.0")
+
+
+def test_charges_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = SQLiteLedger(path)
+    receipt = ledger.charge(_request("0.5"))
+    ledger.close()
+    reopened = open_ledger(f"sqlite:///{path}")
+    assert reopened.spent("pool").dataset.epsilon == Decimal("0.5")
+    assert reopened.releases()[0].query_id == receipt.query_id
+
+
+def test_wal_mode_and_full_synchronous_commits(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    connection = sqlite3.connect(tmp_path / "ledger.db")
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_an_unwritable_ledger_fails_closed(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger._connection.execute("PRAGMA query_only = ON")
+    with pytest.raises(LedgerError):
+        ledger.charge(_request())
+    ledger._connection.execute("PRAGMA query_only = OFF")
+    assert ledger.spent("pool").dataset.epsilon == 0
+
+
+def test_unknown_ledger_urls_are_refused() -> None:
+    with pytest.raises(LedgerError, match="unsupported ledger URL"):
+        open_ledger("mysql://nope")

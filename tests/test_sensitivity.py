@@ -1,0 +1,285 @@
+"""Property tests of the privacy claim: one unit moves the exact bounded aggregates by at most the planned sensitivity.
+
+For random small pools and a random unit (a member, with ALL its rows, at
+member level; one row at row level), the exact bounded aggregates the Polars
+backend computes before any noise are compared on the two neighbouring pools.
+For every measured part, the difference vector over the public groups must
+satisfy ``‖Δ‖₁ ≤ l1``, ``‖Δ‖₂ ≤ l2`` (what the noise is calibrated to) and
+change at most ``groups_touched_per_unit`` groups (the L0 bound both rely on).
+Both neighbours run with the same seed: the per-member random choice of groups
+is a hash of member, group and seed, so the other members keep their choices.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.backends.polars import PolarsBackend
+from engine.plan import PartKind, QueryPlan
+from engine.planner import plan_query
+from engine.policy import load_policy
+from engine.sql import parse
+from tests.conftest import ROW_LEVEL, write_dataset
+
+SEED = 20240611
+REGIONS = ("north", "south", "east", "west")
+SCHEMA = {
+    "member_id": pl.Int64,
+    "region": pl.String,
+    "city": pl.String,
+    "hours": pl.Float64,
+    "age": pl.Int64,
+    "member_flag": pl.Boolean,
+}
+
+AGGREGATES = (
+    "COUNT(*)",
+    "COUNT(hours)",
+    "COUNT(age)",
+    "SUM(hours)",
+    "SUM(age)",
+    "AVG(hours)",
+    "AVG(age)",
+)
+FILTERS = (
+    None,
+    "hours > 10",
+    "hours IS NULL",
+    "hours IS NOT NULL AND age >= 30",
+    "age BETWEEN 20 AND 50",
+    "NOT (hours < 5) OR age > 60",
+    "member_flag",
+    "region IN ('north', 'east')",
+    "city LIKE 'a%'",
+    "hours * 2 > age",
+    "member_id IN (1, 2, 5)",
+)
+GROUPINGS = ((), ("region",), ("member_flag",), ("region", "member_flag"))
+
+
+def member_level(max_groups: int, max_rows_per_group: int) -> str:
+    return f'unit = "member_id"\nmax_groups = {max_groups}\nmax_rows_per_group = {max_rows_per_group}'
+
+
+PRIVACY = [
+    pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)
+] + [pytest.param(ROW_LEVEL, id="row")]
+
+# --- strategies ------------------------------------------------------------------
+
+hours_values = st.one_of(
+    st.none(),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.0, 60.0, 1e300, -1e300, 1e-300]),
+    st.floats(min_value=-10.0, max_value=80.0),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+age_values = st.one_of(
+    st.none(),
+    st.integers(min_value=18, max_value=80),
+    st.integers(min_value=-1_000, max_value=1_000),
+    st.sampled_from([-(2**63), 2**63 - 1, -(2**40), 2**40, 0]),
+)
+rows = st.fixed_dictionaries(
+    {
+        "member_id": st.integers(min_value=1, max_value=8),
+        "region": st.sampled_from(REGIONS),
+        "city": st.sampled_from(["a", "b", "ab"]),
+        "hours": hours_values,
+        "age": age_values,
+        "member_flag": st.booleans(),
+    }
+)
+pools = st.lists(rows, min_size=1, max_size=40)
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> str:
+    aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=4, unique=True))
+    where = draw(st.sampled_from(FILTERS))
+    keys = draw(st.sampled_from(GROUPINGS))
+    select = ", ".join([*keys, *aggregates])
+    sql = f"SELECT {select} FROM shifts"
+    if where:
+        sql += f" WHERE {where}"
+    if keys:
+        sql += f" GROUP BY {', '.join(keys)}"
+    return sql
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def frame_of(pool: list[dict[str, object]]) -> pl.DataFrame:
+    return pl.DataFrame(pool, schema=SCHEMA)
+
+
+def exact_parts(root: Path, pool: list[dict[str, object]], privacy: str, sql: str) -> tuple[QueryPlan, dict]:
+    """Plan ``sql`` on a fresh pool under ``root``; return the plan and ``{key: [part values]}``."""
+    policies = write_dataset(root, frame_of(pool), privacy=privacy)
+    plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
+    exact = PolarsBackend().execute(plan, seed=SEED)
+    assert len(exact.parts) == len(plan.parts)
+    assert all(len(values) == len(exact.keys) for values in exact.parts)
+    assert len(set(exact.keys)) == len(exact.keys), "a group appears twice"
+    by_key = {key: [values[i] for values in exact.parts] for i, key in enumerate(exact.keys)}
+    return plan, by_key
+
+
+def assert_neighbours_within_sensitivity(privacy: str, sql: str, larger: list[dict], smaller: list[dict]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        plan, with_unit = exact_parts(Path(directory) / "with", larger, privacy, sql)
+        plan_without, without_unit = exact_parts(Path(directory) / "without", smaller, privacy, sql)
+    assert plan_without.parts == plan.parts
+    assert set(with_unit) == set(without_unit), "both neighbours must release the same public keys"
+    expected_groups = math.prod(len(key.values) for key in plan.group_keys)
+    assert len(with_unit) == expected_groups
+    changed_groups: set[object] = set()
+    for index, part in enumerate(plan.parts):
+        claimed = plan.sensitivity(part)
+        diff = [with_unit[key][index] - without_unit[key][index] for key in with_unit]
+        changed_groups |= {key for key, d in zip(with_unit, diff) if d != 0}
+        l1 = sum(abs(d) for d in diff)
+        squared = sum(d * d for d in diff)
+        context = f"{part.label} in {sql!r} under {privacy!r}: diff {diff}, claimed {claimed}"
+        assert l1 <= claimed.l1, f"L1 {l1} above the claimed sensitivity: {context}"
+        assert squared <= claimed.l2 * claimed.l2, f"L2 {math.sqrt(squared)} above the claimed sensitivity: {context}"
+        if part.kind in (PartKind.COUNT_ROWS, PartKind.COUNT_VALUES):
+            # Adding a unit never lowers a count.
+            assert all(d >= 0 for d in diff), context
+    assert len(changed_groups) <= plan.groups_touched_per_unit, (
+        f"one unit changed {len(changed_groups)} groups, the plan claims at most "
+        f"{plan.groups_touched_per_unit}: {sql!r} under {privacy!r}"
+    )
+
+
+# --- the property ------------------------------------------------------------------
+
+_SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@pytest.mark.parametrize("privacy", PRIVACY)
+@_SETTINGS
+@given(pool=pools, sql=queries(), data=st.data())
+def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity(
+    privacy: str, pool: list[dict], sql: str, data: st.DataObject
+) -> None:
+    if privacy == ROW_LEVEL:
+        removed = data.draw(st.integers(min_value=0, max_value=len(pool) - 1), label="removed row")
+        smaller = pool[:removed] + pool[removed + 1 :]
+    else:
+        members = sorted({row["member_id"] for row in pool})
+        member = data.draw(st.sampled_from(members), label="removed member")
+        smaller = [row for row in pool if row["member_id"] != member]
+    assert_neighbours_within_sensitivity(privacy, sql, pool, smaller)
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)],
+)
+@_SETTINGS
+@given(
+    others=st.lists(rows, max_size=25),
+    member_rows=st.lists(rows, min_size=1, max_size=30),
+    member=st.integers(min_value=1, max_value=9),
+    sql=queries(),
+)
+def test_adding_a_heavy_member_spread_over_groups_is_bounded(
+    privacy: str, others: list[dict], member_rows: list[dict], member: int, sql: str
+) -> None:
+    """A member with many rows over many groups, added to a pool of others (or to an empty pool)."""
+    others = [row for row in others if row["member_id"] != member]
+    added = [{**row, "member_id": member} for row in member_rows]
+    assert_neighbours_within_sensitivity(privacy, sql, others + added, others)
+
+
+# --- contribution bounds, directly ------------------------------------------------
+
+
+def _execute(root: Path, frame: pl.DataFrame, privacy: str, sql: str) -> tuple[QueryPlan, dict]:
+    policies = write_dataset(root, frame, privacy=privacy)
+    plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
+    exact = PolarsBackend().execute(plan, seed=SEED)
+    return plan, {key: [values[i] for values in exact.parts] for i, key in enumerate(exact.keys)}
+
+
+@pytest.mark.parametrize("max_groups", [1, 2, 3])
+@pytest.mark.parametrize("max_rows_per_group", [1, 3, 10])
+@pytest.mark.parametrize("seed", range(5))
+def test_one_member_over_every_region_is_capped(
+    tmp_path: Path, max_groups: int, max_rows_per_group: int, seed: int
+) -> None:
+    """One member with 25 rows in each of the 4 regions: at most max_groups regions, max_rows_per_group rows each."""
+    frame = frame_of(
+        [
+            {"member_id": 7, "region": region, "city": "a", "hours": 100.0, "age": 99, "member_flag": True}
+            for region in REGIONS
+            for _ in range(25)
+        ]
+    )
+    sql = "SELECT region, COUNT(*), COUNT(hours), SUM(hours), SUM(age), AVG(hours) FROM shifts GROUP BY region"
+    policies = write_dataset(tmp_path, frame, privacy=member_level(max_groups, max_rows_per_group))
+    plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
+    exact = PolarsBackend().execute(plan, seed=seed)
+    counts = exact.parts[0]
+    touched = [count for count in counts if count]
+    assert len(touched) == max_groups, "the member keeps exactly max_groups of its regions"
+    assert all(count == max_rows_per_group for count in touched)
+    assert sum(counts) == max_groups * max_rows_per_group
+    assert exact.parts[1] == counts  # COUNT(hours): no NULLs
+    scale = plan.parts[2].value.scale
+    # hours = 100 is clamped to 60, age = 99 to 80: each kept row adds the upper bound.
+    assert exact.parts[2] == [count * 60 * scale for count in counts]
+    assert exact.parts[3] == [count * 80 for count in counts]
+    assert exact.parts[4] == [count * 30 * scale for count in counts]  # centred on 30
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pool=st.lists(rows, min_size=1, max_size=60),
+    max_groups=st.integers(min_value=1, max_value=4),
+    max_rows_per_group=st.sampled_from([1, 3, 10]),
+)
+def test_bounded_member_counts_respect_the_contribution_limits(
+    pool: list[dict], max_groups: int, max_rows_per_group: int
+) -> None:
+    """Per group, COUNT(*) ≤ max_rows_per_group × its members; overall ≤ max_groups × max_rows_per_group × members."""
+    sql = "SELECT region, COUNT(*), COUNT(hours) FROM shifts GROUP BY region"
+    with tempfile.TemporaryDirectory() as directory:
+        _, by_key = _execute(Path(directory), frame_of(pool), member_level(max_groups, max_rows_per_group), sql)
+    members_in = {region: {row["member_id"] for row in pool if row["region"] == region} for region in REGIONS}
+    rows_in = {region: sum(1 for row in pool if row["region"] == region) for region in REGIONS}
+    for (region,), (count, count_hours) in by_key.items():
+        assert count <= max_rows_per_group * len(members_in[region])
+        assert count <= rows_in[region]
+        assert count_hours <= count
+    members = {row["member_id"] for row in pool}
+    assert sum(count for count, _ in by_key.values()) <= max_groups * max_rows_per_group * len(members)
+    # Every member keeps min(max_groups, its regions) regions and min(cap, its rows) rows in each:
+    # a member with rows everywhere adds exactly that much, so the total is at least what
+    # members confined to a single region keep.
+    single_region_members = [m for m in members if len({r["region"] for r in pool if r["member_id"] == m}) == 1]
+    floor = sum(min(max_rows_per_group, sum(1 for r in pool if r["member_id"] == m)) for m in single_region_members)
+    assert sum(count for count, _ in by_key.values()) >= floor
+
+
+def test_row_level_counts_every_row(tmp_path: Path) -> None:
+    """At row level nothing is capped: the exact count is the number of rows in the public keys."""
+    pool = [
+        {"member_id": 1, "region": region, "city": "a", "hours": None, "age": 30, "member_flag": False}
+        for region in REGIONS
+        for _ in range(12)
+    ]
+    _, by_key = _execute(tmp_path, frame_of(pool), ROW_LEVEL, "SELECT region, COUNT(*), COUNT(hours) FROM shifts GROUP BY region")
+    assert by_key == {(region,): [12, 0] for region in REGIONS}
