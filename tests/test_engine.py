@@ -195,3 +195,10 @@ def test_budgets_report(engine: Engine) -> None:
     engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.5)
     (status,) = engine.budgets()
     assert status.remaining.epsilon == Decimal("9.5")
+
+
+def test_grouped_rows_come_in_the_policys_key_order_whatever_the_data(dataset: Callable[..., Path]) -> None:
+    engine = _engine(dataset(_frame(member_id=[1, 2], region=["west", "south"])))
+    for where in ("", "WHERE region = 'west'", "WHERE region = 'nowhere'"):
+        keys, _ = _exact(engine, f"SELECT region, COUNT(*) FROM shifts {where} GROUP BY region")
+        assert keys == [("north",), ("south",), ("east",), ("west",)]

@@ -46,7 +46,7 @@ _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
 }
 _ROWS = "__rows"
-_RANK = "__rank"
+_ORDER = "__order"
 
 
 class PolarsBackend:
@@ -201,7 +201,11 @@ def _aggregate(frame: pl.LazyFrame, keys: list[str], expressions: list[pl.Expr])
 
 
 def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
-    """Every public key appears, empty groups with zeros (their absence would leak)."""
+    """Every public key appears, empty groups with zeros, in the policy's key order.
+
+    Neither which groups appear nor their order may depend on the data: a
+    missing or reordered empty group would leak.
+    """
     if not plan.group_keys:
         return bounded.with_columns(pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts)))
     grid: pl.LazyFrame | None = None
@@ -210,7 +214,8 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
         values = pl.LazyFrame({key.column: pl.Series(key.column, list(key.values), dtype=dtype)})
         grid = values if grid is None else grid.join(values, how="cross")
     assert grid is not None
-    joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left", nulls_equal=False)
+    grid = grid.with_row_index(_ORDER)
+    joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left").sort(_ORDER).drop(_ORDER)
     return joined.with_columns(pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts)))
 
 
