@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -65,11 +67,19 @@ def _fail(error: Exception, output: OutputFormat) -> NoReturn:
     raise typer.Exit(exit_code(error))
 
 
-def _open(policies: Path, ledger: str | None, output: OutputFormat) -> Engine:
+@contextmanager
+def _session(policies: Path, ledger: str | None, output: OutputFormat) -> Iterator[Engine]:
+    """An engine for one command; any failure inside ends as a typed error and its exit code."""
     try:
-        return Engine.from_policies(policies, ledger=ledger)
-    except Exception as error:  # noqa: BLE001 - every failure ends as a typed error and exit code
+        engine = Engine.from_policies(policies, ledger=ledger)
+    except Exception as error:  # noqa: BLE001
         _fail(error, output)
+    try:
+        yield engine
+    except Exception as error:  # noqa: BLE001
+        _fail(error, output)
+    finally:
+        engine.close()
 
 
 @app.command()
@@ -85,13 +95,8 @@ def query(
     ledger: LedgerOption = None,
 ) -> None:
     """Answer an aggregate SQL query with differential privacy."""
-    engine = _open(policies, ledger, output)
-    try:
+    with _session(policies, ledger, output) as engine:
         result = engine.query(dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run)
-    except Exception as error:  # noqa: BLE001
-        _fail(error, output)
-    finally:
-        engine.close()
     if output is OutputFormat.JSON:
         print(json.dumps(result.to_dict()))
     else:
@@ -106,13 +111,8 @@ def budget(
     ledger: LedgerOption = None,
 ) -> None:
     """Show each dataset's privacy budget, spent and left."""
-    engine = _open(policies, ledger, output)
-    try:
+    with _session(policies, ledger, output) as engine:
         statuses = engine.budgets(dataset)
-    except Exception as error:  # noqa: BLE001
-        _fail(error, output)
-    finally:
-        engine.close()
     if output is OutputFormat.JSON:
         print(json.dumps({"datasets": [_budget_dict(status) for status in statuses]}))
         return
@@ -134,8 +134,7 @@ def demo(
     """Create the demo pool and policy if missing, then run example queries."""
     for path in ensure_demo(policies):
         console.print(f"created {path}")
-    engine = _open(policies, ledger, OutputFormat.TABLE)
-    try:
+    with _session(policies, ledger, OutputFormat.TABLE) as engine:
         for title, epsilon, sql in EXAMPLES:
             console.rule(title)
             console.print(f"[dim]$ coopdp query --dataset gig_work --epsilon {epsilon} {escape(repr(sql))}[/]", highlight=False)
@@ -146,8 +145,6 @@ def demo(
         console.rule("Budget")
         for status in engine.budgets():
             console.print(f"{status.dataset}: ε {status.remaining.epsilon} of {status.budget.epsilon} left")
-    finally:
-        engine.close()
 
 
 def _budget_dict(status: BudgetStatus) -> dict[str, Any]:
