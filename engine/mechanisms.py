@@ -45,20 +45,20 @@ class NoisePlan:
     loss: float
     """The composed loss OpenDP's maps report: ε (pure) or ρ (zCDP)."""
 
-    def accuracy(self, index: int) -> float:
-        """Half-width of the 95% interval around one noisy cell of part ``index``, in the column's units."""
+    def accuracy(self, index: int, alpha: float = ALPHA) -> float:
+        """Half-width of the (1 - alpha) interval around one noisy cell of part ``index``, in the column's units."""
         noise = self.parts[index]
-        return _integer_accuracy(self.accounting, noise.scale) / noise.units_per_value
+        return _integer_accuracy(self.accounting, noise.scale, alpha) / noise.units_per_value
 
 
-def _integer_accuracy(accounting: Accounting, scale: float) -> float:
+def _integer_accuracy(accounting: Accounting, scale: float, alpha: float) -> float:
     if accounting is Accounting.PURE:
-        return float(dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA))
+        return float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
     if scale <= _EXACT_GAUSSIAN_ACCURACY_SCALE:
-        return float(dp.discrete_gaussian_scale_to_accuracy(scale, ALPHA))
+        return float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
     # OpenDP sums the discrete tail term by term (slow for large scales); there the
     # discrete interval is the continuous one rounded up (checked up to the cut-over).
-    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, ALPHA))) + 1.0
+    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, alpha))) + 1.0
 
 
 def _measurement(accounting: Accounting, scale: float) -> dp.Measurement:

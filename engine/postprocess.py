@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine import plan as ir
-from engine.mechanisms import NoisePlan
+from engine.mechanisms import ALPHA, NoisePlan
 
 Value = str | int | float | bool | None
 
@@ -23,15 +23,48 @@ class Table:
     accuracy: dict[str, float | None]
 
 
-def accuracy(plan: ir.QueryPlan, noise: NoisePlan) -> dict[str, float | None]:
-    """Per noisy output column, the 95% half-width of one cell (None where it depends on the data)."""
+def accuracy(
+    plan: ir.QueryPlan, noise: NoisePlan, noisy: Sequence[Sequence[int]] | None = None
+) -> dict[str, float | None]:
+    """Per noisy output column, the 95% half-width for one cell (the worst cell).
+
+    COUNT and SUM come straight from the noise scale. AVG depends on the
+    noisy count, so it is known only once released (``noisy``); arithmetic
+    between aggregates has none (None).
+    """
     result: dict[str, float | None] = {}
     for column in plan.output:
         if isinstance(column.expr, (ir.KeyRef, ir.Lit)):
             continue
-        direct = isinstance(column.expr, ir.AggRef) and plan.aggregates[column.expr.index].kind is not ir.AggregateKind.AVG
-        result[column.name] = noise.accuracy(plan.aggregates[column.expr.index].parts[0]) if direct else None
+        aggregate = plan.aggregates[column.expr.index] if isinstance(column.expr, ir.AggRef) else None
+        if aggregate is None:
+            result[column.name] = None
+        elif aggregate.kind is ir.AggregateKind.AVG:
+            result[column.name] = None if noisy is None else _average_accuracy(aggregate, noise, noisy)
+        else:
+            result[column.name] = noise.accuracy(aggregate.parts[0])
     return result
+
+
+def _average_accuracy(aggregate: ir.Aggregate, noise: NoisePlan, noisy: Sequence[Sequence[int]]) -> float | None:
+    """Half-width for ``centred_sum / count`` from each part's interval at α/2 (a union bound).
+
+    With count error ≤ a₁ and centred-sum error ≤ a₂, the mean's error is at
+    most (a₂ + M·a₁) / noisy count, M the largest centred value; never more
+    than the width of the bounds, since both means lie inside them.
+    """
+    value = aggregate.value
+    assert value is not None
+    count_part, sum_part = aggregate.parts
+    count_error = noise.accuracy(count_part, ALPHA / 2)
+    sum_error = noise.accuracy(sum_part, ALPHA / 2)
+    width = (value.upper - value.lower) / value.scale
+    per_cell = [
+        min((sum_error + value.centered_magnitude / value.scale * count_error) / count, width)
+        for count in noisy[count_part]
+        if count >= 1
+    ]
+    return max(per_cell) if per_cell else None
 
 
 def build_table(
@@ -50,7 +83,7 @@ def build_table(
     selected = [row for row, _ in rows][plan.offset :]
     if plan.limit is not None:
         selected = selected[: plan.limit]
-    return Table([column.name for column in plan.output], selected, accuracy(plan, noise))
+    return Table([column.name for column in plan.output], selected, accuracy(plan, noise, noisy))
 
 
 def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
