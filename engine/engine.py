@@ -6,6 +6,7 @@ execute → noise → post-process → record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,14 +14,14 @@ from pathlib import Path
 
 from engine.accounting import Cost, PrivacyRequest, budget_of, exact
 from engine.backends import BACKENDS, Backend
-from engine.errors import Forbidden, UnknownTable
-from engine.ledger import ChargeRequest, Ledger, open_ledger
+from engine.errors import Conflict, Forbidden, UnknownTable
+from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
 from engine.mechanisms import add_noise, calibrate
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
 from engine.postprocess import accuracy, build_table
 from engine.result import Result
-from engine.sql import parse
+from engine.sql import normalised, parse
 
 DEFAULT_LEDGER_NAME = "coopdp.db"
 
@@ -28,6 +29,15 @@ DEFAULT_LEDGER_NAME = "coopdp.db"
 def default_ledger_url(policies: Path) -> str:
     """``sqlite:///`` beside the policies directory."""
     return f"sqlite:///{(policies.resolve().parent / DEFAULT_LEDGER_NAME)}"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a buyer (None for the operator), their purpose, and the policy's quota for them."""
+
+    name: str | None
+    purpose: str | None
+    quota: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -76,54 +86,90 @@ class Engine:
         delta: float | None = None,
         buyer: str | None = None,
         dry_run: bool = False,
+        idempotency_key: str | None = None,
     ) -> Result:
-        """Answer ``sql`` with differential privacy, charging ``(epsilon, delta)`` first."""
+        """Answer ``sql`` with differential privacy, charging ``(epsilon, delta)`` first.
+
+        A repeat (the same idempotency key, or a query whose stored release may
+        be reused) returns the stored release, ``cached``, at no cost.
+        """
         policy = self.policy(dataset)
         request = PrivacyRequest.validate(epsilon, delta, policy.budget)
-        quota = self._quota(policy, buyer)
+        caller = self.caller(policy, buyer)
         statement = parse(sql)
-        plan = plan_query(statement, policy)
+        consent_column = policy.consent_column(caller.purpose)
+        plan = plan_query(statement, policy, consent_column=consent_column)
         noise = calibrate(plan, request)
         if dry_run:
-            return Result(None, dataset, buyer, [c.name for c in plan.output], [], accuracy(plan, noise),
-                          noise.cost, self.remaining(policy, buyer, quota), dry_run=True)
+            return Result(None, dataset, caller.name, [c.name for c in plan.output], [], accuracy(plan, noise),
+                          noise.cost, self.remaining(policy, caller), dry_run=True)
         self.backend.check_schema(plan)
-        receipt = self.ledger.charge(
-            ChargeRequest(dataset, buyer, statement.sql(), noise.cost, budget_of(policy.budget), quota)
+        normalised_sql = normalised(statement)
+        charge = self.ledger.charge(
+            ChargeRequest(
+                dataset, caller.name, normalised_sql, noise.cost, budget_of(policy.budget), caller.quota,
+                purpose=caller.purpose,
+                reuse_key=_reuse_key(policy, caller, normalised_sql, noise.cost, consent_column),
+                idempotency_key=idempotency_key,
+            )
         )
+        if isinstance(charge, StoredRelease):
+            return self._stored(charge, policy, caller)
         exact_aggregates = self.backend.execute(plan)
-        noisy = add_noise(noise, exact_aggregates.parts, receipt)
+        noisy = add_noise(noise, exact_aggregates.parts, charge)
         table = build_table(plan, noise, exact_aggregates.keys, noisy)
-        result = Result(receipt.query_id, dataset, buyer, table.columns, table.rows, table.accuracy,
-                        noise.cost, self.remaining(policy, buyer, quota))
-        self.ledger.record_result(receipt.query_id, json.dumps(result.to_dict()))
+        result = Result(charge.query_id, dataset, caller.name, table.columns, table.rows, table.accuracy,
+                        noise.cost, self.remaining(policy, caller))
+        self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
 
-    def remaining(self, policy: Policy, buyer: str | None, quota: Decimal | None) -> Cost:
+    def _stored(self, stored: StoredRelease, policy: Policy, caller: Caller) -> Result:
+        if stored.result is None:
+            raise Conflict(f"query {stored.query_id} with this idempotency key is still being answered; retry shortly")
+        document = json.loads(stored.result)
+        return Result.from_dict(document, buyer=caller.name, remaining=self.remaining(policy, caller), cached=True)
+
+    def caller(self, policy: Policy, buyer: str | None) -> Caller:
+        """Who is asking: the buyer's purpose and quota default, from the ledger or the policy."""
+        if buyer is None:
+            return Caller(None, None, None)
+        declared = policy.buyers.get(buyer)
+        default_quota = exact(declared.epsilon) if declared and declared.epsilon is not None else None
+        record = self.ledger.buyer(buyer)
+        if record is not None:
+            if record.revoked:
+                raise Forbidden(f"buyer {buyer!r} has been revoked")
+            return Caller(buyer, record.purpose, default_quota)
+        if declared is None and policy.buyers:
+            raise Forbidden(f"buyer {buyer!r} is not declared in the policy of {policy.name}")
+        return Caller(buyer, declared.purpose if declared else None, default_quota)
+
+    def budget(self, policy: Policy) -> Cost:
+        """The dataset's total budget: a steward's stored one, else the policy's."""
+        return self.ledger.budget(policy.name) or budget_of(policy.budget)
+
+    def remaining(self, policy: Policy, caller: Caller) -> Cost:
         """What this caller may still spend: the dataset's budget left, capped by the buyer's quota."""
-        spent = self.ledger.spent(policy.name, buyer)
-        left = budget_of(policy.budget) - spent.dataset
+        spent = self.ledger.spent(policy.name, caller.name)
+        left = self.budget(policy) - spent.dataset
+        quota = self.ledger.quota(policy.name, caller.name, caller.quota) if caller.name else None
         if quota is not None:
             return Cost(min(left.epsilon, quota - spent.buyer.epsilon), left.delta)
         return left
 
     def budgets(self, dataset: str | None = None) -> list[BudgetStatus]:
-        names = [self.policy(dataset).name] if dataset else sorted(self.policies)
+        policies = [self.policy(dataset)] if dataset else [self.policies[name] for name in sorted(self.policies)]
         return [
-            BudgetStatus(name, self.policies[name].budget.accounting, budget_of(self.policies[name].budget),
-                         self.ledger.spent(name).dataset)
-            for name in names
+            BudgetStatus(policy.name, policy.budget.accounting, self.budget(policy), self.ledger.spent(policy.name).dataset)
+            for policy in policies
         ]
-
-    def _quota(self, policy: Policy, buyer: str | None) -> Decimal | None:
-        if buyer is None:
-            return None
-        declared = policy.buyers.get(buyer)
-        if declared is None:
-            if policy.buyers:
-                raise Forbidden(f"buyer {buyer!r} is not declared in the policy of {policy.name}")
-            return None
-        return exact(declared.epsilon) if declared.epsilon is not None else None
 
     def close(self) -> None:
         self.ledger.close()
+
+
+def _reuse_key(policy: Policy, caller: Caller, sql: str, cost: Cost, consent_column: str | None) -> str:
+    """Queries with equal keys get one release: same dataset, SQL, cost and consent filter (and buyer, unless shared)."""
+    owner = "*" if policy.releases.shared else (caller.name or "")
+    material = json.dumps([policy.name, sql, str(cost.epsilon), str(cost.delta), consent_column, owner])
+    return hashlib.sha256(material.encode()).hexdigest()

@@ -75,6 +75,12 @@ class NotFound(CoopdpError):
     code = "not_found"
 
 
+class Conflict(CoopdpError):
+    """The request repeats one that is still being answered."""
+
+    code = "conflict"
+
+
 class PolicyError(CoopdpError):
     """A policy file is malformed; the message names the file, key and problem."""
 

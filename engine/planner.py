@@ -62,14 +62,19 @@ _REFUSED = {
 }
 
 
-def plan_query(select: exp.Select, policy: Policy) -> ir.QueryPlan:
-    """Validate ``select`` against ``policy`` and build its plan."""
-    return _Planner(policy).plan(select)
+def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = None) -> ir.QueryPlan:
+    """Validate ``select`` against ``policy`` and build its plan.
+
+    With ``consent_column``, rows where that bool column is not true are
+    dropped before anything else (members who did not consent never count).
+    """
+    return _Planner(policy, consent_column).plan(select)
 
 
 @dataclass
 class _Planner:
     policy: Policy
+    consent_column: str | None = None
     parts: list[ir.Part] = field(default_factory=list)
     aggregates: list[ir.Aggregate] = field(default_factory=list)
     used_columns: set[str] = field(default_factory=set)
@@ -82,6 +87,10 @@ class _Planner:
         self._resolve_from(select)
         where = select.args.get("where")
         row_filter = self._predicate(where.this) if where is not None else None
+        if self.consent_column is not None:
+            self.used_columns.add(self.consent_column)
+            consent = ir.Compare(ir.CompareOp.EQ, ir.Col(self.consent_column), ir.Lit(True))
+            row_filter = consent if row_filter is None else ir.And((consent, row_filter))
         group_keys = self._group_keys(select)
         output = self._select_list(select)
         if not self.aggregates:

@@ -116,6 +116,16 @@ class BuyerPolicy(_Strict):
     purpose: str | None = None
 
 
+class PurposePolicy(_Strict):
+    consent_column: str
+    """A bool column: rows where it is not true are dropped for buyers with this purpose."""
+
+
+class ReleasesSection(_Strict):
+    shared: bool = False
+    """Whether any buyer (under the same consent filter) may get another buyer's stored release of the same query."""
+
+
 class Policy(_Strict):
     """A validated policy; ``source_paths`` are the pool's files, resolved."""
 
@@ -124,6 +134,8 @@ class Policy(_Strict):
     budget: BudgetSection
     columns: dict[str, ColumnPolicy]
     buyers: dict[str, BuyerPolicy] = {}
+    purposes: dict[str, PurposePolicy] = {}
+    releases: ReleasesSection = ReleasesSection()
     source_paths: tuple[Path, ...] = ()
 
     @model_validator(mode="after")
@@ -145,7 +157,16 @@ class Policy(_Strict):
                 raise ValueError(f"privacy.unit column {unit!r} must have type = \"id\"")
             if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
                 raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
+        for purpose, rule in self.purposes.items():
+            column = self.columns.get(rule.consent_column)
+            if column is None or column.type is not ColumnType.BOOL:
+                raise ValueError(f"purposes.{purpose}.consent_column {rule.consent_column!r} must be a declared bool column")
         return self
+
+    def consent_column(self, purpose: str | None) -> str | None:
+        """The column whose true rows a buyer with ``purpose`` may see, if the policy ties one to it."""
+        rule = self.purposes.get(purpose) if purpose else None
+        return rule.consent_column if rule else None
 
     @property
     def name(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.accounting import Cost
+from engine.accounting import ZERO, Cost
 from engine.postprocess import Value
 
 
@@ -22,6 +22,21 @@ class Result:
     remaining: Cost
     cached: bool = False
     dry_run: bool = False
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any], *, buyer: str | None, remaining: Cost, cached: bool) -> Result:
+        """A stored release, handed to ``buyer`` again; this hand-over costs nothing."""
+        return cls(
+            query_id=document["query_id"],
+            dataset=document["dataset"],
+            buyer=buyer,
+            columns=document["columns"],
+            rows=document["rows"],
+            accuracy=document["accuracy"],
+            cost=ZERO,
+            remaining=remaining,
+            cached=cached,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         document: dict[str, Any] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from engine.errors import InvalidSQL, Unsupported
 
@@ -56,6 +57,11 @@ def parse(sql: str) -> exp.Select:
     if not isinstance(statement, exp.Select):
         raise Unsupported(f"only SELECT queries are supported, not {statement.key.upper()}")
     return statement
+
+
+def normalised(select: exp.Select) -> str:
+    """Canonical SQL text: case-insensitive identifiers lowered, keywords and spacing uniform."""
+    return normalize_identifiers(select.copy()).sql()
 
 
 def _first_line(error: SqlglotError) -> str:

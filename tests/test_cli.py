@@ -59,9 +59,9 @@ def test_epsilon_above_the_per_query_maximum_exits_2(policies: Path) -> None:
 
 
 def test_exhausted_budget_exits_3(policies: Path) -> None:
-    for _ in range(2):
-        assert _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", QUERY)[0] == 0
-    code, out, err = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", QUERY)
+    for epsilon in ("0.5", "0.25"):
+        assert _run(policies, "query", "--dataset", "shifts", "--epsilon", epsilon, QUERY)[0] == 0
+    code, out, err = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.3", "--format", "json", QUERY)
     assert code == 3 and out == ""
     assert json.loads(err)["error"]["code"] == "budget_exhausted"
 

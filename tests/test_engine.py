@@ -115,8 +115,21 @@ def test_counts_are_never_negative_and_avg_stays_in_bounds(dataset: Callable[...
 
 
 def test_results_are_noisy(engine: Engine) -> None:
-    answers = {engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.1).rows[0][0] for _ in range(10)}
+    answers = {
+        engine.query("shifts", f"SELECT COUNT(*) FROM shifts WHERE age > {-i}", epsilon=0.1).rows[0][0] for i in range(10)
+    }
     assert len(answers) > 1
+
+
+def test_a_repeated_query_returns_the_stored_release_for_free(engine: Engine) -> None:
+    first = engine.query("shifts", "SELECT region, COUNT(*) FROM shifts GROUP BY region", epsilon=0.5)
+    again = engine.query("shifts", "select region, count(*)  from SHIFTS group by region", epsilon=0.5)
+    assert again.cached and not first.cached
+    assert again.rows == first.rows and again.query_id == first.query_id
+    assert again.cost.epsilon == 0
+    assert engine.ledger.spent("shifts").dataset.epsilon == Decimal("0.5")
+    other = engine.query("shifts", "SELECT region, COUNT(*) FROM shifts GROUP BY region", epsilon=0.25)
+    assert not other.cached
 
 
 def test_accuracy_matches_the_noise_scale(engine: Engine) -> None:
@@ -152,7 +165,7 @@ def test_each_release_is_logged_with_its_result(engine: Engine) -> None:
     (record,) = engine.ledger.releases("shifts")
     assert record.query_id == result.query_id
     assert record.sql == "SELECT COUNT(*) FROM shifts"
-    assert record.cost.epsilon == Decimal("0.25") and record.released
+    assert record.cost.epsilon == Decimal("0.25") and json.loads(record.result)["rows"] == result.rows
 
 
 def test_zcdp_charges_epsilon_and_delta(dataset: Callable[..., Path]) -> None:
@@ -170,8 +183,8 @@ def test_pure_accounting_never_spends_delta(engine: Engine) -> None:
 
 def test_the_budget_is_enforced_exactly(dataset: Callable[..., Path]) -> None:
     engine = _engine(dataset(epsilon=1.0, max_epsilon_per_query=1.0))
-    for _ in range(10):
-        engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.1)
+    for i in range(10):
+        engine.query("shifts", f"SELECT COUNT(*) FROM shifts WHERE age > {i}", epsilon=0.1)
     assert engine.ledger.spent("shifts").dataset.epsilon == Decimal("1.0")
     with pytest.raises(BudgetExhausted):
         engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.1)
@@ -183,7 +196,8 @@ def test_buyer_quotas_bind_inside_the_budget(dataset: Callable[..., Path]) -> No
     engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.75, buyer="lab")
     with pytest.raises(QuotaExhausted):
         engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.5, buyer="lab")
-    assert engine.remaining(engine.policy("shifts"), "lab", Decimal("1.0")).epsilon == Decimal("0.25")
+    policy = engine.policy("shifts")
+    assert engine.remaining(policy, engine.caller(policy, "lab")).epsilon == Decimal("0.25")
     with pytest.raises(Forbidden):
         engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.5, buyer="stranger")
     engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.5)

@@ -11,7 +11,8 @@ import pytest
 
 from engine.accounting import Cost
 from engine.errors import BudgetExhausted, LedgerError, QuotaExhausted
-from engine.ledger import ChargeRequest, SQLiteLedger, open_ledger
+from engine.ledger import ChargeReceipt, ChargeRequest, Ledger, open_ledger
+from engine.ledger_db import SQLiteDatabase
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
 
@@ -27,8 +28,12 @@ def _request(epsilon: str = "0.5", buyer: str | None = None, quota: str | None =
     )
 
 
+def _sqlite(path: Path) -> Ledger:
+    return Ledger(SQLiteDatabase(path))
+
+
 def _charge_many(path: str, attempts: int) -> int:
-    ledger = SQLiteLedger(Path(path))
+    ledger = _sqlite(Path(path))
     granted = 0
     for _ in range(attempts):
         try:
@@ -41,7 +46,7 @@ def _charge_many(path: str, attempts: int) -> int:
 
 
 def test_thousands_of_small_charges_add_up_exactly(tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger = _sqlite(tmp_path / "ledger.db")
     budget = Cost(Decimal("1000"), Decimal(0))
     for _ in range(2000):
         ledger.charge(ChargeRequest("pool", None, "q", Cost(Decimal("0.1"), Decimal(0)), budget, None))
@@ -50,17 +55,17 @@ def test_thousands_of_small_charges_add_up_exactly(tmp_path: Path) -> None:
 
 def test_concurrent_processes_never_overspend(tmp_path: Path) -> None:
     path = str(tmp_path / "ledger.db")
-    SQLiteLedger(Path(path)).close()
+    _sqlite(Path(path)).close()
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         granted = pool.starmap(_charge_many, [(path, 30)] * 4)
     assert sum(granted) == 50  # 5.0 / 0.1
-    ledger = SQLiteLedger(Path(path))
+    ledger = _sqlite(Path(path))
     assert ledger.spent("pool").dataset.epsilon == Decimal("5.0")
     assert len(ledger.releases()) == 50
 
 
 def test_a_refused_charge_changes_nothing(tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger = _sqlite(tmp_path / "ledger.db")
     ledger.charge(_request("4.5"))
     with pytest.raises(BudgetExhausted, match="0.5 and delta"):
         ledger.charge(_request("0.75"))
@@ -69,7 +74,7 @@ def test_a_refused_charge_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_quota_is_charged_per_buyer(tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger = _sqlite(tmp_path / "ledger.db")
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     with pytest.raises(QuotaExhausted):
         ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
@@ -79,7 +84,7 @@ def test_quota_is_charged_per_buyer(tmp_path: Path) -> None:
 
 def test_charges_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    ledger = SQLiteLedger(path)
+    ledger = _sqlite(path)
     receipt = ledger.charge(_request("0.5"))
     ledger.close()
     reopened = open_ledger(f"sqlite:///{path}")
@@ -88,18 +93,18 @@ def test_charges_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_wal_mode_and_full_synchronous_commits(tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger = _sqlite(tmp_path / "ledger.db")
     connection = sqlite3.connect(tmp_path / "ledger.db")
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert ledger._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert ledger.database._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_an_unwritable_ledger_fails_closed(tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
-    ledger._connection.execute("PRAGMA query_only = ON")
+    ledger = _sqlite(tmp_path / "ledger.db")
+    ledger.database._connection.execute("PRAGMA query_only = ON")
     with pytest.raises(LedgerError):
         ledger.charge(_request())
-    ledger._connection.execute("PRAGMA query_only = OFF")
+    ledger.database._connection.execute("PRAGMA query_only = OFF")
     assert ledger.spent("pool").dataset.epsilon == 0
 
 

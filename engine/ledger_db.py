@@ -1,0 +1,126 @@
+"""The ledger's databases: SQLite (one file) and PostgreSQL, behind one small interface.
+
+The ledger writes its SQL once, with ``?`` placeholders; each database runs
+it in transactions that serialise every charge (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: a transaction-scoped advisory lock), so concurrent processes can
+never interleave a budget check with another's charge. Any database failure
+becomes a :class:`LedgerError`: the engine fails closed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.errors import LedgerError
+
+Row = tuple[Any, ...]
+
+_CHARGE_LOCK = 0x636F6F70  # "coop": the advisory lock every PostgreSQL write transaction takes
+
+
+class Transaction(Protocol):
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class Database(Protocol):
+    url: str
+
+    def transaction(self) -> Any:
+        """A context manager yielding a :class:`Transaction`; commits on success, rolls back on error."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteDatabase:
+    """One file, WAL mode, full synchronous commits; one connection shared by threads under a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.url = f"sqlite:///{path}"
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+        except (sqlite3.Error, OSError) as error:
+            raise LedgerError(f"cannot open the ledger at {path}: {error}") from error
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            try:
+                self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SQLiteTransaction(self._connection)
+                except BaseException:
+                    self._connection.execute("ROLLBACK")
+                    raise
+                self._connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                raise LedgerError(f"the ledger could not be written: {error}") from error
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+class _SQLiteTransaction:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        return self._connection.execute(sql, tuple(parameters)).fetchall()
+
+
+class PostgresDatabase:
+    """A PostgreSQL server; one connection shared by threads under a lock."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self._psycopg = psycopg
+        self._lock = threading.Lock()
+        try:
+            self._connection = psycopg.connect(url, autocommit=False, connect_timeout=10)
+        except psycopg.Error as error:
+            raise LedgerError(f"cannot connect to the PostgreSQL ledger: {error.__class__.__name__}") from error
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            connection = self._connection
+            try:
+                with connection.transaction():
+                    cursor = connection.cursor()
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CHARGE_LOCK,))
+                    yield _PostgresTransaction(cursor)
+            except self._psycopg.Error as error:
+                raise LedgerError(f"the ledger could not be written: {error.__class__.__name__}") from error
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+class _PostgresTransaction:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        self._cursor.execute(sql.replace("?", "%s"), tuple(parameters))
+        return self._cursor.fetchall() if self._cursor.description else []
+
+
+def open_database(url: str) -> Database:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:///"):
+        return SQLiteDatabase(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url)
+    raise LedgerError(f"unsupported ledger URL {url!r}: use sqlite:///path/to/file.db or postgresql://…")
