@@ -7,6 +7,7 @@ quota exhausted, 1 anything else.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api.auth import Role
 from engine.demo import EXAMPLES, ensure_demo
 from engine.engine import BudgetStatus, Engine
 from engine.errors import BudgetRefused, CoopdpError, InternalError, QueryRejected
@@ -33,6 +35,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 errors = Console(stderr=True)
 
@@ -145,6 +149,40 @@ def demo(
         console.rule("Budget")
         for status in engine.budgets():
             console.print(f"{status.dataset}: ε {status.remaining.epsilon} of {status.budget.epsilon} left")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes (share the ledger).")] = 1,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Serve the HTTP API (FastAPI on uvicorn); the demo pool is created if no policy exists."""
+    import uvicorn
+
+    if not any(policies.glob("*.toml")):
+        ensure_demo(policies)
+    os.environ["COOPDP_POLICIES"] = str(policies.resolve())
+    if ledger:
+        os.environ["COOPDP_LEDGER"] = ledger
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@keys_app.command("create")
+def create_key(
+    buyer: Annotated[str, typer.Option("--buyer", help="Whose key: a buyer's name, or a steward's.")],
+    role: Annotated[Role, typer.Option("--role", help="buyer (queries) or steward (governs).")] = Role.BUYER,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from api.auth import create_key as make_key
+
+    with _session(policies, ledger, OutputFormat.TABLE) as engine:
+        key = make_key(engine, buyer, role, actor="cli")
+    print(key)
 
 
 def _budget_dict(status: BudgetStatus) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.accounting import Cost, PrivacyRequest, budget_of, exact
 from engine.backends import BACKENDS, Backend
-from engine.errors import Conflict, Forbidden, UnknownTable
+from engine.errors import Conflict, Forbidden, NotFound, UnknownTable
 from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
 from engine.mechanisms import add_noise, calibrate
 from engine.planner import plan_query
@@ -123,6 +123,16 @@ class Engine:
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
 
+    def stored_release(self, query_id: str, buyer: str | None) -> Result:
+        """A past release of ``buyer``'s, again, at no cost."""
+        record = self.ledger.release(query_id)
+        if record is None or record.result is None:
+            raise NotFound(f"no release {query_id!r}")
+        if record.buyer != buyer:
+            raise Forbidden(f"release {query_id!r} belongs to another buyer")
+        policy = self.policy(record.dataset)
+        return self._stored(StoredRelease(record.query_id, record.result), policy, self.caller(policy, buyer))
+
     def _stored(self, stored: StoredRelease, policy: Policy, caller: Caller) -> Result:
         if stored.result is None:
             raise Conflict(f"query {stored.query_id} with this idempotency key is still being answered; retry shortly")
@@ -139,7 +149,7 @@ class Engine:
         if record is not None:
             if record.revoked:
                 raise Forbidden(f"buyer {buyer!r} has been revoked")
-            return Caller(buyer, record.purpose, default_quota)
+            return Caller(buyer, record.purpose or (declared.purpose if declared else None), default_quota)
         if declared is None and policy.buyers:
             raise Forbidden(f"buyer {buyer!r} is not declared in the policy of {policy.name}")
         return Caller(buyer, declared.purpose if declared else None, default_quota)

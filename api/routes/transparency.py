@@ -1,0 +1,26 @@
+"""What members may see: every release (when, who, why, what, at what cost), never a result."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.auth import EngineDep
+from api.schemas import CostBody, TransparencyEntry, TransparencyLog
+
+router = APIRouter(prefix="/v1/transparency", tags=["transparency"])
+
+
+@router.get("/{dataset}", response_model=TransparencyLog)
+def transparency(dataset: str, engine: EngineDep) -> TransparencyLog:
+    """Public: no key needed."""
+    (status,) = engine.budgets(engine.policy(dataset).name)
+    return TransparencyLog(
+        dataset=dataset,
+        budget=CostBody(**status.budget.to_dict()),
+        spent=CostBody(**status.spent.to_dict()),
+        remaining=CostBody(**status.remaining.to_dict()),
+        releases=[
+            TransparencyEntry(at=r.created_at, buyer=r.buyer, purpose=r.purpose, sql=r.sql, cost=CostBody(**r.cost.to_dict()))
+            for r in engine.ledger.releases(dataset)
+        ],
+    )

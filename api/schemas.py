@@ -1,0 +1,131 @@
+"""Request and response bodies: inputs forbid unknown fields; outputs carry only public values."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import Role
+
+Cell = str | int | float | bool | None
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CostBody(BaseModel):
+    epsilon: float
+    delta: float
+
+
+class QueryRequest(_Input):
+    dataset: str = Field(max_length=200)
+    sql: str = Field(description="One SELECT over the dataset's table.")
+    epsilon: float = Field(description="Privacy budget this query may spend (validated against the policy).")
+    delta: float | None = Field(default=None, description="δ, needed by zcdp datasets.")
+    dry_run: bool = Field(default=False, description="Cost and accuracy only: reads no data, charges nothing.")
+
+
+class QueryResult(BaseModel):
+    query_id: str | None
+    dataset: str
+    buyer: str | None
+    columns: list[str]
+    rows: list[list[Cell]]
+    accuracy: dict[str, float | None]
+    cost: CostBody
+    remaining: CostBody
+    cached: bool
+    dry_run: bool = False
+
+
+class ReleaseSummary(BaseModel):
+    query_id: str
+    dataset: str
+    sql: str
+    cost: CostBody
+    created_at: str
+
+
+class ColumnInfo(BaseModel):
+    name: str
+    type: str
+    bounds: tuple[float, float] | None
+    public_keys: list[str | bool] | None
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    description: str
+    privacy_unit: Literal["member", "row"]
+    max_groups: int | None
+    max_rows_per_group: int | None
+    accounting: str
+    max_epsilon_per_query: float
+    columns: list[ColumnInfo]
+    remaining: CostBody
+    """What the caller may still spend here."""
+
+
+class BudgetUpdate(_Input):
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(ge=0, lt=1, allow_inf_nan=False)
+
+
+class BudgetStatusBody(BaseModel):
+    dataset: str
+    budget: CostBody
+    spent: CostBody
+    remaining: CostBody
+
+
+class BuyerCreate(_Input):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    purpose: str | None = Field(default=None, max_length=64)
+
+
+class BuyerBody(BaseModel):
+    name: str
+    purpose: str | None
+    created_at: str
+    revoked: bool
+
+
+class KeyCreate(_Input):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    role: Role
+
+
+class KeyCreated(BaseModel):
+    name: str
+    role: Role
+    key: str = Field(description="Shown once: only its hash is stored.")
+
+
+class QuotaUpdate(_Input):
+    epsilon: float | None = Field(gt=0, allow_inf_nan=False, description="null lifts the quota")
+
+
+class AuditBody(BaseModel):
+    at: str
+    actor: str
+    action: str
+    detail: str
+
+
+class TransparencyEntry(BaseModel):
+    at: str
+    buyer: str | None
+    purpose: str | None
+    sql: str
+    cost: CostBody
+
+
+class TransparencyLog(BaseModel):
+    dataset: str
+    budget: CostBody
+    spent: CostBody
+    remaining: CostBody
+    releases: list[TransparencyEntry]
