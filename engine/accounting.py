@@ -76,14 +76,16 @@ class PrivacyRequest:
         if eps <= 0:
             raise PolicyViolation("epsilon must be greater than 0")
         if eps > budget.max_epsilon_per_query:
-            raise PolicyViolation(f"epsilon {eps} is above this dataset's max_epsilon_per_query ({budget.max_epsilon_per_query})")
+            raise PolicyViolation(
+                f"epsilon {eps} is above this dataset's max_epsilon_per_query ({budget.max_epsilon_per_query})"
+            )
         accounting = Accounting(budget.accounting)
         dlt = 0.0 if delta is None else _finite(delta, "delta")
         if not 0 <= dlt < 1:
             raise PolicyViolation("delta must be at least 0 and below 1")
         if accounting is Accounting.ZCDP:
             if dlt == 0:
-                raise PolicyViolation('this dataset uses zcdp accounting: give a delta > 0 (e.g. --delta 1e-7)')
+                raise PolicyViolation("this dataset uses zcdp accounting: give a delta > 0 (e.g. --delta 1e-7)")
             if dlt > budget.delta:
                 raise PolicyViolation(f"delta {dlt} is above this dataset's whole delta budget ({budget.delta})")
         return cls(exact(eps), exact(dlt), accounting)

@@ -51,7 +51,9 @@ PoliciesOption = Annotated[
 ]
 LedgerOption = Annotated[
     str | None,
-    typer.Option("--ledger", envvar="COOPDP_LEDGER", help="Ledger URL (default: sqlite:///coopdp.db beside the policies)."),
+    typer.Option(
+        "--ledger", envvar="COOPDP_LEDGER", help="Ledger URL (default: sqlite:///coopdp.db beside the policies)."
+    ),
 ]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table for people, json for scripts.")]
 
@@ -141,7 +143,9 @@ def demo(
     with _session(policies, ledger, OutputFormat.TABLE) as engine:
         for title, epsilon, sql in EXAMPLES:
             console.rule(title)
-            console.print(f"[dim]$ coopdp query --dataset gig_work --epsilon {epsilon} {escape(repr(sql))}[/]", highlight=False)
+            console.print(
+                f"[dim]$ coopdp query --dataset gig_work --epsilon {epsilon} {escape(repr(sql))}[/]", highlight=False
+            )
             try:
                 _print_result(engine.query("gig_work", sql, epsilon=epsilon))
             except CoopdpError as error:
@@ -206,7 +210,8 @@ def _print_result(result: Result) -> None:
     table.add_row(*(_accuracy_cell(result.accuracy, column) for column in result.columns), style="dim")
     console.print(table)
     console.print(
-        f"cost ε={result.cost.epsilon} δ={result.cost.delta} · remaining ε={result.remaining.epsilon} δ={result.remaining.delta}",
+        f"cost ε={result.cost.epsilon} δ={result.cost.delta} · "
+        f"remaining ε={result.remaining.epsilon} δ={result.remaining.delta}",
         highlight=False,
     )
 

@@ -101,13 +101,27 @@ class Engine:
         plan = plan_query(statement, policy, consent_column=consent_column)
         noise = calibrate(plan, request)
         if dry_run:
-            return Result(None, dataset, caller.name, [c.name for c in plan.output], [], accuracy(plan, noise),
-                          noise.cost, self.remaining(policy, caller), dry_run=True)
+            return Result(
+                None,
+                dataset,
+                caller.name,
+                [c.name for c in plan.output],
+                [],
+                accuracy(plan, noise),
+                noise.cost,
+                self.remaining(policy, caller),
+                dry_run=True,
+            )
         self.backend.check_schema(plan)
         normalised_sql = normalised(statement)
         charge = self.ledger.charge(
             ChargeRequest(
-                dataset, caller.name, normalised_sql, noise.cost, budget_of(policy.budget), caller.quota,
+                dataset,
+                caller.name,
+                normalised_sql,
+                noise.cost,
+                budget_of(policy.budget),
+                caller.quota,
                 purpose=caller.purpose,
                 reuse_key=_reuse_key(policy, caller, normalised_sql, noise.cost, consent_column),
                 idempotency_key=idempotency_key,
@@ -118,8 +132,16 @@ class Engine:
         exact_aggregates = self.backend.execute(plan)
         noisy = add_noise(noise, exact_aggregates.parts, charge)
         table = build_table(plan, noise, exact_aggregates.keys, noisy)
-        result = Result(charge.query_id, dataset, caller.name, table.columns, table.rows, table.accuracy,
-                        noise.cost, self.remaining(policy, caller))
+        result = Result(
+            charge.query_id,
+            dataset,
+            caller.name,
+            table.columns,
+            table.rows,
+            table.accuracy,
+            noise.cost,
+            self.remaining(policy, caller),
+        )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
 
@@ -170,7 +192,9 @@ class Engine:
     def budgets(self, dataset: str | None = None) -> list[BudgetStatus]:
         policies = [self.policy(dataset)] if dataset else [self.policies[name] for name in sorted(self.policies)]
         return [
-            BudgetStatus(policy.name, policy.budget.accounting, self.budget(policy), self.ledger.spent(policy.name).dataset)
+            BudgetStatus(
+                policy.name, policy.budget.accounting, self.budget(policy), self.ledger.spent(policy.name).dataset
+            )
             for policy in policies
         ]
 
@@ -179,7 +203,7 @@ class Engine:
 
 
 def _reuse_key(policy: Policy, caller: Caller, sql: str, cost: Cost, consent_column: str | None) -> str:
-    """Queries with equal keys get one release: same dataset, SQL, cost and consent filter (and buyer, unless shared)."""
+    """Equal keys share one release: same dataset, SQL, cost and consent filter (and buyer, unless shared)."""
     owner = "*" if policy.releases.shared else (caller.name or "")
     material = json.dumps([policy.name, sql, str(cost.epsilon), str(cost.delta), consent_column, owner])
     return hashlib.sha256(material.encode()).hexdigest()

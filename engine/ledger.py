@@ -172,8 +172,18 @@ class Ledger:
             tx.execute(
                 "INSERT INTO releases (query_id, dataset, buyer, purpose, sql, epsilon, delta, created_at, "
                 "reuse_key, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (query_id, request.dataset, request.buyer, request.purpose, request.sql, str(request.cost.epsilon),
-                 str(request.cost.delta), _now(), request.reuse_key, request.idempotency_key),
+                (
+                    query_id,
+                    request.dataset,
+                    request.buyer,
+                    request.purpose,
+                    request.sql,
+                    str(request.cost.epsilon),
+                    str(request.cost.delta),
+                    _now(),
+                    request.reuse_key,
+                    request.idempotency_key,
+                ),
             )
         return ChargeReceipt(query_id, request.cost)
 
@@ -238,7 +248,9 @@ class Ledger:
                 "DO UPDATE SET epsilon = excluded.epsilon",
                 (dataset, buyer, None if epsilon is None else str(epsilon)),
             )
-            _audit(tx, actor, "set_quota", f"{dataset}/{buyer}: epsilon {epsilon if epsilon is not None else 'unlimited'}")
+            _audit(
+                tx, actor, "set_quota", f"{dataset}/{buyer}: epsilon {epsilon if epsilon is not None else 'unlimited'}"
+            )
 
     def buyer(self, name: str) -> BuyerRecord | None:
         with self.database.transaction() as tx:

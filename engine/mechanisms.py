@@ -95,7 +95,7 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
         raise InternalError("could not calibrate noise within the requested budget")
     parts = tuple(
         PartNoise(part, s, multiplier * s, part.value.scale if part.value else 1)
-        for part, s in zip(plan.parts, sensitivities)
+        for part, s in zip(plan.parts, sensitivities, strict=True)
     )
     return NoisePlan(accounting, parts, request.cost, loss)
 
@@ -116,7 +116,7 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[int]], receipt: ChargeR
     if len(exact) != len(noise.parts):
         raise InternalError("the backend returned a different number of parts than the plan has")
     noisy = []
-    for part_noise, values in zip(noise.parts, exact):
+    for part_noise, values in zip(noise.parts, exact, strict=True):
         measurement = _measurement(noise.accounting, part_noise.scale)
         noisy.append(list(measurement([int(value) for value in values])))
     return noisy

@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Union
 
 # --- row expressions (WHERE) ---------------------------------------------------
 
@@ -116,7 +115,7 @@ class Like:
     case_sensitive: bool
 
 
-RowExpr = Union[Col, Lit, Compare, Arith, Neg, And, Or, Not, InList, Between, IsNull, Like]
+RowExpr = Col | Lit | Compare | Arith | Neg | And | Or | Not | InList | Between | IsNull | Like
 
 # --- sources, bounds and contribution ------------------------------------------
 
@@ -254,7 +253,7 @@ class PostNeg:
     operand: PostExpr
 
 
-PostExpr = Union[AggRef, KeyRef, Lit, PostArith, PostNeg]
+PostExpr = AggRef | KeyRef | Lit | PostArith | PostNeg
 
 
 @dataclass(frozen=True)

@@ -151,9 +151,7 @@ class _Planner:
     def _source(self) -> ir.Source:
         paths = self.policy.source_paths
         source_format = ir.SourceFormat.CSV if paths[0].suffix.lower() == ".csv" else ir.SourceFormat.PARQUET
-        columns = tuple(
-            (name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns)
-        )
+        columns = tuple((name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns))
         return ir.Source(paths=paths, format=source_format, columns=columns)
 
     # --- names ---------------------------------------------------------------------
@@ -219,7 +217,9 @@ class _Planner:
             raise InvalidSQL(f"aggregates are not allowed in WHERE: {fragment(node)}")
         raise Unsupported(f"{fragment(node)} is not supported in a row condition")
 
-    def _comparable(self, node: exp.Expression, left: exp.Expression, right: exp.Expression) -> tuple[ir.RowExpr, ir.RowExpr]:
+    def _comparable(
+        self, node: exp.Expression, left: exp.Expression, right: exp.Expression
+    ) -> tuple[ir.RowExpr, ir.RowExpr]:
         """Both sides of a comparison, type-checked; literals compared with an id become text."""
         left_expr, left_type = self._row(left)
         right_expr, right_type = self._row(right)
@@ -373,7 +373,9 @@ class _Planner:
         if fixed.lower == fixed.upper:
             raise PolicyViolation(f"the bounds of {name} are too narrow for fixed-point sums")
         if fixed.magnitude * MAX_ROWS > _SUM_LIMIT:
-            raise PolicyViolation(f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})")
+            raise PolicyViolation(
+                f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})"
+            )
         return fixed
 
     def _part(self, part: ir.Part) -> int:
@@ -496,7 +498,11 @@ def _check_comparable(node: exp.Expression, left: ir.ValueType, right: ir.ValueT
     """Refuse comparisons whose types differ (they would fail, or silently never match, on data)."""
     if ir.ValueType.NULL in (left, right) or left == right:
         return
-    if literal and ir.ValueType.ID in (left, right) and {left, right} <= {ir.ValueType.ID, ir.ValueType.STRING, ir.ValueType.NUMBER}:
+    if (
+        literal
+        and ir.ValueType.ID in (left, right)
+        and {left, right} <= {ir.ValueType.ID, ir.ValueType.STRING, ir.ValueType.NUMBER}
+    ):
         return
     raise InvalidSQL(f"cannot compare a {left.value} with a {right.value}: {fragment(node)}")
 

@@ -149,18 +149,24 @@ class Policy(_Strict):
         unit = self.privacy.unit
         if unit == ROW_UNIT:
             if self.privacy.max_groups is not None or self.privacy.max_rows_per_group is not None:
-                raise ValueError('privacy.unit = "row" takes no max_groups / max_rows_per_group (each row is its own unit)')
+                raise ValueError(
+                    'privacy.unit = "row" takes no max_groups / max_rows_per_group (each row is its own unit)'
+                )
         else:
             if unit not in self.columns:
-                raise ValueError(f"privacy.unit {unit!r} is not a declared column (declare it with type = \"id\", or use \"row\")")
+                raise ValueError(
+                    f'privacy.unit {unit!r} is not a declared column (declare it with type = "id", or use "row")'
+                )
             if self.columns[unit].type is not ColumnType.ID:
-                raise ValueError(f"privacy.unit column {unit!r} must have type = \"id\"")
+                raise ValueError(f'privacy.unit column {unit!r} must have type = "id"')
             if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
                 raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
         for purpose, rule in self.purposes.items():
             column = self.columns.get(rule.consent_column)
             if column is None or column.type is not ColumnType.BOOL:
-                raise ValueError(f"purposes.{purpose}.consent_column {rule.consent_column!r} must be a declared bool column")
+                raise ValueError(
+                    f"purposes.{purpose}.consent_column {rule.consent_column!r} must be a declared bool column"
+                )
         return self
 
     def consent_column(self, purpose: str | None) -> str | None:

@@ -73,10 +73,16 @@ def build_table(
     key_names = [key.column for key in plan.group_keys]
     rows = []
     for group, key in enumerate(keys):
-        aggregates = [_aggregate(aggregate, [noisy[part][group] for part in aggregate.parts]) for aggregate in plan.aggregates]
-        keys_by_name = dict(zip(key_names, key))
-        rows.append(([_evaluate(column.expr, aggregates, keys_by_name) for column in plan.output],
-                     [_evaluate(item.expr, aggregates, keys_by_name) for item in plan.order_by]))
+        aggregates = [
+            _aggregate(aggregate, [noisy[part][group] for part in aggregate.parts]) for aggregate in plan.aggregates
+        ]
+        keys_by_name = dict(zip(key_names, key, strict=True))
+        rows.append(
+            (
+                [_evaluate(column.expr, aggregates, keys_by_name) for column in plan.output],
+                [_evaluate(item.expr, aggregates, keys_by_name) for item in plan.order_by],
+            )
+        )
     for position in reversed(range(len(plan.order_by))):
         descending = plan.order_by[position].descending
         rows.sort(key=lambda row: _sort_key(row[1][position], descending), reverse=descending)

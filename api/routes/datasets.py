@@ -14,8 +14,10 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.get("", response_model=list[DatasetInfo])
 def list_datasets(engine: EngineDep, principal: CurrentPrincipal) -> list[DatasetInfo]:
-    return [describe(engine, policy, principal.name if principal.role is Role.BUYER else None)
-            for _, policy in sorted(engine.policies.items())]
+    return [
+        describe(engine, policy, principal.name if principal.role is Role.BUYER else None)
+        for _, policy in sorted(engine.policies.items())
+    ]
 
 
 @router.get("/{name}", response_model=DatasetInfo)

@@ -28,8 +28,12 @@ def set_budget(name: str, body: BudgetUpdate, engine: EngineDep, steward: Curren
     policy = engine.policy(name)
     engine.ledger.set_budget(policy.name, Cost(exact(body.epsilon), exact(body.delta)), steward.name)
     (status_,) = engine.budgets(policy.name)
-    return BudgetStatusBody(dataset=name, budget=CostBody(**status_.budget.to_dict()),
-                            spent=CostBody(**status_.spent.to_dict()), remaining=CostBody(**status_.remaining.to_dict()))
+    return BudgetStatusBody(
+        dataset=name,
+        budget=CostBody(**status_.budget.to_dict()),
+        spent=CostBody(**status_.spent.to_dict()),
+        remaining=CostBody(**status_.remaining.to_dict()),
+    )
 
 
 @router.post("/buyers", response_model=BuyerBody, status_code=status.HTTP_201_CREATED)

@@ -54,8 +54,13 @@ def post_query(
 ) -> dict[str, Any]:
     with request.app.state.in_flight.slot(buyer.key_hash):
         result = engine.query(
-            body.dataset, body.sql, epsilon=body.epsilon, delta=body.delta, buyer=buyer.name,
-            dry_run=body.dry_run, idempotency_key=idempotency_key,
+            body.dataset,
+            body.sql,
+            epsilon=body.epsilon,
+            delta=body.delta,
+            buyer=buyer.name,
+            dry_run=body.dry_run,
+            idempotency_key=idempotency_key,
         )
     if result.dry_run or result.cached:
         response.status_code = 200
@@ -65,8 +70,13 @@ def post_query(
 @router.get("", response_model=list[ReleaseSummary])
 def list_queries(engine: EngineDep, buyer: CurrentBuyer) -> list[ReleaseSummary]:
     return [
-        ReleaseSummary(query_id=record.query_id, dataset=record.dataset, sql=record.sql,
-                       cost=CostBody(**record.cost.to_dict()), created_at=record.created_at)
+        ReleaseSummary(
+            query_id=record.query_id,
+            dataset=record.dataset,
+            sql=record.sql,
+            cost=CostBody(**record.cost.to_dict()),
+            created_at=record.created_at,
+        )
         for record in engine.ledger.releases(buyer=buyer.name)
     ]
 

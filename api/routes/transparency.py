@@ -20,7 +20,9 @@ def transparency(dataset: str, engine: EngineDep) -> TransparencyLog:
         spent=CostBody(**status.spent.to_dict()),
         remaining=CostBody(**status.remaining.to_dict()),
         releases=[
-            TransparencyEntry(at=r.created_at, buyer=r.buyer, purpose=r.purpose, sql=r.sql, cost=CostBody(**r.cost.to_dict()))
+            TransparencyEntry(
+                at=r.created_at, buyer=r.buyer, purpose=r.purpose, sql=r.sql, cost=CostBody(**r.cost.to_dict())
+            )
             for r in engine.ledger.releases(dataset)
         ],
     )
