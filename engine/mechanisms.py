@@ -56,9 +56,11 @@ def _integer_accuracy(accounting: Accounting, scale: float, alpha: float) -> flo
         return float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
     if scale <= _EXACT_GAUSSIAN_ACCURACY_SCALE:
         return float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
-    # OpenDP sums the discrete tail term by term (slow for large scales); there the
-    # discrete interval is the continuous one rounded up (checked up to the cut-over).
-    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, alpha))) + 1.0
+    # OpenDP sums the discrete tail term by term (slow for large scales). There
+    # P(|X| >= k) is about the continuous P(|Y| >= k - 1/2), so the continuous
+    # half-width plus one, rounded up, is sound (checked against OpenDP's exact
+    # answer around the cut-over in tests/test_noise_distribution.py).
+    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, alpha))) + 2.0
 
 
 def _measurement(accounting: Accounting, scale: float) -> dp.Measurement:

@@ -2,8 +2,9 @@
 
 OpenDP's samplers are seeded from the OS, so these tests cannot be seeded:
 each goodness-of-fit test fails by chance with probability about 1e-4, which
-keeps the suite reliable while still catching a wrong scale (a scale 10% off
-is rejected with near certainty at these sample sizes).
+keeps the suite reliable while still catching a wrong scale (with the 20 000
+cells drawn per part, a scale 15% off is rejected with near certainty; see
+``test_noise_scale_is_not_off_by_a_small_factor``).
 
 * Pure DP releases discrete Laplace noise: ``P(k) ∝ exp(-|k| / scale)``.
 * zCDP releases discrete Gaussian noise: ``P(k) ∝ exp(-k² / (2 scale²))``.
@@ -69,7 +70,7 @@ def binned(samples: np.ndarray, ks: np.ndarray, probabilities: np.ndarray, min_e
     probabilities = probabilities / probabilities.sum()
     uppers: list[int] = []  # inclusive upper integer of each bin
     accumulated = 0.0
-    for k, p in zip(ks, probabilities):
+    for k, p in zip(ks, probabilities, strict=True):
         accumulated += p * n
         if accumulated >= min_expected:
             uppers.append(int(k))
@@ -159,10 +160,10 @@ CASES = [
 def test_noise_of_every_part_fits_the_claimed_distribution(
     policies: dict, accounting: str, level: str, sql: str, epsilon: float
 ) -> None:
-    """4000 i.i.d. cells per part in one call: each part's noise follows its pmf at the plan's scale."""
+    """20 000 i.i.d. cells per part in one call: each part's noise follows its pmf at the plan's scale."""
     plan, noise, _ = noise_for(policies[(accounting, level)], sql, epsilon)
     assert noise.accounting is Accounting(accounting)
-    for index, (part_noise, samples) in enumerate(zip(noise.parts, draw(noise, 4_000))):
+    for index, (part_noise, samples) in enumerate(zip(noise.parts, draw(noise, 20_000), strict=True)):
         assert part_noise.part == plan.parts[index]
         assert_fits(samples, noise.accounting, part_noise.scale, f"{part_noise.part.label} of {sql!r}")
 
@@ -178,7 +179,7 @@ def test_one_cell_per_call_fits_the_claimed_distribution(policies: dict, account
 def test_noise_scale_is_not_off_by_a_small_factor(policies: dict) -> None:
     """The fit test has power: the same samples are rejected against a scale 15% too small or too large."""
     _, noise, _ = noise_for(policies[("pure", "row")], "SELECT COUNT(*) FROM shifts", 0.1)
-    (samples,) = draw(noise, 4_000)
+    (samples,) = draw(noise, 20_000)
     scale = noise.parts[0].scale
     assert_fits(samples, noise.accounting, scale, "true scale")
     for wrong in (scale * 0.85, scale * 1.15):
@@ -196,7 +197,7 @@ def test_scales_match_the_sensitivity_and_the_budget_split(policies: dict) -> No
             1.0,
         )
         multipliers = set()
-        for part_noise, part in zip(noise.parts, plan.parts):
+        for part_noise, part in zip(noise.parts, plan.parts, strict=True):
             claimed = plan.sensitivity(part)
             assert part_noise.sensitivity == (claimed.l1 if accounting == "pure" else claimed.l2)
             assert part_noise.units_per_value == (part.value.scale if part.value else 1)
@@ -220,7 +221,7 @@ def test_reported_accuracy_covers_95_percent_of_noise(
     n = 4_000
     # A 95% band for the share of n Bernoulli(0.95) draws is about ±4.5 standard errors wide at p 1e-5.
     tolerance = 4.5 * math.sqrt(0.95 * 0.05 / n)
-    for index, (part_noise, samples) in enumerate(zip(noise.parts, draw(noise, n))):
+    for index, (part_noise, samples) in enumerate(zip(noise.parts, draw(noise, n), strict=True)):
         half_width = noise.accuracy(index) * part_noise.units_per_value  # back to integer units
         expected = exact_coverage(noise.accounting, part_noise.scale, half_width)
         # The claim: P(|noise| ≥ accuracy) ≤ α. Integer noise can make it conservative, but by less
@@ -313,17 +314,24 @@ def row_level_engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def test_engine_query_releases_exact_count_plus_discrete_laplace(row_level_engine: Engine) -> None:
-    """Through Engine.query: released counts minus the true 500 per region follow the plan's discrete Laplace."""
-    sql = "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region"
+    """Through Engine.query: released counts minus the true 500 per region follow the plan's discrete Laplace.
+
+    A repeated query returns its stored release (no fresh noise), so each of the
+    200 queries differs by an always-true filter: 200 charged, independent releases.
+    """
     epsilon = 0.5
     policy = row_level_engine.policy("shifts")
-    _, noise, _ = noise_for(policy, sql, epsilon)
-    samples, reported = [], set()
-    for _ in range(200):
+    _, noise, _ = noise_for(policy, "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region", epsilon)
+    samples, reported, query_ids = [], set(), set()
+    for i in range(200):
+        sql = f"SELECT region, COUNT(*) AS n FROM shifts WHERE age > {-1 - i} GROUP BY region"
         result = row_level_engine.query("shifts", sql, epsilon=epsilon)
+        assert not result.cached
         assert sorted(row[0] for row in result.rows) == ["east", "north", "south", "west"]
         samples += [row[1] - 500 for row in result.rows]
         reported.add(result.accuracy["n"])
+        query_ids.add(result.query_id)
+    assert len(query_ids) == 200, "every query must be a fresh release"
     samples_array = np.array(samples)
     assert_fits(samples_array, Accounting.PURE, noise.parts[0].scale, "Engine.query COUNT(*)")
     assert reported == {noise.accuracy(0)}
@@ -331,18 +339,77 @@ def test_engine_query_releases_exact_count_plus_discrete_laplace(row_level_engin
     assert _binomial_ok(int((np.abs(samples_array) < noise.accuracy(0)).sum()), len(samples), expected)
 
 
-# --- engine bug ------------------------------------------------------------------
+def test_engine_repeated_query_is_not_fresh_noise(row_level_engine: Engine) -> None:
+    """The same query twice is one release: averaging repeats cannot shrink the noise."""
+    sql = "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region"
+    first = row_level_engine.query("shifts", sql, epsilon=0.5)
+    second = row_level_engine.query("shifts", sql, epsilon=0.5)
+    assert not first.cached and second.cached
+    assert second.rows == first.rows
+
+
+# --- discrete Gaussian accuracy at large scales -----------------------------------
+
+
+def discrete_gaussian_tail(scale: float, k: int) -> float:
+    """P(|X| ≥ k) for the discrete Gaussian of ``scale``, exactly to double precision."""
+    ks = np.arange(0, int(math.ceil(40 * scale)) + 10)
+    weights = np.exp(-(ks.astype(float) ** 2) / (2 * scale * scale))
+    total = 2 * math.fsum(weights) - 1  # k and -k, 0 once
+    return 2 * math.fsum(weights[k:]) / total
+
+
+def gaussian_noise_plan(scale: float) -> NoisePlan:
+    from engine.accounting import Cost
+    from engine.mechanisms import PartNoise
+    from engine.plan import Part, PartKind
+
+    part = PartNoise(Part(PartKind.COUNT_ROWS), sensitivity=1, scale=scale, units_per_value=1)
+    return NoisePlan(Accounting.ZCDP, (part,), Cost(Decimal(1), Decimal("1e-6")), loss=1 / (2 * scale * scale))
+
+
+@pytest.mark.parametrize("scale", [2.5, 10.0, 123.4, 1_000.0, 9_990.3])
+def test_exact_tail_oracle_agrees_with_opendp_below_the_cut_over(scale: float) -> None:
+    """The oracle below: the smallest k with P(|X| ≥ k) ≤ α is OpenDP's exact discrete-Gaussian accuracy."""
+    import opendp.prelude as dp
+
+    exact = int(dp.discrete_gaussian_scale_to_accuracy(scale, ALPHA))
+    assert discrete_gaussian_tail(scale, exact) <= ALPHA < discrete_gaussian_tail(scale, exact - 1)
+
+
+@pytest.mark.parametrize("scale", [9_990.3, 10_000.0, math.nextafter(10_000.0, math.inf), 10_000.5, 10_003.0, 12_345.6])
+def test_large_scale_gaussian_accuracy_keeps_its_coverage(scale: float) -> None:
+    """The 95% half-width must satisfy P(|noise| ≥ accuracy) ≤ α under the exact discrete Gaussian.
+
+    ENGINE BUG (engine/mechanisms.py:61): above the cut-over scale 10 000,
+    ``floor(continuous accuracy) + 1`` is used. The discrete tail P(|X| ≥ k)
+    is about the continuous P(|Y| ≥ k - 1/2), so where the continuous
+    half-width c has a fractional part above 1/2 this is one unit too narrow:
+    at scale 10 000.5 it reports 19 601, where P(|X| ≥ 19 601) = 0.0500014 > α.
+    ``math.ceil(c + 0.5)`` (or, with margin, ``floor(c) + 2``) matches OpenDP's
+    exact answers below the cut-over.
+    """
+    accuracy = gaussian_noise_plan(scale).accuracy(0)
+    assert accuracy == int(accuracy)
+    assert discrete_gaussian_tail(scale, int(accuracy)) <= ALPHA, f"scale {scale}: accuracy {accuracy} is too narrow"
+    # …and is the tightest such integer (no more than one unit conservative).
+    assert discrete_gaussian_tail(scale, int(accuracy) - 2) > ALPHA
+
+
+def test_gaussian_accuracy_does_not_shrink_across_the_exact_cut_over() -> None:
+    """More noise never means a narrower interval. ENGINE BUG: 19 601 at scale 10 000, 19 600 just above it."""
+    below = gaussian_noise_plan(10_000.0).accuracy(0)
+    above = gaussian_noise_plan(math.nextafter(10_000.0, math.inf)).accuracy(0)
+    assert above >= below
 
 
 def test_zcdp_sum_of_a_float_column_reports_accuracy_promptly(tmp_path: Path) -> None:
-    """BUG: under zCDP, the accuracy of SUM over a float column takes ~10 minutes.
+    """Regression: a zCDP SUM over a float column noises at a scale near 3e9 fixed-point units.
 
-    ``NoisePlan.accuracy`` asks OpenDP's ``discrete_gaussian_scale_to_accuracy``
-    for the half-width in fixed-point units, where the scale is ~3e9 (2^20
-    units per hour × 60 hours × 10 rows × the multiplier); OpenDP's exact
-    routine is linear in the scale (~0.24 s per 1e6 of scale). Engine.query
-    calls it after charging the ledger (and on every dry run), so a plain
-    ``SELECT SUM(hours)`` hangs. Run in a subprocess so the hang is bounded.
+    OpenDP's exact ``discrete_gaussian_scale_to_accuracy`` is linear in the
+    scale (~0.24 s per 1e6), so computing it there took ~10 minutes and
+    Engine.query (after charging) and every dry run hung. Run in a subprocess
+    so that a regression fails instead of stalling the suite.
     """
     policies_dir = write_dataset(tmp_path, small_pool(), accounting="zcdp")
     script = textwrap.dedent(
@@ -350,11 +417,13 @@ def test_zcdp_sum_of_a_float_column_reports_accuracy_promptly(tmp_path: Path) ->
         from engine import Engine
         engine = Engine.from_policies({str(policies_dir)!r}, ledger={f"sqlite:///{tmp_path / 'ledger.db'}"!r})
         result = engine.query("shifts", "SELECT SUM(hours) FROM shifts", epsilon=1.0, delta=1e-6, dry_run=True)
-        print(result.accuracy)
+        print(result.accuracy["sum(hours)"])
         """
     )
     try:
-        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        pytest.fail("a zCDP dry run of SELECT SUM(hours) did not finish within 20 s (NoisePlan.accuracy)")
+        pytest.fail("a zCDP dry run of SELECT SUM(hours) did not finish within 60 s (NoisePlan.accuracy)")
     assert completed.returncode == 0, completed.stderr
+    # Scale ≈ 2.85e9 units = 2718 hours: the half-width is about 1.96 × that.
+    assert float(completed.stdout) == pytest.approx(1.96 * 2718.5, rel=0.01)
