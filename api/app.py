@@ -44,7 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` (413) before they are read whole."""
+    """Refuse request bodies over ``max_bytes`` with 413, whether declared up front or sent in chunks.
+
+    The body is read here (at most ``max_bytes`` of it) and replayed to the app.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -58,17 +61,22 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        messages: list[Message] = []
+        size = 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise PayloadTooLarge(f"the request body is over {self.max_bytes} bytes")
-            return message
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(PayloadTooLarge(f"the request body is over {self.max_bytes} bytes"))

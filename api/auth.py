@@ -40,8 +40,11 @@ def hash_key(key: str) -> str:
 
 def create_key(engine: Engine, name: str, role: Role, actor: str) -> str:
     """Make a key for ``name`` (a buyer is registered too); return it: the only time it is seen."""
-    if role is Role.BUYER and engine.ledger.buyer(name) is None:
+    buyer = engine.ledger.buyer(name) if role is Role.BUYER else None
+    if role is Role.BUYER and buyer is None:
         engine.ledger.upsert_buyer(name, None, actor)
+    if buyer is not None and buyer.revoked:
+        raise Forbidden(f"buyer {name!r} is revoked; restore it (POST /v1/buyers) before giving it a key")
     key = new_key()
     engine.ledger.add_key(hash_key(key), name, role.value, actor)
     return key

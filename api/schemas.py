@@ -23,8 +23,10 @@ class CostBody(BaseModel):
 class QueryRequest(_Input):
     dataset: str = Field(max_length=200)
     sql: str = Field(description="One SELECT over the dataset's table.")
-    epsilon: float = Field(description="Privacy budget this query may spend (validated against the policy).")
-    delta: float | None = Field(default=None, description="δ, needed by zcdp datasets.")
+    epsilon: float = Field(
+        strict=True, description="Privacy budget this query may spend (validated against the policy)."
+    )
+    delta: float | None = Field(default=None, strict=True, description="δ, needed by zcdp datasets.")
     dry_run: bool = Field(default=False, description="Cost and accuracy only: reads no data, charges nothing.")
 
 
@@ -83,7 +85,9 @@ class BudgetStatusBody(BaseModel):
 
 class BuyerCreate(_Input):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    purpose: str | None = Field(default=None, max_length=64)
+    purpose: str | None = Field(
+        default=None, pattern=r"^[a-z0-9_-]{1,64}$", description="lower case, as in the policies"
+    )
 
 
 class BuyerBody(BaseModel):

@@ -168,13 +168,12 @@ class Engine:
         declared = policy.buyers.get(buyer)
         default_quota = exact(declared.epsilon) if declared and declared.epsilon is not None else None
         record = self.ledger.buyer(buyer)
-        if record is not None:
-            if record.revoked:
-                raise Forbidden(f"buyer {buyer!r} has been revoked")
-            return Caller(buyer, record.purpose or (declared.purpose if declared else None), default_quota)
+        if record is not None and record.revoked:
+            raise Forbidden(f"buyer {buyer!r} has been revoked")
         if declared is None and policy.buyers:
-            raise Forbidden(f"buyer {buyer!r} is not declared in the policy of {policy.name}")
-        return Caller(buyer, declared.purpose if declared else None, default_quota)
+            raise Forbidden(f"buyer {buyer!r} is not among the buyers the policy of {policy.name} declares")
+        purpose = (record.purpose if record else None) or (declared.purpose if declared else None)
+        return Caller(buyer, purpose, default_quota)
 
     def budget(self, policy: Policy) -> Cost:
         """The dataset's total budget: a steward's stored one, else the policy's."""

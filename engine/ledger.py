@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from engine.accounting import ZERO, Cost
-from engine.errors import BudgetExhausted, PolicyViolation, QuotaExhausted
+from engine.errors import BudgetExhausted, Conflict, PolicyViolation, QuotaExhausted
 from engine.ledger_db import Database, Transaction, open_database
 
 _TOTAL = ""
@@ -276,7 +276,10 @@ class Ledger:
         with self.database.transaction() as tx:
             now = _now()
             tx.execute("UPDATE buyers SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
-            tx.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND role = 'buyer' AND revoked_at IS NULL",
+                (now, name),
+            )
             _audit(tx, actor, "revoke_buyer", name)
 
     def add_key(self, key_hash: str, name: str, role: str, actor: str) -> None:
@@ -310,11 +313,13 @@ def open_ledger(url: str) -> Ledger:
 def _repeated(tx: Transaction, request: ChargeRequest) -> StoredRelease | None:
     if request.idempotency_key is not None:
         rows = tx.execute(
-            "SELECT query_id, result FROM releases WHERE idempotency_key = ? "
+            "SELECT query_id, result, reuse_key FROM releases WHERE idempotency_key = ? "
             "AND ((buyer IS NULL AND CAST(? AS TEXT) IS NULL) OR buyer = ?)",
             (request.idempotency_key, request.buyer, request.buyer),
         )
         if rows:
+            if rows[0][2] != request.reuse_key:
+                raise Conflict("this Idempotency-Key was already used for a different query")
             return StoredRelease(rows[0][0], rows[0][1])
     if request.reuse_key is not None:
         rows = tx.execute(

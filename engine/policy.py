@@ -171,7 +171,8 @@ class Policy(_Strict):
 
     def consent_column(self, purpose: str | None) -> str | None:
         """The column whose true rows a buyer with ``purpose`` may see, if the policy ties one to it."""
-        rule = self.purposes.get(purpose) if purpose else None
+        rules = {name.lower(): rule for name, rule in self.purposes.items()}
+        rule = rules.get(purpose.lower()) if purpose else None
         return rule.consent_column if rule else None
 
     @property

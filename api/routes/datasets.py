@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from api.auth import CurrentPrincipal, EngineDep, Role
 from api.schemas import ColumnInfo, CostBody, DatasetInfo
 from engine import Engine
+from engine.errors import Forbidden
 from engine.policy import Policy
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -14,10 +15,15 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 @router.get("", response_model=list[DatasetInfo])
 def list_datasets(engine: EngineDep, principal: CurrentPrincipal) -> list[DatasetInfo]:
-    return [
-        describe(engine, policy, principal.name if principal.role is Role.BUYER else None)
-        for _, policy in sorted(engine.policies.items())
-    ]
+    """The datasets the caller may query (a policy may name its buyers)."""
+    buyer = principal.name if principal.role is Role.BUYER else None
+    described = []
+    for _, policy in sorted(engine.policies.items()):
+        try:
+            described.append(describe(engine, policy, buyer))
+        except Forbidden:
+            continue
+    return described
 
 
 @router.get("/{name}", response_model=DatasetInfo)

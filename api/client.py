@@ -1,0 +1,326 @@
+"""A small typed Python client for the coopdp HTTP API (httpx only; no server code imported).
+
+>>> with Client("http://127.0.0.1:8000", api_key="cdp_…") as coop:  # doctest: +SKIP
+...     result = coop.query("gig_work", "SELECT COUNT(*) AS n FROM gig_work", epsilon=0.5)
+...     result.rows, result.accuracy["n"], result.remaining.epsilon
+
+Responses are parsed into frozen dataclasses mirroring ``api/schemas.py``;
+every error response raises :class:`ClientError` with the status and the
+``{"error": {"code", "message"}}`` body's code and message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import quote
+
+import httpx
+
+Cell = str | int | float | bool | None
+Role = Literal["buyer", "steward"]
+
+
+class ClientError(Exception):
+    """An error response: its HTTP ``status`` and the body's ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An (ε, δ) amount: a cost, a budget, what is spent or left."""
+
+    epsilon: float
+    delta: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cost:
+        return cls(float(data["epsilon"]), float(data["delta"]))
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A released (or dry-run, or stored-again) answer: the result JSON of the README."""
+
+    query_id: str | None
+    dataset: str
+    buyer: str | None
+    columns: list[str]
+    rows: list[list[Cell]]
+    accuracy: dict[str, float | None]
+    cost: Cost
+    remaining: Cost
+    cached: bool
+    dry_run: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueryResult:
+        return cls(
+            query_id=data["query_id"],
+            dataset=data["dataset"],
+            buyer=data["buyer"],
+            columns=list(data["columns"]),
+            rows=[list(row) for row in data["rows"]],
+            accuracy=dict(data["accuracy"]),
+            cost=Cost.from_dict(data["cost"]),
+            remaining=Cost.from_dict(data["remaining"]),
+            cached=bool(data["cached"]),
+            dry_run=bool(data.get("dry_run", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str
+    bounds: tuple[float, float] | None
+    public_keys: list[str | bool] | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ColumnInfo:
+        bounds = data["bounds"]
+        return cls(data["name"], data["type"], None if bounds is None else (bounds[0], bounds[1]), data["public_keys"])
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset's public description, and what the caller may still spend on it."""
+
+    name: str
+    description: str
+    privacy_unit: str
+    max_groups: int | None
+    max_rows_per_group: int | None
+    accounting: str
+    max_epsilon_per_query: float
+    columns: list[ColumnInfo]
+    remaining: Cost
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetInfo:
+        return cls(
+            name=data["name"],
+            description=data["description"],
+            privacy_unit=data["privacy_unit"],
+            max_groups=data["max_groups"],
+            max_rows_per_group=data["max_rows_per_group"],
+            accounting=data["accounting"],
+            max_epsilon_per_query=float(data["max_epsilon_per_query"]),
+            columns=[ColumnInfo.from_dict(column) for column in data["columns"]],
+            remaining=Cost.from_dict(data["remaining"]),
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseSummary:
+    """One of the caller's past releases (no rows: fetch them with :meth:`Client.release`)."""
+
+    query_id: str
+    dataset: str
+    sql: str
+    cost: Cost
+    created_at: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReleaseSummary:
+        return cls(data["query_id"], data["dataset"], data["sql"], Cost.from_dict(data["cost"]), data["created_at"])
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    dataset: str
+    budget: Cost
+    spent: Cost
+    remaining: Cost
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BudgetStatus:
+        return cls(data["dataset"], Cost.from_dict(data["budget"]), Cost.from_dict(data["spent"]),
+                   Cost.from_dict(data["remaining"]))
+
+
+@dataclass(frozen=True)
+class Buyer:
+    name: str
+    purpose: str | None
+    created_at: str
+    revoked: bool
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Buyer:
+        return cls(data["name"], data["purpose"], data["created_at"], bool(data["revoked"]))
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new API key: ``key`` is shown only this once (the server keeps its hash)."""
+
+    name: str
+    role: str
+    key: str
+
+    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
+        return f"CreatedKey(name={self.name!r}, role={self.role!r}, key='…')"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CreatedKey:
+        return cls(data["name"], data["role"], data["key"])
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: str
+    actor: str
+    action: str
+    detail: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditEntry:
+        return cls(data["at"], data["actor"], data["action"], data["detail"])
+
+
+@dataclass(frozen=True)
+class TransparencyEntry:
+    """One release as members see it: when, who, why, what, at what cost; never a result."""
+
+    at: str
+    buyer: str | None
+    purpose: str | None
+    sql: str
+    cost: Cost
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransparencyEntry:
+        return cls(data["at"], data["buyer"], data["purpose"], data["sql"], Cost.from_dict(data["cost"]))
+
+
+@dataclass(frozen=True)
+class TransparencyLog:
+    dataset: str
+    budget: Cost
+    spent: Cost
+    remaining: Cost
+    releases: list[TransparencyEntry]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TransparencyLog:
+        return cls(data["dataset"], Cost.from_dict(data["budget"]), Cost.from_dict(data["spent"]),
+                   Cost.from_dict(data["remaining"]), [TransparencyEntry.from_dict(entry) for entry in data["releases"]])
+
+
+def _segment(value: str) -> str:
+    """A path segment, percent-encoded (a name can never escape its segment)."""
+    return quote(value, safe="")
+
+
+class Client:
+    """The coopdp API as Python calls; ``api_key`` may be None for the public endpoints.
+
+    Use as a context manager (or call :meth:`close`) to release the connection pool.
+    ``http`` is the underlying :class:`httpx.Client` (base URL and key set) for raw calls.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+        response = self.http.request(method, path, json=json, headers=headers)
+        if response.is_error:
+            raise _error(response)
+        return response.json()
+
+    # --- everyone ---------------------------------------------------------------------
+
+    def health(self) -> dict[str, str]:
+        """``GET /healthz``."""
+        return self._call("GET", "/healthz")
+
+    def transparency(self, dataset: str) -> TransparencyLog:
+        """A dataset's public release log and budget (no key needed)."""
+        return TransparencyLog.from_dict(self._call("GET", f"/v1/transparency/{_segment(dataset)}"))
+
+    def datasets(self) -> list[DatasetInfo]:
+        """Every dataset's public description, with what the caller may still spend."""
+        return [DatasetInfo.from_dict(item) for item in self._call("GET", "/v1/datasets")]
+
+    def dataset(self, name: str) -> DatasetInfo:
+        """One dataset's public description."""
+        return DatasetInfo.from_dict(self._call("GET", f"/v1/datasets/{_segment(name)}"))
+
+    # --- buyers ------------------------------------------------------------------------
+
+    def query(self, dataset: str, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
+              idempotency_key: str | None = None) -> QueryResult:
+        """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry)."""
+        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "epsilon": epsilon, "dry_run": dry_run}
+        if delta is not None:
+            body["delta"] = delta
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return QueryResult.from_dict(self._call("POST", "/v1/queries", json=body, headers=headers))
+
+    def releases(self) -> list[ReleaseSummary]:
+        """The caller's past releases."""
+        return [ReleaseSummary.from_dict(item) for item in self._call("GET", "/v1/queries")]
+
+    def release(self, query_id: str) -> QueryResult:
+        """One of the caller's releases again, free."""
+        return QueryResult.from_dict(self._call("GET", f"/v1/queries/{_segment(query_id)}"))
+
+    # --- stewards ----------------------------------------------------------------------
+
+    def set_budget(self, dataset: str, epsilon: float, delta: float) -> BudgetStatus:
+        """Set a dataset's total budget (refused below what is spent)."""
+        body = {"epsilon": epsilon, "delta": delta}
+        return BudgetStatus.from_dict(self._call("PUT", f"/v1/datasets/{_segment(dataset)}/budget", json=body))
+
+    def create_buyer(self, name: str, purpose: str | None = None) -> Buyer:
+        """Create a buyer, or set its purpose (restores a revoked buyer; its old keys stay revoked)."""
+        return Buyer.from_dict(self._call("POST", "/v1/buyers", json={"name": name, "purpose": purpose}))
+
+    def buyers(self) -> list[Buyer]:
+        return [Buyer.from_dict(item) for item in self._call("GET", "/v1/buyers")]
+
+    def revoke_buyer(self, name: str) -> Buyer:
+        """Revoke a buyer and all its keys."""
+        return Buyer.from_dict(self._call("DELETE", f"/v1/buyers/{_segment(name)}"))
+
+    def create_key(self, name: str, role: Role = "buyer") -> CreatedKey:
+        """A new key for ``name``; the returned ``key`` is never shown again."""
+        return CreatedKey.from_dict(self._call("POST", "/v1/keys", json={"name": name, "role": role}))
+
+    def set_quota(self, dataset: str, buyer: str, epsilon: float | None) -> float | None:
+        """Set a buyer's ε quota on a dataset (None lifts it); returns the quota now in force."""
+        path = f"/v1/datasets/{_segment(dataset)}/quotas/{_segment(buyer)}"
+        return self._call("PUT", path, json={"epsilon": epsilon})["epsilon"]
+
+    def audit(self) -> list[AuditEntry]:
+        """The governance audit log, oldest first."""
+        return [AuditEntry.from_dict(item) for item in self._call("GET", "/v1/audit")]
+
+
+def _error(response: httpx.Response) -> ClientError:
+    """The error body's code and message, or the status line where the body is not ours."""
+    try:
+        error = response.json()["error"]
+        return ClientError(response.status_code, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        return ClientError(response.status_code, "http_error", response.reason_phrase or response.text[:200])
