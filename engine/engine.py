@@ -157,7 +157,10 @@ class Engine:
 
     def _stored(self, stored: StoredRelease, policy: Policy, caller: Caller) -> Result:
         if stored.result is None:
-            raise Conflict(f"query {stored.query_id} with this idempotency key is still being answered; retry shortly")
+            raise Conflict(
+                f"query {stored.query_id} with this Idempotency-Key was charged but has no stored answer: it is still "
+                "being answered (retry shortly) or was interrupted (its charge stands; ask again with a new key)"
+            )
         document = json.loads(stored.result)
         return Result.from_dict(document, buyer=caller.name, remaining=self.remaining(policy, caller), cached=True)
 

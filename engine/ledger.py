@@ -13,6 +13,8 @@ defaults; a budget can never be set below what is already spent.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +35,7 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS releases (
         query_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, buyer TEXT, purpose TEXT, sql TEXT NOT NULL,
         epsilon TEXT NOT NULL, delta TEXT NOT NULL, created_at TEXT NOT NULL,
-        reuse_key TEXT, idempotency_key TEXT, result TEXT)""",
+        reuse_key TEXT, idempotency_key TEXT, fingerprint TEXT NOT NULL, result TEXT)""",
     "CREATE INDEX IF NOT EXISTS releases_by_reuse_key ON releases (reuse_key)",
     "CREATE UNIQUE INDEX IF NOT EXISTS releases_by_idempotency_key ON releases (buyer, idempotency_key)",
     """CREATE TABLE IF NOT EXISTS budgets (
@@ -68,6 +70,12 @@ class ChargeRequest:
     reuse_key: str | None = None
     """Equal for queries whose answers may be shared; None disables reuse."""
     idempotency_key: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What an idempotent retry must repeat: the same dataset, SQL and cost."""
+        material = json.dumps([self.dataset, self.sql, str(self.cost.epsilon), str(self.cost.delta)])
+        return hashlib.sha256(material.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,7 @@ class Ledger:
                 _write_spent(tx, request.dataset, request.buyer, buyer_spent + request.cost)
             tx.execute(
                 "INSERT INTO releases (query_id, dataset, buyer, purpose, sql, epsilon, delta, created_at, "
-                "reuse_key, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reuse_key, idempotency_key, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     query_id,
                     request.dataset,
@@ -183,6 +191,7 @@ class Ledger:
                     _now(),
                     request.reuse_key,
                     request.idempotency_key,
+                    request.fingerprint,
                 ),
             )
         return ChargeReceipt(query_id, request.cost)
@@ -313,12 +322,12 @@ def open_ledger(url: str) -> Ledger:
 def _repeated(tx: Transaction, request: ChargeRequest) -> StoredRelease | None:
     if request.idempotency_key is not None:
         rows = tx.execute(
-            "SELECT query_id, result, reuse_key FROM releases WHERE idempotency_key = ? "
+            "SELECT query_id, result, fingerprint FROM releases WHERE idempotency_key = ? "
             "AND ((buyer IS NULL AND CAST(? AS TEXT) IS NULL) OR buyer = ?)",
             (request.idempotency_key, request.buyer, request.buyer),
         )
         if rows:
-            if rows[0][2] != request.reuse_key:
+            if rows[0][2] != request.fingerprint:
                 raise Conflict("this Idempotency-Key was already used for a different query")
             return StoredRelease(rows[0][0], rows[0][1])
     if request.reuse_key is not None:

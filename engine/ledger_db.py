@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,8 @@ from engine.errors import LedgerError
 
 Row = tuple[Any, ...]
 
+_SQLITE_TIMEOUT = 60.0
+"""Seconds a SQLite writer waits for the lock before the ledger reports itself unavailable."""
 _CHARGE_LOCK = 0x636F6F70  # "coop": the advisory lock every PostgreSQL write transaction takes
 
 
@@ -44,8 +47,10 @@ class SQLiteDatabase:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection = sqlite3.connect(
+                path, timeout=_SQLITE_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            _switch_to_wal(self._connection)
             self._connection.execute("PRAGMA synchronous=FULL")
         except (sqlite3.Error, OSError) as error:
             raise LedgerError(f"cannot open the ledger at {path}: {error}") from error
@@ -69,6 +74,21 @@ class SQLiteDatabase:
             self._connection.close()
 
 
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    """Set WAL mode, waiting while another process holds a fresh file (no busy timeout applies here)."""
+    deadline = time.monotonic() + _SQLITE_TIMEOUT
+    delay = 0.01
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class _SQLiteTransaction:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
@@ -86,14 +106,23 @@ class PostgresDatabase:
         self.url = url
         self._psycopg = psycopg
         self._lock = threading.Lock()
+        self._closed = False
+        self._connection = self._connect()
+
+    def _connect(self) -> Any:
         try:
-            self._connection = psycopg.connect(url, autocommit=False, connect_timeout=10)
-        except psycopg.Error as error:
+            return self._psycopg.connect(self.url, autocommit=False, connect_timeout=10)
+        except self._psycopg.Error as error:
             raise LedgerError(f"cannot connect to the PostgreSQL ledger: {error.__class__.__name__}") from error
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         with self._lock:
+            if self._closed:
+                raise LedgerError("the ledger is closed")
+            if self._connection.closed or self._connection.broken:
+                self._connection.close()
+                self._connection = self._connect()  # a lost connection is replaced; the failed call already failed
             connection = self._connection
             try:
                 with connection.transaction():
@@ -105,6 +134,7 @@ class PostgresDatabase:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._connection.close()
 
 

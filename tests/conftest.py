@@ -125,3 +125,34 @@ def engine(dataset: Callable[..., Path], tmp_path: Path) -> Iterator[Engine]:
     created = Engine.from_policies(dataset(), ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
     yield created
     created.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the whole session (see ``tests/pg_server.py``); stopped at the end.
+
+    Skipped only where the PostgreSQL binaries are not installed (apt package
+    ``postgresql-15`` or ``postgresql``); CI installs them.
+    """
+    from tests.pg_server import PostgresUnavailable, start_server
+
+    try:
+        server = start_server()
+    except PostgresUnavailable as missing:
+        pytest.skip(str(missing))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: Any) -> str:
+    """The URL of the session's PostgreSQL server (its ``postgres`` database)."""
+    return str(postgres_server.url())
+
+
+@pytest.fixture
+def postgres_ledger_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
