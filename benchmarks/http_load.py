@@ -57,7 +57,9 @@ def _coopdp(*args: str, env: dict[str, str]) -> str:
     return subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=120).stdout.strip()
 
 
-def _load(name: str, total: int, clients: int, send: Callable[[httpx.Client, int], httpx.Response], url: str) -> LoadResult:
+def _load(
+    name: str, total: int, clients: int, send: Callable[[httpx.Client, int], httpx.Response], url: str
+) -> LoadResult:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
 
@@ -86,15 +88,25 @@ def main() -> None:
     policies = root / "policies"
     ensure_demo(policies)
     policy = policies / "gig_work.toml"
-    text = policy.read_text().replace("epsilon = 10.0", "epsilon = 100000.0").replace("[buyers.uni_lab]\nepsilon = 3.0", "[buyers.uni_lab]")
+    text = (
+        policy.read_text()
+        .replace("epsilon = 10.0", "epsilon = 100000.0")
+        .replace("[buyers.uni_lab]\nepsilon = 3.0", "[buyers.uni_lab]")
+    )
     policy.write_text(text)
-    env = {**os.environ, "COOPDP_POLICIES": str(policies), "COOPDP_LEDGER": f"sqlite:///{root / 'ledger.db'}",
-           "COOPDP_MAX_CONCURRENT_QUERIES_PER_KEY": str(args.clients)}
+    env = {
+        **os.environ,
+        "COOPDP_POLICIES": str(policies),
+        "COOPDP_LEDGER": f"sqlite:///{root / 'ledger.db'}",
+        "COOPDP_MAX_CONCURRENT_QUERIES_PER_KEY": str(args.clients),
+    }
     key = _coopdp("keys", "create", "--buyer", "uni_lab", env=env)
     port = _free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "coopdp"), "serve", "--port", str(port), "--workers", str(args.workers)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
