@@ -201,7 +201,7 @@ class Ledger:
             tx.execute("UPDATE releases SET result = ? WHERE query_id = ?", (result_json, query_id))
 
     def spent(self, dataset: str, buyer: str | None = None) -> Spent:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             total = _read_spent(tx, dataset, _TOTAL)
             by_buyer = _read_spent(tx, dataset, buyer) if buyer else ZERO
         return Spent(total, by_buyer)
@@ -209,7 +209,7 @@ class Ledger:
     # --- the release log ---------------------------------------------------------------
 
     def releases(self, dataset: str | None = None, buyer: str | None = None) -> list[ReleaseRecord]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE (CAST(? AS TEXT) IS NULL OR dataset = ?) "
                 "AND (CAST(? AS TEXT) IS NULL OR buyer = ?) ORDER BY created_at, query_id",
@@ -218,7 +218,7 @@ class Ledger:
         return [_release(row) for row in rows]
 
     def release(self, query_id: str) -> ReleaseRecord | None:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(f"SELECT {_RELEASE_COLUMNS} FROM releases WHERE query_id = ?", (query_id,))
         return _release(rows[0]) if rows else None
 
@@ -226,7 +226,7 @@ class Ledger:
 
     def budget(self, dataset: str) -> Cost | None:
         """The steward's stored budget for ``dataset``, or None where the policy's stands."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             return _budget(tx, dataset)
 
     def set_budget(self, dataset: str, budget: Cost, actor: str) -> None:
@@ -246,7 +246,7 @@ class Ledger:
             _audit(tx, actor, "set_budget", f"{dataset}: epsilon {budget.epsilon}, delta {budget.delta}")
 
     def quota(self, dataset: str, buyer: str, default: Decimal | None) -> Decimal | None:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             return _quota(tx, dataset, buyer, default)
 
     def set_quota(self, dataset: str, buyer: str, epsilon: Decimal | None, actor: str) -> None:
@@ -262,12 +262,12 @@ class Ledger:
             )
 
     def buyer(self, name: str) -> BuyerRecord | None:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute("SELECT name, purpose, created_at, revoked_at FROM buyers WHERE name = ?", (name,))
         return BuyerRecord(rows[0][0], rows[0][1], rows[0][2], rows[0][3] is not None) if rows else None
 
     def buyers(self) -> list[BuyerRecord]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute("SELECT name, purpose, created_at, revoked_at FROM buyers ORDER BY name")
         return [BuyerRecord(row[0], row[1], row[2], row[3] is not None) for row in rows]
 
@@ -301,12 +301,12 @@ class Ledger:
 
     def key(self, key_hash: str) -> KeyRecord | None:
         """The live key with this hash, or None (unknown or revoked)."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute("SELECT name, role FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,))
         return KeyRecord(rows[0][0], rows[0][1]) if rows else None
 
     def audit(self) -> list[AuditEntry]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute("SELECT at, actor, action, detail FROM audit ORDER BY at, id")
         return [AuditEntry(*row) for row in rows]
 

@@ -33,8 +33,11 @@ class Transaction(Protocol):
 class Database(Protocol):
     url: str
 
-    def transaction(self) -> Any:
-        """A context manager yielding a :class:`Transaction`; commits on success, rolls back on error."""
+    def transaction(self, write: bool = True) -> Any:
+        """A context manager yielding a :class:`Transaction`; commits on success, rolls back on error.
+
+        Write transactions are serialised with every other writer; reads see a consistent snapshot.
+        """
 
     def close(self) -> None: ...
 
@@ -56,10 +59,10 @@ class SQLiteDatabase:
             raise LedgerError(f"cannot open the ledger at {path}: {error}") from error
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
             try:
-                self._connection.execute("BEGIN IMMEDIATE")
+                self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield _SQLiteTransaction(self._connection)
                 except BaseException:
@@ -116,7 +119,7 @@ class PostgresDatabase:
             raise LedgerError(f"cannot connect to the PostgreSQL ledger: {error.__class__.__name__}") from error
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True) -> Iterator[Transaction]:
         with self._lock:
             if self._closed:
                 raise LedgerError("the ledger is closed")
@@ -127,7 +130,8 @@ class PostgresDatabase:
             try:
                 with connection.transaction():
                     cursor = connection.cursor()
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CHARGE_LOCK,))
+                    if write:
+                        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_CHARGE_LOCK,))
                     yield _PostgresTransaction(cursor)
             except self._psycopg.Error as error:
                 raise LedgerError(f"the ledger could not be written: {error.__class__.__name__}") from error
