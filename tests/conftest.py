@@ -48,7 +48,7 @@ type = "bool"
 {extra}
 """
 
-MEMBER_LEVEL = "unit = \"member_id\"\nmax_groups = 1\nmax_rows_per_group = 10"
+MEMBER_LEVEL = 'unit = "member_id"\nmax_groups = 1\nmax_rows_per_group = 10'
 ROW_LEVEL = 'unit = "row"'
 
 
@@ -156,3 +156,11 @@ def postgres_ledger_url(postgres_server: Any) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL to a fresh, empty ledger: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return str(request.getfixturevalue("postgres_ledger_url"))

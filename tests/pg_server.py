@@ -80,7 +80,9 @@ def _server_user() -> str | None:
             continue
     subprocess.run(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", FALLBACK_USER],
-        check=True, capture_output=True, timeout=30,
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return FALLBACK_USER
 
@@ -112,22 +114,50 @@ class PostgresServer:
         return subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False)
 
     def start(self) -> None:
-        self._check(self._run([
-            str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.superuser,
-            "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions",
-        ]), "initdb")
-        options = " ".join([
-            "-c listen_addresses=127.0.0.1",
-            f"-c port={self.port}",
-            f"-c unix_socket_directories={self.root}",
-            "-c max_connections=200",
-            "-c fsync=off",  # the tests kill the API server, never PostgreSQL: no need to wait on the disk
-            "-c full_page_writes=off",
-        ])
-        self._check(self._run([
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
-            "start",
-        ]), "pg_ctl start")
+        self._check(
+            self._run(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    self.superuser,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            ),
+            "initdb",
+        )
+        options = " ".join(
+            [
+                "-c listen_addresses=127.0.0.1",
+                f"-c port={self.port}",
+                f"-c unix_socket_directories={self.root}",
+                "-c max_connections=200",
+                "-c fsync=off",  # the tests kill the API server, never PostgreSQL: no need to wait on the disk
+                "-c full_page_writes=off",
+            ]
+        )
+        self._check(
+            self._run(
+                [
+                    str(self.bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            "pg_ctl start",
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30) -> None:

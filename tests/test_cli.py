@@ -46,10 +46,15 @@ def test_query_as_a_table_for_people(policies: Path) -> None:
 
 
 def test_rejected_query_exits_2_with_a_json_error(policies: Path) -> None:
-    code, _, err = _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", "SELECT * FROM shifts")
+    code, _, err = _run(
+        policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", "SELECT * FROM shifts"
+    )
     assert code == 2
     assert json.loads(err) == {
-        "error": {"code": "policy_violation", "message": "SELECT * is refused: rows are never released; select aggregates"}
+        "error": {
+            "code": "policy_violation",
+            "message": "SELECT * is refused: rows are never released; select aggregates",
+        }
     }
 
 
@@ -67,7 +72,9 @@ def test_exhausted_budget_exits_3(policies: Path) -> None:
 
 
 def test_dry_run_charges_nothing(policies: Path) -> None:
-    code, out, _ = _run(policies, "query", "--dry-run", "--dataset", "shifts", "--epsilon", "1.0", "--format", "json", QUERY)
+    code, out, _ = _run(
+        policies, "query", "--dry-run", "--dataset", "shifts", "--epsilon", "1.0", "--format", "json", QUERY
+    )
     assert code == 0 and json.loads(out)["rows"] == []
     code, out, _ = _run(policies, "budget", "--format", "json")
     assert json.loads(out)["datasets"][0]["spent"] == {"epsilon": 0.0, "delta": 0.0}
@@ -91,10 +98,18 @@ def test_a_bad_policy_exits_1_naming_the_file(policies: Path) -> None:
 def test_the_installed_command_runs_the_demo(tmp_path: Path) -> None:
     environment = {**os.environ, "COOPDP_POLICIES": str(tmp_path / "policies")}
     coopdp = str(Path(sys.executable).parent / "coopdp")
-    completed = subprocess.run([coopdp, "demo"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [coopdp, "demo"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr
     assert "created" in completed.stdout and "refused" in completed.stdout
     assert (tmp_path / "coopdp.db").exists()
-    budget = subprocess.run([coopdp, "budget", "--format", "json"], cwd=tmp_path, env=environment,
-                            capture_output=True, text=True, timeout=120)
+    budget = subprocess.run(
+        [coopdp, "budget", "--format", "json"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert json.loads(budget.stdout)["datasets"][0]["spent"]["epsilon"] == pytest.approx(0.4)

@@ -30,7 +30,6 @@ from engine.ledger import Ledger, open_ledger
 from tests.conftest import small_pool, write_dataset
 from tests.pg_server import free_port
 
-BACKENDS = ["sqlite", "postgresql"]
 REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 START_TIMEOUT = 120.0
 """Seconds for a server's workers to start (each imports polars and OpenDP)."""
@@ -59,10 +58,26 @@ class Server:
         env["COOPDP_MAX_CONCURRENT_QUERIES_PER_KEY"] = "100"  # this test is about the ledger, not the rate limit
         with log.open("ab") as output:
             self.process = subprocess.Popen(
-                [*_coopdp(), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
-                 "--policies", str(policies), "--ledger", ledger],
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
-                cwd=policies.parent, start_new_session=True,
+                [
+                    *_coopdp(),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                    "--policies",
+                    str(policies),
+                    "--ledger",
+                    ledger,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=policies.parent,
+                start_new_session=True,
             )
         try:
             self._wait_ready(workers)
@@ -113,13 +128,6 @@ class Server:
         self.process.wait(timeout=30)
 
 
-@pytest.fixture(params=BACKENDS)
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("postgres_ledger_url"))
-
-
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
     """``shifts``: budget ε 5.0, at most ε 1.0 per query."""
@@ -130,9 +138,23 @@ def policies(tmp_path: Path) -> Path:
 def key(policies: Path, ledger_url: str) -> str:
     """A buyer key for ``lab``, made with ``coopdp keys create`` before the server starts."""
     result = subprocess.run(
-        [*_coopdp(), "keys", "create", "--buyer", "lab", "--role", "buyer", "--policies", str(policies),
-         "--ledger", ledger_url],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            *_coopdp(),
+            "keys",
+            "create",
+            "--buyer",
+            "lab",
+            "--role",
+            "buyer",
+            "--policies",
+            str(policies),
+            "--ledger",
+            ledger_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip().splitlines()[-1]
@@ -160,7 +182,9 @@ def _post(base: str, key: str, sql: str, epsilon: float, idempotency_key: str | 
     if idempotency_key is not None:
         headers["Idempotency-Key"] = idempotency_key
     with _client() as client:
-        return client.post(f"{base}/v1/queries", json={"dataset": "shifts", "sql": sql, "epsilon": epsilon}, headers=headers)
+        return client.post(
+            f"{base}/v1/queries", json={"dataset": "shifts", "sql": sql, "epsilon": epsilon}, headers=headers
+        )
 
 
 def _code(response: httpx.Response) -> str | None:
@@ -197,7 +221,9 @@ def test_parallel_queries_on_three_workers_never_overspend(start_server: Any, ke
         responses = list(pool.map(fire, range(64), timeout=180))
 
     statuses = Counter(response.status_code for response in responses)
-    assert statuses == {201: 10, 409: 54}, [(r.status_code, r.text[:200]) for r in responses if r.status_code not in (201, 409)]
+    assert statuses == {201: 10, 409: 54}, [
+        (r.status_code, r.text[:200]) for r in responses if r.status_code not in (201, 409)
+    ]
     assert {_code(r) for r in responses if r.status_code == 409} == {"budget_exhausted"}
     answered = [r.json() for r in responses if r.status_code == 201]
     assert all(document["cost"]["epsilon"] == 0.5 and document["rows"] for document in answered)

@@ -116,7 +116,8 @@ def test_counts_are_never_negative_and_avg_stays_in_bounds(dataset: Callable[...
 
 def test_results_are_noisy(engine: Engine) -> None:
     answers = {
-        engine.query("shifts", f"SELECT COUNT(*) FROM shifts WHERE age > {-i}", epsilon=0.1).rows[0][0] for i in range(10)
+        engine.query("shifts", f"SELECT COUNT(*) FROM shifts WHERE age > {-i}", epsilon=0.1).rows[0][0]
+        for i in range(10)
     }
     assert len(answers) > 1
 
@@ -142,7 +143,9 @@ def test_accuracy_matches_the_noise_scale(engine: Engine) -> None:
 def test_dry_run_reads_no_data_and_charges_nothing(engine: Engine) -> None:
     for path in engine.policy("shifts").source_paths:
         path.unlink()
-    result = engine.query("shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region", epsilon=1.0, dry_run=True)
+    result = engine.query(
+        "shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region", epsilon=1.0, dry_run=True
+    )
     assert result.rows == [] and result.query_id is None
     assert result.cost.epsilon == Decimal("1.0")
     assert result.accuracy["n"] is not None
@@ -152,7 +155,17 @@ def test_dry_run_reads_no_data_and_charges_nothing(engine: Engine) -> None:
 
 def test_the_result_json_has_the_contract_fields(engine: Engine) -> None:
     document = engine.query("shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region", epsilon=0.5).to_dict()
-    assert set(document) == {"query_id", "dataset", "buyer", "columns", "rows", "accuracy", "cost", "remaining", "cached"}
+    assert set(document) == {
+        "query_id",
+        "dataset",
+        "buyer",
+        "columns",
+        "rows",
+        "accuracy",
+        "cost",
+        "remaining",
+        "cached",
+    }
     assert document["query_id"].startswith("q_")
     assert document["cost"] == {"epsilon": 0.5, "delta": 0.0}
     assert document["remaining"] == {"epsilon": 9.5, "delta": 1e-6}
@@ -170,7 +183,9 @@ def test_each_release_is_logged_with_its_result(engine: Engine) -> None:
 
 def test_zcdp_charges_epsilon_and_delta(dataset: Callable[..., Path]) -> None:
     engine = _engine(dataset(accounting="zcdp"))
-    result = engine.query("shifts", "SELECT region, SUM(hours) AS h FROM shifts GROUP BY region", epsilon=1.0, delta=1e-7)
+    result = engine.query(
+        "shifts", "SELECT region, SUM(hours) AS h FROM shifts GROUP BY region", epsilon=1.0, delta=1e-7
+    )
     assert result.cost.delta == Decimal("1e-7")
     assert engine.ledger.spent("shifts").dataset.delta == Decimal("1e-7")
     assert result.accuracy["h"] > 0
@@ -192,7 +207,7 @@ def test_the_budget_is_enforced_exactly(dataset: Callable[..., Path]) -> None:
 
 
 def test_buyer_quotas_bind_inside_the_budget(dataset: Callable[..., Path]) -> None:
-    engine = _engine(dataset(extra="[buyers.lab]\nepsilon = 1.0\npurpose = \"research\"\n"))
+    engine = _engine(dataset(extra='[buyers.lab]\nepsilon = 1.0\npurpose = "research"\n'))
     engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.75, buyer="lab")
     with pytest.raises(QuotaExhausted):
         engine.query("shifts", "SELECT COUNT(*) FROM shifts", epsilon=0.5, buyer="lab")

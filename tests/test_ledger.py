@@ -11,7 +11,7 @@ import pytest
 
 from engine.accounting import Cost
 from engine.errors import BudgetExhausted, LedgerError, QuotaExhausted
-from engine.ledger import ChargeReceipt, ChargeRequest, Ledger, open_ledger
+from engine.ledger import ChargeRequest, Ledger, open_ledger
 from engine.ledger_db import SQLiteDatabase
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))

@@ -24,15 +24,6 @@ from engine.ledger import ChargeReceipt, ChargeRequest, Ledger, StoredRelease, o
 from tests.pg_server import free_port
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL to a fresh, empty ledger: a SQLite file, or a new database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("postgres_ledger_url"))
 
 
 @pytest.fixture
@@ -111,7 +102,12 @@ def test_a_charge_is_recorded_with_its_release(ledger: Ledger) -> None:
     assert spent.buyer == Cost(Decimal("0.5"), Decimal("1e-7"))
     record = ledger.release(receipt.query_id)
     assert record is not None
-    assert (record.dataset, record.buyer, record.purpose, record.sql) == ("pool", "lab", "research", "SELECT COUNT(*) FROM pool")
+    assert (record.dataset, record.buyer, record.purpose, record.sql) == (
+        "pool",
+        "lab",
+        "research",
+        "SELECT COUNT(*) FROM pool",
+    )
     assert record.cost == receipt.cost and record.result is None and record.created_at
     ledger.record_result(receipt.query_id, '{"rows": [[1]]}')
     assert ledger.release(receipt.query_id).result == '{"rows": [[1]]}'  # type: ignore[union-attr]
@@ -333,7 +329,9 @@ def test_an_idempotency_key_returns_the_stored_release(ledger: Ledger) -> None:
     receipt = ledger.charge(_request("0.5", buyer="lab", idempotency_key="retry-1"))
     assert isinstance(receipt, ChargeReceipt)
     # A retry while the first is still being answered: the same release, no result yet, no charge.
-    assert ledger.charge(_request("0.5", buyer="lab", idempotency_key="retry-1")) == StoredRelease(receipt.query_id, None)
+    assert ledger.charge(_request("0.5", buyer="lab", idempotency_key="retry-1")) == StoredRelease(
+        receipt.query_id, None
+    )
     ledger.record_result(receipt.query_id, '{"rows": [[7]]}')
     assert ledger.charge(_request("0.5", buyer="lab", idempotency_key="retry-1")) == StoredRelease(
         receipt.query_id, '{"rows": [[7]]}'

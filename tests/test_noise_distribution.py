@@ -143,13 +143,23 @@ CASES = [
     pytest.param("pure", "row", "SELECT COUNT(*) FROM shifts", 0.1, id="pure-row-count-eps0.1"),
     pytest.param("pure", "row", "SELECT COUNT(*) FROM shifts", 0.5, id="pure-row-count-eps0.5"),
     pytest.param("pure", "row", "SELECT COUNT(*) FROM shifts", 2.0, id="pure-row-count-eps2"),
-    pytest.param("pure", "member", "SELECT region, COUNT(*), AVG(age) FROM shifts GROUP BY region", 1.0,
-                 id="pure-member-grouped-avg"),
+    pytest.param(
+        "pure",
+        "member",
+        "SELECT region, COUNT(*), AVG(age) FROM shifts GROUP BY region",
+        1.0,
+        id="pure-member-grouped-avg",
+    ),
     pytest.param("zcdp", "row", "SELECT COUNT(*) FROM shifts", 0.1, id="zcdp-row-count-eps0.1"),
     pytest.param("zcdp", "row", "SELECT COUNT(*) FROM shifts", 0.5, id="zcdp-row-count-eps0.5"),
     pytest.param("zcdp", "row", "SELECT COUNT(*) FROM shifts", 2.0, id="zcdp-row-count-eps2"),
-    pytest.param("zcdp", "member", "SELECT region, COUNT(*), AVG(age) FROM shifts GROUP BY region", 1.0,
-                 id="zcdp-member-grouped-avg"),
+    pytest.param(
+        "zcdp",
+        "member",
+        "SELECT region, COUNT(*), AVG(age) FROM shifts GROUP BY region",
+        1.0,
+        id="zcdp-member-grouped-avg",
+    ),
 ]
 
 
@@ -285,7 +295,9 @@ def test_composed_loss_fits_the_request(policies: dict, accounting: str, level: 
     level=st.sampled_from(["row", "member"]),
     aggregates=st.lists(
         st.sampled_from(["COUNT(*)", "COUNT(hours)", "SUM(age)", "SUM(hours)", "AVG(hours)", "AVG(age)"]),
-        min_size=1, max_size=5, unique=True,
+        min_size=1,
+        max_size=5,
+        unique=True,
     ),
     grouped=st.booleans(),
     epsilon=st.floats(min_value=0.001, max_value=2.0),
@@ -304,9 +316,7 @@ def test_composed_loss_never_exceeds_the_request(
 @pytest.fixture
 def row_level_engine(tmp_path: Path) -> Iterator[Engine]:
     """Row level, 500 rows in each region: noisy counts stay far from the clamp at zero."""
-    frame = small_pool(2_000, 100).with_columns(
-        region=pl.Series(["north", "south", "east", "west"] * 500)
-    )
+    frame = small_pool(2_000, 100).with_columns(region=pl.Series(["north", "south", "east", "west"] * 500))
     policies_dir = write_dataset(tmp_path, frame, privacy=ROW_LEVEL, epsilon=1_000.0, max_epsilon_per_query=2.0)
     engine = Engine.from_policies(policies_dir, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
     yield engine

@@ -68,9 +68,9 @@ def member_level(max_groups: int, max_rows_per_group: int) -> str:
     return f'unit = "member_id"\nmax_groups = {max_groups}\nmax_rows_per_group = {max_rows_per_group}'
 
 
-PRIVACY = [
-    pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)
-] + [pytest.param(ROW_LEVEL, id="row")]
+PRIVACY = [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)] + [
+    pytest.param(ROW_LEVEL, id="row")
+]
 
 # --- strategies ------------------------------------------------------------------
 

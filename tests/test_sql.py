@@ -134,7 +134,9 @@ def test_order_and_limit_apply_after_noise(engine: Engine) -> None:
 
 
 def test_arithmetic_on_aggregates_uses_the_noisy_values(engine: Engine) -> None:
-    result = engine.query("shifts", "SELECT COUNT(*) AS n, COUNT(*) * 2 AS twice, -COUNT(*) AS neg FROM shifts", epsilon=1.0)
+    result = engine.query(
+        "shifts", "SELECT COUNT(*) AS n, COUNT(*) * 2 AS twice, -COUNT(*) AS neg FROM shifts", epsilon=1.0
+    )
     ((n, twice, neg),) = result.rows
     assert twice == 2 * n and neg == -n
     assert set(result.accuracy) == {"n", "twice", "neg"}

@@ -37,10 +37,17 @@ MAIN_DATASETS: dict[str, dict[str, object]] = {
     "governed": {"epsilon": 5.0, "max_epsilon_per_query": 1.0},
     "quotas": {"epsilon": 100.0, "max_epsilon_per_query": 1.0},
     "refusals": {"epsilon": 100.0, "max_epsilon_per_query": 1.0},
-    "restricted": {"epsilon": 100.0, "max_epsilon_per_query": 1.0,
-                   "extra": "[buyers.uni_lab]\nepsilon = 3.0\npurpose = \"research\"\n"},
-    "noconsent": {"epsilon": 100.0, "max_epsilon_per_query": 1.0, "extra": CONSENT,
-                  "frame": small_pool().with_columns(pl.lit(False).alias("member_flag"))},
+    "restricted": {
+        "epsilon": 100.0,
+        "max_epsilon_per_query": 1.0,
+        "extra": '[buyers.uni_lab]\nepsilon = 3.0\npurpose = "research"\n',
+    },
+    "noconsent": {
+        "epsilon": 100.0,
+        "max_epsilon_per_query": 1.0,
+        "extra": CONSENT,
+        "frame": small_pool().with_columns(pl.lit(False).alias("member_flag")),
+    },
 }
 
 
@@ -77,8 +84,9 @@ class LiveServer:
 
 def cli_create_key(policies: Path, ledger_url: str, name: str, role: str) -> str:
     """``coopdp keys create --buyer NAME --role ROLE``: the key is its only output line."""
-    result = CliRunner().invoke(cli, ["keys", "create", "--buyer", name, "--role", role,
-                                      "--policies", str(policies), "--ledger", ledger_url])
+    result = CliRunner().invoke(
+        cli, ["keys", "create", "--buyer", name, "--role", role, "--policies", str(policies), "--ledger", ledger_url]
+    )
     assert result.exit_code == 0, result.output
     (key,) = result.stdout.split()
     return key
@@ -124,9 +132,24 @@ def running_server(root: Path, datasets: dict[str, dict[str, object]]) -> Iterat
         url = f"http://127.0.0.1:{port}"
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                env=env, cwd=root, stdout=output, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "api.app:create_app",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env=env,
+                cwd=root,
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         try:
             try:

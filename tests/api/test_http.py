@@ -116,7 +116,9 @@ def test_query_is_released_with_201_and_the_result_json(server: LiveServer, buye
 
 def test_dry_run_is_200_and_charges_nothing(server: LiveServer, buyer: BuyerClient) -> None:
     state = _ledger_state(server, "shifts")
-    response = buyer.http.post("/v1/queries", json={"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "dry_run": True})
+    response = buyer.http.post(
+        "/v1/queries", json={"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "dry_run": True}
+    )
     assert response.status_code == 200
     result = QueryResult.from_dict(response.json())
     assert result.dry_run and result.query_id is None and result.rows == []
@@ -165,16 +167,28 @@ def test_releases_are_listed_and_fetched_again_for_free_only_by_their_buyer(
 
 # --- authentication and roles --------------------------------------------------------------------
 
-BUYER_ROUTES = [("GET", "/v1/datasets"), ("GET", "/v1/datasets/shifts"), ("GET", "/v1/queries"),
-                ("GET", "/v1/queries/q_0000000000000000"), ("POST", "/v1/queries")]
-STEWARD_ROUTES = [("PUT", "/v1/datasets/governed/budget", {"epsilon": 100.0, "delta": 1e-6}),
-                  ("POST", "/v1/buyers", {"name": "mallory"}), ("GET", "/v1/buyers", None),
-                  ("DELETE", "/v1/buyers/alice", None), ("POST", "/v1/keys", {"name": "mallory", "role": "steward"}),
-                  ("PUT", "/v1/datasets/shifts/quotas/alice", {"epsilon": None}), ("GET", "/v1/audit", None)]
+BUYER_ROUTES = [
+    ("GET", "/v1/datasets"),
+    ("GET", "/v1/datasets/shifts"),
+    ("GET", "/v1/queries"),
+    ("GET", "/v1/queries/q_0000000000000000"),
+    ("POST", "/v1/queries"),
+]
+STEWARD_ROUTES = [
+    ("PUT", "/v1/datasets/governed/budget", {"epsilon": 100.0, "delta": 1e-6}),
+    ("POST", "/v1/buyers", {"name": "mallory"}),
+    ("GET", "/v1/buyers", None),
+    ("DELETE", "/v1/buyers/alice", None),
+    ("POST", "/v1/keys", {"name": "mallory", "role": "steward"}),
+    ("PUT", "/v1/datasets/shifts/quotas/alice", {"epsilon": None}),
+    ("GET", "/v1/audit", None),
+]
 QUERY_BODY = {"dataset": "shifts", "sql": "SELECT COUNT(*) FROM shifts", "epsilon": 0.1}
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer cdp_not-a-key", "Bearer", "bearer  cdp_x y", "Basic YWxpY2U6c2VjcmV0", "cdp_x"])
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer cdp_not-a-key", "Bearer", "bearer  cdp_x y", "Basic YWxpY2U6c2VjcmV0", "cdp_x"]
+)
 def test_a_missing_or_bad_key_is_401(server: LiveServer, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization is not None else {}
     state = _ledger_state(server, "shifts")
@@ -199,8 +213,9 @@ def test_a_buyer_cannot_govern_and_a_steward_cannot_query(server: LiveServer, al
 # --- governance ------------------------------------------------------------------------------------
 
 
-def test_steward_sets_and_raises_a_budget_never_below_what_is_spent(server: LiveServer, steward: Client,
-                                                                      buyer: BuyerClient) -> None:
+def test_steward_sets_and_raises_a_budget_never_below_what_is_spent(
+    server: LiveServer, steward: Client, buyer: BuyerClient
+) -> None:
     status = steward.set_budget("governed", 2.0, 1e-6)
     assert (status.budget.epsilon, status.spent.epsilon, status.remaining.epsilon) == (2.0, 0.0, 2.0)
     assert buyer.dataset("governed").remaining.epsilon == 2.0
@@ -224,8 +239,17 @@ def test_steward_sets_and_raises_a_budget_never_below_what_is_spent(server: Live
     assert not any("1.25" in detail for detail in details)
 
 
-@pytest.mark.parametrize("body", [{"epsilon": 0, "delta": 0}, {"epsilon": -1, "delta": 0}, {"epsilon": 1, "delta": 1},
-                                  {"epsilon": 1}, {"epsilon": "lots", "delta": 0}, {"epsilon": 1, "delta": 0, "x": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"epsilon": 0, "delta": 0},
+        {"epsilon": -1, "delta": 0},
+        {"epsilon": 1, "delta": 1},
+        {"epsilon": 1},
+        {"epsilon": "lots", "delta": 0},
+        {"epsilon": 1, "delta": 0, "x": 1},
+    ],
+)
 def test_invalid_budgets_are_refused(server: LiveServer, steward: Client, body: dict[str, Any]) -> None:
     response = steward.http.put("/v1/datasets/governed/budget", json=body)
     assert _error_of(response) == (422, "invalid_request")
@@ -241,8 +265,11 @@ def test_steward_creates_and_revokes_buyers(server: LiveServer, steward: Client)
         bob.query("shifts", "SELECT COUNT(*) AS n FROM shifts WHERE region = 'east'", epsilon=0.1)
         revoked = steward.revoke_buyer("bob_the_buyer")
         assert revoked.revoked and revoked.name == "bob_the_buyer"
-        for call in (bob.datasets, bob.releases,
-                     lambda: bob.query("shifts", "SELECT COUNT(*) AS n FROM shifts", epsilon=0.1)):
+        for call in (
+            bob.datasets,
+            bob.releases,
+            lambda: bob.query("shifts", "SELECT COUNT(*) AS n FROM shifts", epsilon=0.1),
+        ):
             with _raises("unauthorized", 401):
                 call()
     listed = {b.name: b for b in steward.buyers()}
@@ -316,8 +343,9 @@ def test_a_policy_declared_buyer_gets_its_policy_quota(server: LiveServer, stewa
     assert entry.purpose == "research"  # the policy's purpose for uni_lab
 
 
-def test_a_buyer_not_declared_by_a_policy_that_declares_buyers_is_refused(server: LiveServer,
-                                                                         buyer: BuyerClient) -> None:
+def test_a_buyer_not_declared_by_a_policy_that_declares_buyers_is_refused(
+    server: LiveServer, buyer: BuyerClient
+) -> None:
     state = _ledger_state(server, "restricted")
     try:
         result = buyer.query("restricted", "SELECT SUM(hours) AS h FROM restricted", epsilon=0.5)
@@ -379,8 +407,9 @@ def test_budget_exhaustion_is_409_and_charges_nothing(server: LiveServer, fresh_
 # --- transparency --------------------------------------------------------------------------------
 
 
-def test_the_transparency_log_is_public_and_holds_no_results(server: LiveServer, fresh_buyer: BuyerFactory,
-                                                            steward: Client) -> None:
+def test_the_transparency_log_is_public_and_holds_no_results(
+    server: LiveServer, fresh_buyer: BuyerFactory, steward: Client
+) -> None:
     steward.create_buyer("frank_buyer", purpose="research")
     with server.client(steward.create_key("frank_buyer").key) as frank:
         result = frank.query("refusals", "SELECT region, COUNT(*) AS n FROM refusals GROUP BY region", epsilon=0.3)
@@ -392,12 +421,20 @@ def test_the_transparency_log_is_public_and_holds_no_results(server: LiveServer,
     for entry in document["releases"]:
         assert set(entry) == {"at", "buyer", "purpose", "sql", "cost"}
     mine = [e for e in document["releases"] if e["buyer"] == "frank_buyer"]
-    assert mine == [{"at": mine[0]["at"], "buyer": "frank_buyer", "purpose": "research",
-                     "sql": "SELECT region, COUNT(*) AS n FROM refusals GROUP BY region",
-                     "cost": {"epsilon": 0.3, "delta": 0.0}}]
+    assert mine == [
+        {
+            "at": mine[0]["at"],
+            "buyer": "frank_buyer",
+            "purpose": "research",
+            "sql": "SELECT region, COUNT(*) AS n FROM refusals GROUP BY region",
+            "cost": {"epsilon": 0.3, "delta": 0.0},
+        }
+    ]
     assert result.query_id not in response.text and "rows" not in response.text and "accuracy" not in response.text
     assert document["spent"]["epsilon"] == pytest.approx(sum(e["cost"]["epsilon"] for e in document["releases"]))
-    assert document["remaining"]["epsilon"] == pytest.approx(document["budget"]["epsilon"] - document["spent"]["epsilon"])
+    assert document["remaining"]["epsilon"] == pytest.approx(
+        document["budget"]["epsilon"] - document["spent"]["epsilon"]
+    )
     with server.client() as public, _raises("unknown_table", 404):
         public.transparency("nope")
 
@@ -405,13 +442,15 @@ def test_the_transparency_log_is_public_and_holds_no_results(server: LiveServer,
 # --- idempotency ----------------------------------------------------------------------------------
 
 
-def test_an_idempotency_key_retry_gets_the_same_release_and_one_charge(server: LiveServer, buyer: BuyerClient,
-                                                                      fresh_buyer: BuyerFactory) -> None:
+def test_an_idempotency_key_retry_gets_the_same_release_and_one_charge(
+    server: LiveServer, buyer: BuyerClient, fresh_buyer: BuyerFactory
+) -> None:
     sql = "SELECT region, SUM(hours) AS h FROM shifts WHERE age BETWEEN 30 AND 50 GROUP BY region"
     before = _ledger_state(server, "shifts")
     first = buyer.query("shifts", sql, epsilon=0.2, idempotency_key="retry-1")
-    response = buyer.http.post("/v1/queries", json={"dataset": "shifts", "sql": sql, "epsilon": 0.2},
-                               headers={"Idempotency-Key": "retry-1"})
+    response = buyer.http.post(
+        "/v1/queries", json={"dataset": "shifts", "sql": sql, "epsilon": 0.2}, headers={"Idempotency-Key": "retry-1"}
+    )
     assert response.status_code == 200
     again = QueryResult.from_dict(response.json())
     assert again.query_id == first.query_id and again.rows == first.rows and again.cached and again.cost.epsilon == 0
@@ -421,8 +460,9 @@ def test_an_idempotency_key_retry_gets_the_same_release_and_one_charge(server: L
     # Keys are per buyer: another buyer's equal key is a different request.
     other = fresh_buyer().query("shifts", sql, epsilon=0.2, idempotency_key="retry-1")
     assert other.query_id != first.query_id and not other.cached
-    too_long = buyer.http.post("/v1/queries", json={"dataset": "shifts", "sql": sql, "epsilon": 0.2},
-                               headers={"Idempotency-Key": "k" * 201})
+    too_long = buyer.http.post(
+        "/v1/queries", json={"dataset": "shifts", "sql": sql, "epsilon": 0.2}, headers={"Idempotency-Key": "k" * 201}
+    )
     assert _error_of(too_long) == (422, "invalid_request")
 
 
@@ -436,15 +476,18 @@ def test_an_idempotency_key_reused_for_a_different_query_is_refused(server: Live
         assert _ledger_state(server, "quotas") == quotas_before
         return
     if other.query_id == first.query_id:
-        pytest.fail(f"the key's first release ({other.dataset}: {other.columns}) came back as the answer to "
-                    "a different query on quotas, with quotas' remaining budget")
+        pytest.fail(
+            f"the key's first release ({other.dataset}: {other.columns}) came back as the answer to "
+            "a different query on quotas, with quotas' remaining budget"
+        )
 
 
 # --- consent ---------------------------------------------------------------------------------------
 
 
-def test_a_commercial_buyer_never_counts_members_who_did_not_consent(server: LiveServer,
-                                                                     fresh_buyer: BuyerFactory) -> None:
+def test_a_commercial_buyer_never_counts_members_who_did_not_consent(
+    server: LiveServer, fresh_buyer: BuyerFactory
+) -> None:
     sql = "SELECT COUNT(*) AS n FROM noconsent"
     policy = load_policies(server.policies)["noconsent"]
     backend = PolarsBackend()
@@ -463,8 +506,13 @@ def test_a_commercial_buyer_never_counts_members_who_did_not_consent(server: Liv
     assert abs(baseline.rows[0][0] - without.parts[0][0]) <= 5 * baseline.accuracy["n"]  # type: ignore[operator]
     # The same SQL from the research buyer was a separate release: the consent filter is part of the reuse key.
     assert noisy.query_id != baseline.query_id and not baseline.cached
-    with_consent_grouped = backend.execute(plan_query(parse(
-        "SELECT member_flag, COUNT(*) AS n FROM noconsent GROUP BY member_flag"), policy, consent_column="member_flag"))
+    with_consent_grouped = backend.execute(
+        plan_query(
+            parse("SELECT member_flag, COUNT(*) AS n FROM noconsent GROUP BY member_flag"),
+            policy,
+            consent_column="member_flag",
+        )
+    )
     assert with_consent_grouped.parts == [[0, 0]]
 
 
@@ -480,8 +528,9 @@ RAW_BODIES = [
     pytest.param('{"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": Infinity}', id="inf"),
     pytest.param('{"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": -Infinity}', id="-inf"),
     pytest.param('{"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 1e999}', id="overflow"),
-    pytest.param('{"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "delta": NaN}',
-                 id="delta-nan"),
+    pytest.param(
+        '{"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "delta": NaN}', id="delta-nan"
+    ),
 ]
 BAD_BODIES = [
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": -0.5}, id="negative"),
@@ -492,17 +541,24 @@ BAD_BODIES = [
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": [0.1]}, id="eps-list"),
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": None}, id="eps-null"),
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals"}, id="eps-missing"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "delta": -1e-9},
-                 id="delta-negative"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "delta": 1},
-                 id="delta-one"),
+    pytest.param(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "delta": -1e-9},
+        id="delta-negative",
+    ),
+    pytest.param(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "delta": 1}, id="delta-one"
+    ),
     pytest.param({"dataset": "refusals", "sql": 42, "epsilon": 0.1}, id="sql-number"),
     pytest.param({"dataset": "refusals", "sql": None, "epsilon": 0.1}, id="sql-null"),
     pytest.param({"dataset": ["refusals"], "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1}, id="dataset-list"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "dry_run": [1]},
-                 id="dry-run-list"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "buyer": "x"},
-                 id="unknown-field"),
+    pytest.param(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "dry_run": [1]},
+        id="dry-run-list",
+    ),
+    pytest.param(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "buyer": "x"},
+        id="unknown-field",
+    ),
     pytest.param({"dataset": "nope", "sql": "SELECT COUNT(*) FROM nope", "epsilon": 0.1}, id="unknown-dataset"),
     pytest.param({"dataset": "x" * 201, "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1}, id="dataset-long"),
     pytest.param({"dataset": "refusals", "sql": "SELECT * FROM refusals", "epsilon": 0.1}, id="select-star"),
@@ -510,12 +566,22 @@ BAD_BODIES = [
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals; SELECT 1", "epsilon": 0.1}, id="two"),
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(nope) FROM refusals", "epsilon": 0.1}, id="unknown-col"),
     pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM other", "epsilon": 0.1}, id="unknown-table"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals WHERE " + "(" * 30 + "age > 1"
-                  + ")" * 30, "epsilon": 0.1}, id="deep"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals -- " + "x" * 30_000, "epsilon": 0.1},
-                 id="sql-long"),
-    pytest.param({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "dry_run": None},
-                 id="dry-run-null"),
+    pytest.param(
+        {
+            "dataset": "refusals",
+            "sql": "SELECT COUNT(*) FROM refusals WHERE " + "(" * 30 + "age > 1" + ")" * 30,
+            "epsilon": 0.1,
+        },
+        id="deep",
+    ),
+    pytest.param(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals -- " + "x" * 30_000, "epsilon": 0.1},
+        id="sql-long",
+    ),
+    pytest.param(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals", "epsilon": 0.1, "dry_run": None},
+        id="dry-run-null",
+    ),
 ]
 
 
@@ -544,31 +610,42 @@ def test_a_bad_query_body_is_a_4xx_with_the_error_body(server: LiveServer, body:
         response = alice.http.post("/v1/queries", json=body)
     status, code = _error_of(response)
     assert 400 <= status < 500
-    assert code in {"invalid_request", "policy_violation", "unknown_table", "unknown_column", "invalid_sql",
-                    "unsupported"}
+    assert code in {
+        "invalid_request",
+        "policy_violation",
+        "unknown_table",
+        "unknown_column",
+        "invalid_sql",
+        "unsupported",
+    }
     if body.get("dataset") == "nope":
         assert (status, code) == (404, "unknown_table")
 
 
 @pytest.mark.usefixtures("refusals_unchanged")
 def test_a_false_epsilon_is_refused(server: LiveServer, alice: Client) -> None:
-    response = alice.http.post("/v1/queries", json={"dataset": "refusals", "epsilon": False,
-                                                    "sql": "SELECT COUNT(*) AS n FROM refusals WHERE age > 70"})
+    response = alice.http.post(
+        "/v1/queries",
+        json={"dataset": "refusals", "epsilon": False, "sql": "SELECT COUNT(*) AS n FROM refusals WHERE age > 70"},
+    )
     assert _error_of(response) == (422, "invalid_request")
 
 
 def test_a_true_epsilon_is_refused_and_charges_nothing(server: LiveServer, alice: Client) -> None:
     state = _ledger_state(server, "refusals")
-    response = alice.http.post("/v1/queries", json={"dataset": "refusals", "epsilon": True,
-                                                    "sql": "SELECT COUNT(*) AS n FROM refusals WHERE age > 70"})
+    response = alice.http.post(
+        "/v1/queries",
+        json={"dataset": "refusals", "epsilon": True, "sql": "SELECT COUNT(*) AS n FROM refusals WHERE age > 70"},
+    )
     charged = _ledger_state(server, "refusals")
     assert 400 <= response.status_code < 500 and charged == state, (response.text, charged[0] - state[0])
 
 
 @pytest.mark.usefixtures("refusals_unchanged")
 def test_a_body_over_1_mb_is_413(server: LiveServer) -> None:
-    big = json.dumps({"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals -- " + "x" * 1_100_000,
-                      "epsilon": 0.1})
+    big = json.dumps(
+        {"dataset": "refusals", "sql": "SELECT COUNT(*) FROM refusals -- " + "x" * 1_100_000, "epsilon": 0.1}
+    )
     with server.client(server.buyer_key) as alice:
         response = alice.http.post("/v1/queries", content=big, headers={"Content-Type": "application/json"})
         assert _error_of(response) == (413, "payload_too_large")
@@ -614,8 +691,11 @@ def test_client_errors_carry_status_code_and_message() -> None:
     with Client("http://coop.test", "cdp_k", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(ClientError) as caught:
             client.dataset("x")
-        assert (caught.value.status, caught.value.code, caught.value.message) == (404, "unknown_table",
-                                                                                 "unknown dataset 'x'")
+        assert (caught.value.status, caught.value.code, caught.value.message) == (
+            404,
+            "unknown_table",
+            "unknown dataset 'x'",
+        )
         with pytest.raises(ClientError) as caught:
             client.datasets()
         assert (caught.value.status, caught.value.code) == (502, "http_error")
@@ -642,12 +722,18 @@ def test_client_models_match_the_server_schemas() -> None:
 
     from api import client, schemas
 
-    pairs = [(client.QueryResult, schemas.QueryResult), (client.DatasetInfo, schemas.DatasetInfo),
-             (client.ColumnInfo, schemas.ColumnInfo), (client.ReleaseSummary, schemas.ReleaseSummary),
-             (client.BudgetStatus, schemas.BudgetStatusBody), (client.Buyer, schemas.BuyerBody),
-             (client.CreatedKey, schemas.KeyCreated), (client.AuditEntry, schemas.AuditBody),
-             (client.TransparencyEntry, schemas.TransparencyEntry), (client.TransparencyLog, schemas.TransparencyLog),
-             (client.Cost, schemas.CostBody)]
+    pairs = [
+        (client.QueryResult, schemas.QueryResult),
+        (client.DatasetInfo, schemas.DatasetInfo),
+        (client.ColumnInfo, schemas.ColumnInfo),
+        (client.ReleaseSummary, schemas.ReleaseSummary),
+        (client.BudgetStatus, schemas.BudgetStatusBody),
+        (client.Buyer, schemas.BuyerBody),
+        (client.CreatedKey, schemas.KeyCreated),
+        (client.AuditEntry, schemas.AuditBody),
+        (client.TransparencyEntry, schemas.TransparencyEntry),
+        (client.TransparencyLog, schemas.TransparencyLog),
+        (client.Cost, schemas.CostBody),
+    ]
     for ours, theirs in pairs:
         assert [f.name for f in fields(ours)] == list(theirs.model_fields), ours.__name__
-

@@ -42,12 +42,16 @@ def test_the_live_server_serves_this_schema(server: LiveServer) -> None:
 @schema.parametrize()
 @BOUNDED
 def test_no_server_error_for_a_buyer(case: schemathesis.Case, server: LiveServer) -> None:
-    case.call_and_validate(base_url=server.url, headers={"Authorization": f"Bearer {server.buyer_key}"},
-                           checks=[not_a_server_error])
+    case.call_and_validate(
+        base_url=server.url, headers={"Authorization": f"Bearer {server.buyer_key}"}, checks=[not_a_server_error]
+    )
 
 
 @schema.parametrize()
 @BOUNDED
 def test_no_server_error_for_a_steward(case: schemathesis.Case, steward_server: LiveServer) -> None:
-    case.call_and_validate(base_url=steward_server.url, headers={"Authorization": f"Bearer {steward_server.steward_key}"},
-                           checks=[not_a_server_error])
+    case.call_and_validate(
+        base_url=steward_server.url,
+        headers={"Authorization": f"Bearer {steward_server.steward_key}"},
+        checks=[not_a_server_error],
+    )
