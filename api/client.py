@@ -141,8 +141,12 @@ class BudgetStatus:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BudgetStatus:
-        return cls(data["dataset"], Cost.from_dict(data["budget"]), Cost.from_dict(data["spent"]),
-                   Cost.from_dict(data["remaining"]))
+        return cls(
+            data["dataset"],
+            Cost.from_dict(data["budget"]),
+            Cost.from_dict(data["spent"]),
+            Cost.from_dict(data["remaining"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -207,11 +211,16 @@ class TransparencyLog:
     spent: Cost
     remaining: Cost
     releases: list[TransparencyEntry]
-
+    """What members may see: every release and the budget; never a result."""
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransparencyLog:
-        return cls(data["dataset"], Cost.from_dict(data["budget"]), Cost.from_dict(data["spent"]),
-                   Cost.from_dict(data["remaining"]), [TransparencyEntry.from_dict(entry) for entry in data["releases"]])
+        return cls(
+            data["dataset"],
+            Cost.from_dict(data["budget"]),
+            Cost.from_dict(data["spent"]),
+            Cost.from_dict(data["remaining"]),
+            [TransparencyEntry.from_dict(entry) for entry in data["releases"]],
+        )
 
 
 def _segment(value: str) -> str:
@@ -226,8 +235,14 @@ class Client:
     ``http`` is the underlying :class:`httpx.Client` (base URL and key set) for raw calls.
     """
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
 
@@ -268,8 +283,15 @@ class Client:
 
     # --- buyers ------------------------------------------------------------------------
 
-    def query(self, dataset: str, sql: str, epsilon: float, delta: float | None = None, dry_run: bool = False,
-              idempotency_key: str | None = None) -> QueryResult:
+    def query(
+        self,
+        dataset: str,
+        sql: str,
+        epsilon: float,
+        delta: float | None = None,
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+    ) -> QueryResult:
         """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry)."""
         body: dict[str, Any] = {"dataset": dataset, "sql": sql, "epsilon": epsilon, "dry_run": dry_run}
         if delta is not None:
