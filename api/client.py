@@ -211,7 +211,7 @@ class TransparencyLog:
     spent: Cost
     remaining: Cost
     releases: list[TransparencyEntry]
-    """What members may see: every release and the budget; never a result."""
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransparencyLog:
         return cls(
