@@ -242,3 +242,10 @@ def test_grouped_rows_come_in_the_policys_key_order_whatever_the_data(dataset: C
     for where in ("", "WHERE region = 'west'", "WHERE region = 'nowhere'"):
         keys, _ = _exact(engine, f"SELECT region, COUNT(*) FROM shifts {where} GROUP BY region")
         assert keys == [("north",), ("south",), ("east",), ("west",)]
+
+
+def test_a_column_stored_in_an_unreadable_type_fails_before_charging(dataset: Callable[..., Path]) -> None:
+    engine = _engine(dataset(_frame(member_id=[1, 2], member_flag=["yes", "no"]), suffix="csv"))
+    with pytest.raises(PolicyError, match="member_flag .* cannot be read as bool"):
+        engine.query("shifts", "SELECT member_flag, COUNT(*) FROM shifts GROUP BY member_flag", epsilon=1.0)
+    assert engine.ledger.spent("shifts").dataset.epsilon == 0

@@ -53,11 +53,21 @@ class PolarsBackend:
     """Runs plans on Polars, streaming."""
 
     def check_schema(self, plan: ir.QueryPlan) -> None:
-        """Fail before charging if the pool lacks a column the plan reads (metadata only, no rows)."""
-        available = set(_scan(plan.source).collect_schema().names())
-        missing = [name for name, _ in plan.source.columns if name not in available]
+        """Fail before charging if the pool cannot serve the plan (metadata only, no rows).
+
+        Every column the plan reads must exist and be stored in a type Polars can
+        cast to its declared kind (text cannot be read as bool, say), so that no
+        cast can fail once the budget is charged.
+        """
+        stored = _scan(plan.source).collect_schema()
+        missing = [name for name, _ in plan.source.columns if name not in stored]
         if missing:
             raise PolicyError(f"the pool of {plan.dataset} has no column {', '.join(missing)} declared in its policy")
+        for name, kind in plan.source.columns:
+            if not _readable(stored[name], kind):
+                raise PolicyError(
+                    f"column {name} of {plan.dataset} is stored as {stored[name]}, which cannot be read as {kind.value}"
+                )
 
     def execute(self, plan: ir.QueryPlan, seed: int | None = None) -> ExactAggregates:
         frame = bounded_aggregates(plan, secrets.randbits(63) if seed is None else seed)
@@ -100,6 +110,18 @@ def _scan(source: ir.Source) -> pl.LazyFrame:
     if source.format is ir.SourceFormat.CSV:
         return pl.scan_csv(paths, infer_schema_length=10_000)
     return pl.scan_parquet(paths)
+
+
+def _readable(stored: pl.DataType, kind: ir.ColumnKind) -> bool:
+    """Whether a non-strict cast from ``stored`` to ``kind`` is defined (it then never fails on a value)."""
+    if kind is ir.ColumnKind.NATIVE or stored == _KINDS[kind]:
+        return True
+    scalar = stored.is_numeric() or stored == pl.Boolean()
+    if kind is ir.ColumnKind.BOOL:
+        return scalar
+    if kind is ir.ColumnKind.TEXT:
+        return scalar or stored.is_temporal() or isinstance(stored, (pl.String, pl.Categorical, pl.Enum))
+    return scalar or isinstance(stored, pl.String)
 
 
 def _read(name: str, kind: ir.ColumnKind, stored: pl.DataType) -> pl.Expr:
