@@ -263,6 +263,32 @@ class OutputColumn:
 
 
 @dataclass(frozen=True)
+class PostCompare:
+    op: CompareOp
+    left: PostExpr
+    right: PostExpr
+
+
+@dataclass(frozen=True)
+class PostAnd:
+    operands: tuple[PostPredicate, ...]
+
+
+@dataclass(frozen=True)
+class PostOr:
+    operands: tuple[PostPredicate, ...]
+
+
+@dataclass(frozen=True)
+class PostNot:
+    operand: PostPredicate
+
+
+PostPredicate = PostCompare | PostAnd | PostOr | PostNot
+"""A HAVING condition: evaluated on noisy values after release, so it costs nothing."""
+
+
+@dataclass(frozen=True)
 class OrderItem:
     expr: PostExpr
     descending: bool
@@ -293,6 +319,7 @@ class QueryPlan:
     parts: tuple[Part, ...]
     aggregates: tuple[Aggregate, ...]
     output: tuple[OutputColumn, ...]
+    having: PostPredicate | None = None
     order_by: tuple[OrderItem, ...] = ()
     limit: int | None = None
     offset: int = 0

@@ -58,7 +58,6 @@ _REFUSED = {
     exp.Min: "exact MIN is refused: it would reveal one member's value",
     exp.Max: "exact MAX is refused: it would reveal one member's value",
     exp.Distinct: "DISTINCT is not supported",
-    exp.Having: "HAVING is not supported yet: filter the released rows yourself",
 }
 
 
@@ -95,6 +94,7 @@ class _Planner:
         output = self._select_list(select)
         if not self.aggregates:
             raise PolicyViolation("the query has no aggregate: add COUNT, SUM or AVG (rows are never released)")
+        having = self._having(select, output)
         order_by = self._order_by(select, output)
         limit, offset = self._limit(select)
         if self.policy.unit_column:
@@ -114,6 +114,7 @@ class _Planner:
             parts=tuple(self.parts),
             aggregates=tuple(self.aggregates),
             output=output,
+            having=having,
             order_by=order_by,
             limit=limit,
             offset=offset,
@@ -383,6 +384,58 @@ class _Planner:
             self.parts.append(part)
         return self.parts.index(part)
 
+    # --- HAVING ------------------------------------------------------------------------
+
+    def _having(self, select: exp.Select, output: tuple[ir.OutputColumn, ...]) -> ir.PostPredicate | None:
+        having = select.args.get("having")
+        if having is None:
+            return None
+        aliases = {column.name.lower(): column.expr for column in output}
+        return self._post_predicate(having.this, aliases)
+
+    def _post_predicate(self, node: exp.Expression, aliases: dict[str, ir.PostExpr]) -> ir.PostPredicate:
+        """A condition on released values: comparisons of aggregates, keys, aliases and literals."""
+        if isinstance(node, exp.Paren):
+            return self._post_predicate(node.this, aliases)
+        if isinstance(node, (exp.And, exp.Or)):
+            operands = (self._post_predicate(node.this, aliases), self._post_predicate(node.expression, aliases))
+            return ir.PostAnd(operands) if isinstance(node, exp.And) else ir.PostOr(operands)
+        if isinstance(node, exp.Not):
+            return ir.PostNot(self._post_predicate(node.this, aliases))
+        if type(node) in _COMPARISONS:
+            left = self._post_operand(node.this, aliases)
+            right = self._post_operand(node.expression, aliases)
+            _check_post_comparable(node, left, right, self.policy)
+            return ir.PostCompare(_COMPARISONS[type(node)], left, right)
+        if isinstance(node, exp.Between):
+            operand = self._post_operand(node.this, aliases)
+            low = self._post_operand(node.args["low"], aliases)
+            high = self._post_operand(node.args["high"], aliases)
+            _check_post_comparable(node, operand, low, self.policy)
+            _check_post_comparable(node, operand, high, self.policy)
+            return ir.PostAnd(
+                (ir.PostCompare(ir.CompareOp.GTE, operand, low), ir.PostCompare(ir.CompareOp.LTE, operand, high))
+            )
+        if isinstance(node, exp.In) and not node.args.get("query") and node.expressions:
+            operand = self._post_operand(node.this, aliases)
+            choices = []
+            for item in node.expressions:
+                if not _is_literal(item):
+                    raise Unsupported(f"IN needs a list of literal values: {fragment(item)}")
+                literal = _literal(item)
+                _check_post_comparable(node, operand, literal, self.policy)
+                choices.append(ir.PostCompare(ir.CompareOp.EQ, operand, literal))
+            return ir.PostOr(tuple(choices))
+        raise Unsupported(
+            f"HAVING {fragment(node)}: compare aggregates, keys and literals (=, <, BETWEEN, IN) with AND/OR/NOT"
+        )
+
+    def _post_operand(self, node: exp.Expression, aliases: dict[str, ir.PostExpr]) -> ir.PostExpr:
+        if isinstance(node, exp.Column) and not node.table and node.name.lower() in aliases:
+            if node.name not in self.group_columns:
+                return aliases[node.name.lower()]
+        return self._post(node)
+
     # --- ORDER BY / LIMIT -------------------------------------------------------------
 
     def _order_by(self, select: exp.Select, output: tuple[ir.OutputColumn, ...]) -> tuple[ir.OrderItem, ...]:
@@ -424,6 +477,20 @@ def _refuse_constructs(select: exp.Select) -> None:
             raise Unsupported(f"subqueries are not supported yet: {fragment(node)}")
         if isinstance(node, (exp.Anonymous, exp.Func)) and type(node) not in _ALLOWED_FUNCTIONS:
             raise Unsupported(f"function {fragment(node)} is not supported")
+
+
+def _post_type(expr: ir.PostExpr, policy: Policy) -> ir.ValueType:
+    if isinstance(expr, ir.KeyRef):
+        return _VALUE_TYPES[policy.columns[expr.name].type]
+    if isinstance(expr, ir.Lit):
+        return _literal_type(expr)
+    return ir.ValueType.NUMBER
+
+
+def _check_post_comparable(node: exp.Expression, left: ir.PostExpr, right: ir.PostExpr, policy: Policy) -> None:
+    left_type, right_type = _post_type(left, policy), _post_type(right, policy)
+    if ir.ValueType.NULL not in (left_type, right_type) and left_type != right_type:
+        raise InvalidSQL(f"cannot compare a {left_type.value} with a {right_type.value}: {fragment(node)}")
 
 
 def _check_no_overflow(plan: ir.QueryPlan) -> None:

@@ -7,6 +7,7 @@ into their column's bounds; an average whose noisy count is below one is NULL.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,8 @@ def build_table(
             _aggregate(aggregate, [noisy[part][group] for part in aggregate.parts]) for aggregate in plan.aggregates
         ]
         keys_by_name = dict(zip(key_names, key, strict=True))
+        if plan.having is not None and not _holds(plan.having, aggregates, keys_by_name):
+            continue
         rows.append(
             (
                 [_evaluate(column.expr, aggregates, keys_by_name) for column in plan.output],
@@ -121,6 +124,38 @@ def _evaluate(expr: ir.PostExpr, aggregates: list[Value], keys: dict[str, object
         case ir.PostArith(op, left, right):
             return _arith(op, _evaluate(left, aggregates, keys), _evaluate(right, aggregates, keys))
     raise AssertionError(f"unknown post-processing expression {expr!r}")
+
+
+def _holds(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str, object]) -> bool:
+    """SQL's three-valued logic collapsed at the end: NULL (None) keeps no row."""
+    return _truth(predicate, aggregates, keys) is True
+
+
+def _truth(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str, object]) -> bool | None:
+    match predicate:
+        case ir.PostCompare(op, left, right):
+            a, b = _evaluate(left, aggregates, keys), _evaluate(right, aggregates, keys)
+            return None if a is None or b is None else _COMPARE[op](a, b)
+        case ir.PostAnd(operands):
+            values = [_truth(operand, aggregates, keys) for operand in operands]
+            return False if False in values else (None if None in values else True)
+        case ir.PostOr(operands):
+            values = [_truth(operand, aggregates, keys) for operand in operands]
+            return True if True in values else (None if None in values else False)
+        case ir.PostNot(operand):
+            value = _truth(operand, aggregates, keys)
+            return None if value is None else not value
+    raise AssertionError(f"unknown HAVING condition {predicate!r}")
+
+
+_COMPARE = {
+    ir.CompareOp.EQ: operator.eq,
+    ir.CompareOp.NEQ: operator.ne,
+    ir.CompareOp.LT: operator.lt,
+    ir.CompareOp.LTE: operator.le,
+    ir.CompareOp.GT: operator.gt,
+    ir.CompareOp.GTE: operator.ge,
+}
 
 
 def _number(value: Value) -> float:

@@ -51,7 +51,9 @@ REFUSED = [
     ("SELECT COUNT(*) FROM shifts WHERE age", "invalid_sql"),
     ("SELECT COUNT(*) FROM shifts WHERE UPPER(region) = 'NORTH'", "unsupported"),
     ("SELECT COUNT(*) FROM shifts WHERE COUNT(*) > 1", "invalid_sql"),
-    ("SELECT region, COUNT(*) FROM shifts GROUP BY region HAVING COUNT(*) > 3", "unsupported"),
+    ("SELECT region, COUNT(*) FROM shifts GROUP BY region HAVING region LIKE 'n%'", "unsupported"),
+    ("SELECT region, COUNT(*) FROM shifts GROUP BY region HAVING region > 3", "invalid_sql"),
+    ("SELECT region, COUNT(*) FROM shifts GROUP BY region HAVING hours > 3", "invalid_sql"),
     ("SELECT COUNT(*) AS n, SUM(age) AS n FROM shifts", "invalid_sql"),
     ("SELECT COUNT(*) FROM shifts LIMIT -1", "invalid_sql"),
     ("SELECT COUNT(*) FROM shifts ORDER BY 3", "invalid_sql"),
@@ -148,3 +150,22 @@ def test_error_messages_never_contain_data_values(engine: Engine) -> None:
         engine.query("shifts", "SELECT city, COUNT(*) FROM shifts GROUP BY city", epsilon=1.0)
     for city in ("'a'", "'b'", "'c'"):
         assert city not in raised.value.message
+
+
+def test_having_filters_the_noisy_rows(engine: Engine) -> None:
+    everything = engine.query(
+        "shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region HAVING n >= 0", epsilon=0.5
+    )
+    assert len(everything.rows) == 4
+    nothing = engine.query(
+        "shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region HAVING COUNT(*) < 0", epsilon=0.5
+    )
+    assert nothing.rows == []
+    some = engine.query(
+        "shifts",
+        "SELECT region, AVG(age) AS a FROM shifts GROUP BY region "
+        "HAVING (region = 'north' OR region IN ('south')) AND NOT SUM(hours) BETWEEN -1e9 AND -1",
+        epsilon=0.5,
+    )
+    assert sorted(row[0] for row in some.rows) == ["north", "south"]
+    assert engine.ledger.spent("shifts").dataset.epsilon == 1.5
