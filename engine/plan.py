@@ -194,6 +194,8 @@ class PartKind(Enum):
 
     COUNT_ROWS = "count_rows"
     COUNT_VALUES = "count_values"
+    COUNT_UNITS = "count_units"
+    """Distinct privacy units (members) per group: each adds at most one to a group."""
     SUM = "sum"
     CENTERED_SUM = "centered_sum"
 
@@ -347,6 +349,6 @@ class QueryPlan:
         elif part.kind is PartKind.CENTERED_SUM:
             assert part.value is not None
             per_row = part.value.centered_magnitude
-        per_group = per_row * self.contribution.max_rows_per_group
+        per_group = 1 if part.kind is PartKind.COUNT_UNITS else per_row * self.contribution.max_rows_per_group
         groups = self.groups_touched_per_unit
         return Sensitivity(l1=groups * per_group, l2=math.isqrt(groups * per_group * per_group - 1) + 1)

@@ -57,7 +57,6 @@ _REFUSED = {
     exp.With: "WITH (common table expressions) is not supported yet",
     exp.Min: "exact MIN is refused: it would reveal one member's value",
     exp.Max: "exact MAX is refused: it would reveal one member's value",
-    exp.Distinct: "DISTINCT is not supported",
 }
 
 
@@ -328,7 +327,7 @@ class _Planner:
         kind = _AGGREGATES[type(node)]
         argument = node.this
         if isinstance(argument, exp.Distinct):
-            raise Unsupported(f"{fragment(node)}: COUNT/SUM/AVG of DISTINCT values is not supported yet")
+            return self._aggregate_index(self._count_distinct(node, argument))
         if node.expressions or any(node.args.get(key) for key in ("filter", "ignore_nulls")):
             raise Unsupported(f"{fragment(node)}: extra aggregate arguments are not supported")
         if kind is ir.AggregateKind.COUNT:
@@ -343,9 +342,27 @@ class _Planner:
                 count = self._part(ir.Part(ir.PartKind.COUNT_VALUES, counted_column=value.column))
                 centered = self._part(ir.Part(ir.PartKind.CENTERED_SUM, value=value))
                 aggregate = ir.Aggregate(kind, (count, centered), value)
+        return self._aggregate_index(aggregate)
+
+    def _aggregate_index(self, aggregate: ir.Aggregate) -> int:
         if aggregate not in self.aggregates:
             self.aggregates.append(aggregate)
         return self.aggregates.index(aggregate)
+
+    def _count_distinct(self, node: exp.Expression, argument: exp.Distinct) -> ir.Aggregate:
+        """COUNT(DISTINCT unit): members per group, one each, so the bound needs no row cap."""
+        columns = argument.expressions
+        unit = self.policy.unit_column
+        if not isinstance(node, exp.Count) or len(columns) != 1 or not isinstance(columns[0], exp.Column):
+            raise Unsupported(f"{fragment(node)}: only COUNT(DISTINCT <privacy unit>) is supported")
+        name, _ = self._column(columns[0])
+        if unit is None or name != unit:
+            raise Unsupported(
+                f"{fragment(node)}: COUNT(DISTINCT) is answered only for the privacy unit"
+                f"{f' ({unit})' if unit else ' of a member-level dataset'}; one member can hold many distinct "
+                "values of another column, so their count has no bound the policy sets: use COUNT(column) instead"
+            )
+        return ir.Aggregate(ir.AggregateKind.COUNT, (self._part(ir.Part(ir.PartKind.COUNT_UNITS)),))
 
     def _count(self, node: exp.Expression, argument: exp.Expression) -> ir.Aggregate:
         if isinstance(argument, exp.Star) or (isinstance(argument, exp.Literal) and not argument.is_string):

@@ -13,7 +13,7 @@ import pytest
 
 from engine import Engine
 from engine.backends.polars import PolarsBackend
-from engine.errors import BudgetExhausted, Forbidden, PolicyError, QuotaExhausted, UnknownTable
+from engine.errors import BudgetExhausted, Forbidden, PolicyError, QuotaExhausted, UnknownTable, Unsupported
 from engine.planner import plan_query
 from engine.sql import parse
 from tests.conftest import ROW_LEVEL
@@ -249,3 +249,29 @@ def test_a_column_stored_in_an_unreadable_type_fails_before_charging(dataset: Ca
     with pytest.raises(PolicyError, match="member_flag .* cannot be read as bool"):
         engine.query("shifts", "SELECT member_flag, COUNT(*) FROM shifts GROUP BY member_flag", epsilon=1.0)
     assert engine.ledger.spent("shifts").dataset.epsilon == 0
+
+
+def test_count_distinct_members_counts_each_member_once_per_group(dataset: Callable[..., Path]) -> None:
+    frame = _frame(member_id=[1] * 30 + [2] * 3 + [3], region=["north"] * 33 + ["south"])
+    engine = _engine(dataset(frame))
+    keys, parts = _exact(engine, "SELECT region, COUNT(DISTINCT member_id) AS members FROM shifts GROUP BY region")
+    assert dict(zip([key[0] for key in keys], parts[0], strict=True)) == {"north": 2, "south": 1, "east": 0, "west": 0}
+    plan = plan_query(parse("SELECT COUNT(DISTINCT member_id) FROM shifts"), engine.policy("shifts"))
+    assert plan.sensitivity(plan.parts[0]).l1 == 1  # not max_rows_per_group
+    result = engine.query("shifts", "SELECT COUNT(DISTINCT member_id) AS m FROM shifts", epsilon=1.0)
+    assert result.accuracy["m"] == pytest.approx(math.log(1 / 0.05), rel=0.2)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT COUNT(DISTINCT region) FROM shifts", "SELECT SUM(DISTINCT hours) FROM shifts"],
+)
+def test_count_distinct_of_other_columns_is_refused_with_a_reason(engine: Engine, sql: str) -> None:
+    with pytest.raises(Unsupported, match="DISTINCT"):
+        engine.query("shifts", sql, epsilon=1.0)
+
+
+def test_count_distinct_needs_a_member_level_dataset(dataset: Callable[..., Path]) -> None:
+    engine = _engine(dataset(privacy=ROW_LEVEL))
+    with pytest.raises(Unsupported, match="member-level"):
+        engine.query("shifts", "SELECT COUNT(DISTINCT member_id) FROM shifts", epsilon=1.0)

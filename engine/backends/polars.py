@@ -203,6 +203,8 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.COUNT_ROWS:
             expression = pl.min_horizontal(pl.col(_ROWS), cap)
+        elif part.kind is ir.PartKind.COUNT_UNITS:
+            expression = pl.lit(1)  # this member, in this group
         elif part.kind is ir.PartKind.COUNT_VALUES:
             expression = pl.min_horizontal(pl.col(f"__n_{part.counted_column}"), cap)
         else:
