@@ -11,7 +11,7 @@ every error response raises :class:`ClientError` with the status and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import quote
@@ -58,6 +58,7 @@ class QueryResult:
     remaining: Cost
     cached: bool
     dry_run: bool = False
+    private_keys: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -72,6 +73,7 @@ class QueryResult:
             remaining=Cost.from_dict(data["remaining"]),
             cached=bool(data["cached"]),
             dry_run=bool(data.get("dry_run", False)),
+            private_keys=list(data.get("private_keys", [])),
         )
 
 

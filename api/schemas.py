@@ -41,6 +41,7 @@ class QueryResult(BaseModel):
     remaining: CostBody
     cached: bool
     dry_run: bool = False
+    private_keys: list[str] = Field(default=[], description="GROUP BY columns whose keys passed a DP threshold")
 
 
 class ReleaseSummary(BaseModel):

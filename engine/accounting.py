@@ -83,17 +83,11 @@ class PrivacyRequest:
         dlt = 0.0 if delta is None else _finite(delta, "delta")
         if not 0 <= dlt < 1:
             raise PolicyViolation("delta must be at least 0 and below 1")
-        if accounting is Accounting.ZCDP:
-            if dlt == 0:
-                raise PolicyViolation("this dataset uses zcdp accounting: give a delta > 0 (e.g. --delta 1e-7)")
-            if dlt > budget.delta:
-                raise PolicyViolation(f"delta {dlt} is above this dataset's whole delta budget ({budget.delta})")
+        if accounting is Accounting.ZCDP and dlt == 0:
+            raise PolicyViolation("this dataset uses zcdp accounting: give a delta > 0 (e.g. --delta 1e-7)")
+        if dlt > budget.delta:
+            raise PolicyViolation(f"delta {dlt} is above this dataset's whole delta budget ({budget.delta})")
         return cls(exact(eps), exact(dlt), accounting)
-
-    @property
-    def cost(self) -> Cost:
-        """What the ledger charges: the whole request (pure DP never spends δ)."""
-        return Cost(self.epsilon, self.delta if self.accounting is Accounting.ZCDP else Decimal(0))
 
 
 def _finite(value: object, name: str) -> float:

@@ -16,7 +16,7 @@ from engine.accounting import Cost, PrivacyRequest, budget_of, exact
 from engine.backends import BACKENDS, Backend
 from engine.errors import Conflict, Forbidden, NotFound, UnknownTable
 from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
-from engine.mechanisms import add_noise, calibrate
+from engine.mechanisms import calibrate, release
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
 from engine.postprocess import accuracy, build_table
@@ -130,8 +130,8 @@ class Engine:
         if isinstance(charge, StoredRelease):
             return self._stored(charge, policy, caller)
         exact_aggregates = self.backend.execute(plan)
-        noisy = add_noise(noise, exact_aggregates.parts, charge)
-        table = build_table(plan, noise, exact_aggregates.keys, noisy)
+        noisy = release(noise, exact_aggregates, charge)
+        table = build_table(plan, noise, noisy.keys, noisy.parts)
         result = Result(
             charge.query_id,
             dataset,
@@ -141,6 +141,7 @@ class Engine:
             table.accuracy,
             noise.cost,
             self.remaining(policy, caller),
+            private_keys=list(plan.private_keys),
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result

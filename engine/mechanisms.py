@@ -8,14 +8,17 @@ formulas, give the loss; the query's budget is split evenly across parts.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import opendp.prelude as dp
 
 from engine.accounting import Accounting, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
-from engine.errors import InternalError
+from engine.backends.base import ExactAggregates
+from engine.errors import InternalError, PolicyViolation
 from engine.ledger import ChargeReceipt
 from engine.plan import Part, QueryPlan
 
@@ -37,13 +40,24 @@ class PartNoise:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """Private keys: a group is released only if its noisy count of units reaches ``value``."""
+
+    part_index: int
+    value: int
+    delta: float
+    """The δ this release of keys spends (OpenDP's map)."""
+
+
+@dataclass(frozen=True)
 class NoisePlan:
     accounting: Accounting
     parts: tuple[PartNoise, ...]
     cost: Cost
-    """What the ledger must charge before :func:`add_noise` may run."""
+    """What the ledger must charge before :func:`release` may run."""
     loss: float
     """The composed loss OpenDP's maps report: ε (pure) or ρ (zCDP)."""
+    threshold: Threshold | None = None
 
     def accuracy(self, index: int, alpha: float = ALPHA) -> float:
         """Half-width of the (1 - alpha) interval around one noisy cell of part ``index``, in the column's units."""
@@ -75,22 +89,36 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
 
     Each part's scale is ``multiplier × sensitivity``, so every part gets an
     equal share of the loss; the multiplier is the smallest one whose composed
-    loss, as OpenDP's maps report it, fits the request.
+    loss, as OpenDP's maps report it, fits the request. With private keys the
+    units-per-group part is released through OpenDP's threshold measurement,
+    whose threshold is the smallest that keeps its δ within the request's
+    (pure DP), or half of it (zCDP; the other half pays the ρ → ε conversion).
     """
     accounting = request.accounting
+    epsilon, delta = float(request.epsilon), float(request.delta)
+    private = plan.threshold_part is not None
+    if private and delta == 0:
+        columns = ", ".join(plan.private_keys)
+        raise PolicyViolation(f"GROUP BY {columns} releases keys by a DP threshold, which needs a delta > 0")
+    threshold_delta = (delta if accounting is Accounting.PURE else delta / 2) if private else 0.0
+    conversion_delta = delta - threshold_delta
     sensitivities = [_sensitivity(plan, part, accounting) for part in plan.parts]
     count = len(sensitivities)
-    epsilon, delta = float(request.epsilon), float(request.delta)
     if accounting is Accounting.PURE:
         target = epsilon
         multiplier = count / epsilon
     else:
-        target = largest_rho(epsilon, delta)
+        target = largest_rho(epsilon, conversion_delta)
         multiplier = math.sqrt(count / (2 * target))
     for _ in range(_ATTEMPTS):
         losses = [_measurement(accounting, multiplier * s).map(s) for s in sensitivities]
+        threshold = None
+        if plan.threshold_part is not None:
+            threshold = _threshold(plan, accounting, multiplier, threshold_delta)
+            losses[plan.threshold_part] = threshold[1]
         loss = compose(losses)
-        if loss <= target and (accounting is Accounting.PURE or zcdp_to_epsilon(loss, delta) <= epsilon):
+        fits = loss <= target and (accounting is Accounting.PURE or zcdp_to_epsilon(loss, conversion_delta) <= epsilon)
+        if fits and (threshold is None or threshold[0].delta <= threshold_delta):
             break
         multiplier = math.nextafter(multiplier * (1 + 1e-12), math.inf)
     else:
@@ -99,7 +127,43 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
         PartNoise(part, s, multiplier * s, part.value.scale if part.value else 1)
         for part, s in zip(plan.parts, sensitivities, strict=True)
     )
-    return NoisePlan(accounting, parts, request.cost, loss)
+    spends_delta = accounting is Accounting.ZCDP or private
+    cost = Cost(request.epsilon, request.delta if spends_delta else Decimal(0))
+    return NoisePlan(accounting, parts, cost, loss, threshold[0] if threshold else None)
+
+
+def _threshold_measurement(accounting: Accounting, scale: float, value: int) -> dp.Measurement:
+    domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
+    if accounting is Accounting.PURE:
+        metric = dp.l01inf_distance(dp.absolute_distance(T="i64"))
+        return dp.m.make_laplace_threshold(domain, metric, scale=scale, threshold=value)
+    metric = dp.l02inf_distance(dp.absolute_distance(T="i64"))
+    return dp.m.make_gaussian_threshold(domain, metric, scale=scale, threshold=value)
+
+
+def _threshold(plan: QueryPlan, accounting: Accounting, multiplier: float, delta: float) -> tuple[Threshold, float]:
+    """The smallest threshold whose δ (by OpenDP's map) fits ``delta``, and its ε or ρ."""
+    assert plan.threshold_part is not None
+    sensitivity = plan.sensitivity(plan.parts[plan.threshold_part])
+    middle = sensitivity.l1 if accounting is Accounting.PURE else sensitivity.l2
+    distance = (sensitivity.groups, middle, sensitivity.per_group)
+    scale = multiplier * middle
+
+    def spent(value: int) -> tuple[float, float]:
+        loss, spent_delta = _threshold_measurement(accounting, scale, value).map(distance)
+        return float(loss), float(spent_delta)
+
+    high = 1
+    while spent(high)[1] > delta:
+        if high > 2**60:
+            raise PolicyViolation("delta is too small for any threshold on private keys")
+        high *= 2
+    low = high // 2
+    while high - low > 1:
+        middle_value = (low + high) // 2
+        low, high = (low, middle_value) if spent(middle_value)[1] <= delta else (middle_value, high)
+    loss, spent_delta = spent(high)
+    return Threshold(plan.threshold_part, high, spent_delta), loss
 
 
 def _sensitivity(plan: QueryPlan, part: Part, accounting: Accounting) -> int:
@@ -122,3 +186,39 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[int]], receipt: ChargeR
         measurement = _measurement(noise.accounting, part_noise.scale)
         noisy.append(list(measurement([int(value) for value in values])))
     return noisy
+
+
+@dataclass(frozen=True)
+class NoisyAggregates:
+    """What may be released: the groups' keys (public, or past the threshold) and their noisy parts."""
+
+    keys: list[tuple[object, ...]]
+    parts: list[list[int]]
+
+
+def release(noise: NoisePlan, exact: ExactAggregates, receipt: ChargeReceipt) -> NoisyAggregates:
+    """Noise every part and, with private keys, keep only the groups whose noisy unit count passes the threshold."""
+    if noise.threshold is None:
+        return NoisyAggregates(list(exact.keys), add_noise(noise, exact.parts, receipt))
+    threshold = noise.threshold
+    part_noise = noise.parts[threshold.part_index]
+    measurement = _threshold_measurement(noise.accounting, part_noise.scale, threshold.value)
+    encoded = [json.dumps(list(key)) for key in exact.keys]
+    others = [values for index, values in enumerate(exact.parts) if index != threshold.part_index]
+    noisy_others = add_noise(_without(noise, threshold.part_index), others, receipt)
+    passed = measurement(dict(zip(encoded, (int(v) for v in exact.parts[threshold.part_index]), strict=True)))
+    kept = [index for index, key in enumerate(encoded) if key in passed]
+    parts: list[list[int]] = []
+    remaining = iter(noisy_others)
+    for index in range(len(noise.parts)):
+        if index == threshold.part_index:
+            parts.append([int(passed[encoded[group]]) for group in kept])
+        else:
+            values = next(remaining)
+            parts.append([values[group] for group in kept])
+    return NoisyAggregates([exact.keys[group] for group in kept], parts)
+
+
+def _without(noise: NoisePlan, index: int) -> NoisePlan:
+    """The plan's vector parts, minus the one the threshold measurement noises itself."""
+    return NoisePlan(noise.accounting, noise.parts[:index] + noise.parts[index + 1 :], noise.cost, noise.loss)

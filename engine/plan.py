@@ -299,8 +299,11 @@ class OrderItem:
 @dataclass(frozen=True)
 class GroupKey:
     column: str
-    values: tuple[str | bool, ...]
-    """The public key set: every key is in the output, empty groups included."""
+    values: tuple[str | bool, ...] | None
+    """The public key set: every key is in the output, empty groups included.
+
+    None for private keys: only keys that pass a DP threshold are released.
+    """
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,10 @@ class Sensitivity:
 
     l1: int
     l2: int
+    per_group: int
+    """The L∞ bound: how far one unit can move a single group."""
+    groups: int
+    """The L0 bound: how many groups one unit can move."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +328,8 @@ class QueryPlan:
     parts: tuple[Part, ...]
     aggregates: tuple[Aggregate, ...]
     output: tuple[OutputColumn, ...]
+    threshold_part: int | None = None
+    """With private keys: the part (units per group) whose noisy value must pass the threshold."""
     having: PostPredicate | None = None
     order_by: tuple[OrderItem, ...] = ()
     limit: int | None = None
@@ -329,10 +338,17 @@ class QueryPlan:
     @property
     def groups_touched_per_unit(self) -> int:
         """The L0 bound: how many output groups one unit can change."""
+        if self.private_keys:
+            return self.contribution.max_groups
         possible = 1
         for key in self.group_keys:
-            possible *= len(key.values)
+            possible *= len(key.values or ())
         return min(self.contribution.max_groups, possible)
+
+    @property
+    def private_keys(self) -> tuple[str, ...]:
+        """GROUP BY columns whose keys are released only by a DP threshold."""
+        return tuple(key.column for key in self.group_keys if key.values is None)
 
     def sensitivity(self, part: Part) -> Sensitivity:
         """Sensitivity of ``part`` when one unit is added or removed.
@@ -351,4 +367,5 @@ class QueryPlan:
             per_row = part.value.centered_magnitude
         per_group = 1 if part.kind is PartKind.COUNT_UNITS else per_row * self.contribution.max_rows_per_group
         groups = self.groups_touched_per_unit
-        return Sensitivity(l1=groups * per_group, l2=math.isqrt(groups * per_group * per_group - 1) + 1)
+        l2 = math.isqrt(groups * per_group * per_group - 1) + 1
+        return Sensitivity(l1=groups * per_group, l2=l2, per_group=per_group, groups=groups)

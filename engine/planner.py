@@ -104,6 +104,11 @@ class _Planner:
             max_groups=privacy.max_groups or 1,
             max_rows_per_group=privacy.max_rows_per_group or 1,
         )
+        threshold_part = None
+        if any(key.values is None for key in group_keys):
+            # Private keys: a key is released only if its noisy count of units passes a threshold.
+            units = ir.PartKind.COUNT_UNITS if self.policy.unit_column else ir.PartKind.COUNT_ROWS
+            threshold_part = self._part(ir.Part(units))
         plan = ir.QueryPlan(
             dataset=self.policy.name,
             source=self._source(),
@@ -113,6 +118,7 @@ class _Planner:
             parts=tuple(self.parts),
             aggregates=tuple(self.aggregates),
             output=output,
+            threshold_part=threshold_part,
             having=having,
             order_by=order_by,
             limit=limit,
@@ -275,15 +281,14 @@ class _Planner:
             if name == self.policy.unit_column or column.type is ColumnType.ID:
                 raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
             public_keys = column.public_keys
-            if public_keys is None:
+            if public_keys is None and column.type is not ColumnType.CATEGORY:
                 raise PolicyViolation(
-                    f"GROUP BY {name} is refused: the policy lists no public keys for it "
-                    "(private key release is not supported yet)"
+                    f"GROUP BY {name} is refused: a {column.type} column has no public keys (binning is not supported)"
                 )
             if name in (key.column for key in keys):
                 raise InvalidSQL(f"GROUP BY names {name} twice")
             keys.append(ir.GroupKey(name, public_keys))
-        if math.prod(len(key.values) for key in keys) > MAX_OUTPUT_GROUPS:
+        if math.prod(len(key.values) for key in keys if key.values is not None) > MAX_OUTPUT_GROUPS:
             raise Unsupported(f"the GROUP BY keys make more than {MAX_OUTPUT_GROUPS} groups")
         self.group_columns = tuple(key.column for key in keys)
         return tuple(keys)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.accounting import ZERO, Cost
@@ -22,6 +22,8 @@ class Result:
     remaining: Cost
     cached: bool = False
     dry_run: bool = False
+    private_keys: list[str] = field(default_factory=list)
+    """GROUP BY columns whose keys were released by a DP threshold (not listed in the policy)."""
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], *, buyer: str | None, remaining: Cost, cached: bool) -> Result:
@@ -36,6 +38,7 @@ class Result:
             cost=ZERO,
             remaining=remaining,
             cached=cached,
+            private_keys=document.get("private_keys", []),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -52,4 +55,6 @@ class Result:
         }
         if self.dry_run:
             document["dry_run"] = True
+        if self.private_keys:
+            document["private_keys"] = self.private_keys
         return document

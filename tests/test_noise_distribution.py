@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from engine import Engine
-from engine.accounting import Accounting, PrivacyRequest, zcdp_to_epsilon
+from engine.accounting import Accounting, Cost, PrivacyRequest, zcdp_to_epsilon
 from engine.ledger import ChargeReceipt
 from engine.mechanisms import ALPHA, NoisePlan, add_noise, calibrate
 from engine.plan import QueryPlan
@@ -261,7 +261,8 @@ def test_accuracy_is_in_the_column_units(policies: dict) -> None:
 
 def _check_loss(noise: NoisePlan, request: PrivacyRequest) -> None:
     epsilon = float(request.epsilon)
-    assert noise.cost == request.cost
+    spends_delta = noise.accounting is Accounting.ZCDP
+    assert noise.cost == Cost(request.epsilon, request.delta if spends_delta else Decimal(0))
     if noise.accounting is Accounting.PURE:
         assert noise.cost.delta == Decimal(0)
         assert noise.loss <= epsilon

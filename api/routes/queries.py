@@ -41,6 +41,7 @@ class InFlightLimit:
 @router.post(
     "",
     response_model=QueryResult,
+    response_model_exclude_defaults=True,
     status_code=201,
     responses={200: {"description": "Dry run, or a stored release returned again (cached)"}},
 )
@@ -81,7 +82,7 @@ def list_queries(engine: EngineDep, buyer: CurrentBuyer) -> list[ReleaseSummary]
     ]
 
 
-@router.get("/{query_id}", response_model=QueryResult)
+@router.get("/{query_id}", response_model=QueryResult, response_model_exclude_defaults=True)
 def get_query(query_id: str, engine: EngineDep, buyer: CurrentBuyer) -> dict[str, Any]:
     """One of the caller's own releases, again, at no cost."""
     return engine.stored_release(query_id, buyer.name).to_dict()

@@ -88,7 +88,8 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     if plan.where is not None:
         frame = frame.filter(_row_expr(plan.where))
     for key in plan.group_keys:
-        frame = frame.filter(pl.col(key.column).is_in(list(key.values)))
+        keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
+        frame = frame.filter(keep)
     columns = _value_columns(plan)
     kinds = dict(plan.source.columns)
     frame = frame.with_columns(_fixed_point(value, kinds[name]) for name, value in columns.items())
@@ -99,7 +100,7 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     else:
         per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
         per_member = per_member.with_columns(_member_level_parts(plan))
-        if keys and plan.contribution.max_groups < _possible_groups(plan):
+        if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
             per_member = _keep_random_groups(per_member, unit, keys, plan.contribution.max_groups, seed)
         bounded = _aggregate(per_member, keys, [pl.col(_part_name(i)).sum() for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
@@ -219,9 +220,10 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
 
 
 def _possible_groups(plan: ir.QueryPlan) -> int:
+    """How many groups the public keys make (only called when every key is public)."""
     possible = 1
     for key in plan.group_keys:
-        possible *= len(key.values)
+        possible *= len(key.values or ())
     return possible
 
 
@@ -241,19 +243,24 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     """Every public key appears, empty groups with zeros, in the policy's key order.
 
     Neither which groups appear nor their order may depend on the data: a
-    missing or reordered empty group would leak.
+    missing or reordered empty group would leak. With private keys only the
+    observed groups come back (sorted); the threshold decides which are released.
     """
+    filled = [pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts))]
     if not plan.group_keys:
-        return bounded.with_columns(pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts)))
+        return bounded.with_columns(filled)
+    if plan.private_keys:
+        return bounded.with_columns(filled).sort([key.column for key in plan.group_keys])
     grid: pl.LazyFrame | None = None
     for key in plan.group_keys:
+        assert key.values is not None
         dtype = pl.Boolean() if all(isinstance(value, bool) for value in key.values) else pl.String()
         values = pl.LazyFrame({key.column: pl.Series(key.column, list(key.values), dtype=dtype)})
         grid = values if grid is None else grid.join(values, how="cross")
     assert grid is not None
     grid = grid.with_row_index(_ORDER)
     joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left").sort(_ORDER).drop(_ORDER)
-    return joined.with_columns(pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts)))
+    return joined.with_columns(filled)
 
 
 def _row_expr(expr: ir.RowExpr) -> pl.Expr:

@@ -1,0 +1,93 @@
+"""GROUP BY columns without public keys: keys are released only past a DP threshold (needs δ)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from engine import Engine
+from engine.accounting import PrivacyRequest
+from engine.errors import PolicyViolation
+from engine.mechanisms import calibrate
+from engine.planner import plan_query
+from engine.sql import parse
+from tests.conftest import ROW_LEVEL
+
+
+def _pool(members_per_city: dict[str, int]) -> pl.DataFrame:
+    rows = []
+    member = 0
+    for city, members in members_per_city.items():
+        for _ in range(members):
+            member += 1
+            rows += [
+                {"member_id": member, "region": "north", "city": city, "hours": 5.0, "age": 40, "member_flag": True}
+            ] * 3
+    return pl.DataFrame(rows)
+
+
+def _engine(policies: Path) -> Engine:
+    return Engine.from_policies(policies, ledger=f"sqlite:///{policies.parent / 'ledger.db'}")
+
+
+@pytest.mark.parametrize("privacy", ["member", "row"])
+def test_only_keys_far_above_the_threshold_are_released(dataset: Callable[..., Path], privacy: str) -> None:
+    extra = {} if privacy == "member" else {"privacy": ROW_LEVEL}
+    engine = _engine(dataset(_pool({"big": 400, "lonely": 1, "pair": 2}), epsilon=100.0, **extra))
+    for repeat in range(10):
+        sql = f"SELECT city, COUNT(*) AS n, AVG(hours) AS h FROM shifts WHERE age > {-repeat} GROUP BY city"
+        result = engine.query("shifts", sql, epsilon=1.0, delta=1e-7)
+        assert [row[0] for row in result.rows] == ["big"]
+        assert result.private_keys == ["city"]
+        assert result.to_dict()["private_keys"] == ["city"]
+        assert result.cost.delta == Decimal("1e-7")
+    assert engine.ledger.spent("shifts").dataset.delta == Decimal("0.000001")
+
+
+def test_public_and_private_keys_mix(dataset: Callable[..., Path]) -> None:
+    frame = _pool({"big": 300}).with_columns(
+        pl.when(pl.col("member_id") % 2 == 0).then(pl.lit("south")).otherwise(pl.lit("north")).alias("region")
+    )
+    engine = _engine(dataset(frame, epsilon=100.0))
+    result = engine.query(
+        "shifts", "SELECT region, city, COUNT(*) FROM shifts GROUP BY region, city", epsilon=2.0, delta=1e-6
+    )
+    assert sorted((row[0], row[1]) for row in result.rows) == [("north", "big"), ("south", "big")]
+    assert result.private_keys == ["city"]
+
+
+def test_private_keys_need_a_delta_and_cost_nothing_when_refused(engine: Engine) -> None:
+    with pytest.raises(PolicyViolation, match="threshold.*delta"):
+        engine.query("shifts", "SELECT city, COUNT(*) FROM shifts GROUP BY city", epsilon=1.0)
+    assert engine.ledger.spent("shifts").dataset.epsilon == 0
+
+
+def test_zcdp_private_keys_charge_epsilon_and_delta(dataset: Callable[..., Path]) -> None:
+    engine = _engine(dataset(_pool({"big": 400, "lonely": 1}), accounting="zcdp", epsilon=100.0))
+    result = engine.query("shifts", "SELECT city, COUNT(*) FROM shifts GROUP BY city", epsilon=1.0, delta=1e-6)
+    assert [row[0] for row in result.rows] == ["big"]
+    assert engine.ledger.spent("shifts").dataset.delta == Decimal("0.000001")
+
+
+@pytest.mark.parametrize("accounting", ["pure", "zcdp"])
+def test_the_threshold_spends_no_more_delta_than_asked(dataset: Callable[..., Path], accounting: str) -> None:
+    engine = _engine(dataset(accounting=accounting))
+    policy = engine.policy("shifts")
+    plan = plan_query(parse("SELECT city, SUM(hours), COUNT(*) FROM shifts GROUP BY city"), policy)
+    assert plan.private_keys == ("city",) and plan.threshold_part is not None
+    unit_count = plan.sensitivity(plan.parts[plan.threshold_part])
+    assert (unit_count.groups, unit_count.per_group) == (1, 1)  # max_groups groups, one per member each
+    noise = calibrate(plan, PrivacyRequest.validate(1.0, 1e-6, policy.budget))
+    assert noise.threshold is not None
+    allowed = 1e-6 if accounting == "pure" else 0.5e-6
+    assert 0 < noise.threshold.delta <= allowed
+    assert noise.threshold.value > 1
+
+
+def test_numeric_columns_without_keys_are_still_refused(engine: Engine) -> None:
+    with pytest.raises(PolicyViolation, match="binning"):
+        engine.query("shifts", "SELECT age, COUNT(*) FROM shifts GROUP BY age", epsilon=1.0, delta=1e-6)
