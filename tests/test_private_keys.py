@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import Engine
 from engine.accounting import PrivacyRequest
@@ -16,6 +19,7 @@ from engine.mechanisms import calibrate
 from engine.planner import plan_query
 from engine.sql import parse
 from tests.conftest import ROW_LEVEL
+from tests.test_sensitivity import exact_parts, member_level, pools
 
 
 def _pool(members_per_city: dict[str, int]) -> pl.DataFrame:
@@ -91,3 +95,32 @@ def test_the_threshold_spends_no_more_delta_than_asked(dataset: Callable[..., Pa
 def test_numeric_columns_without_keys_are_still_refused(engine: Engine) -> None:
     with pytest.raises(PolicyViolation, match="binning"):
         engine.query("shifts", "SELECT age, COUNT(*) FROM shifts GROUP BY age", epsilon=1.0, delta=1e-6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pool=pools, data=st.data(), groups=st.sampled_from([1, 2]), rows=st.sampled_from([1, 3]))
+def test_one_member_moves_private_key_aggregates_within_the_claims(
+    pool: list[dict], data: st.DataObject, groups: int, rows: int
+) -> None:
+    """Neighbours differ by one member: keys only one side has count that member alone (≤ 1 unit)."""
+    privacy = member_level(groups, rows)
+    sql = "SELECT city, region, COUNT(*), SUM(hours), AVG(age) FROM shifts GROUP BY city, region"
+    member = data.draw(st.sampled_from(sorted({row["member_id"] for row in pool})))
+    smaller = [row for row in pool if row["member_id"] != member]
+    with tempfile.TemporaryDirectory() as directory:
+        plan, larger_parts = exact_parts(Path(directory) / "with", pool, privacy, sql)
+        _, smaller_parts = exact_parts(Path(directory) / "without", smaller, privacy, sql)
+    assert plan.threshold_part is not None
+    units = plan.threshold_part
+    for key in set(larger_parts) - set(smaller_parts):
+        assert larger_parts[key][units] <= 1, "a key only the added member has must count one unit"
+    assert set(smaller_parts) <= set(larger_parts)
+    changed = {key for key in larger_parts if larger_parts[key] != smaller_parts.get(key, [0] * len(plan.parts))}
+    assert len(changed) <= plan.sensitivity(plan.parts[units]).groups
+    for index, part in enumerate(plan.parts):
+        claimed = plan.sensitivity(part)
+        diffs = [
+            abs(larger_parts[key][index] - smaller_parts.get(key, [0] * len(plan.parts))[index]) for key in larger_parts
+        ]
+        assert sum(diffs) <= claimed.l1
+        assert max(diffs, default=0) <= claimed.per_group
