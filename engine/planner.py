@@ -14,8 +14,9 @@ from sqlglot import exp
 
 from engine import plan as ir
 from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
+from engine.inline import inline_derived_tables
 from engine.policy import ColumnPolicy, ColumnType, Policy
-from engine.sql import fragment
+from engine.sql import default_name, fragment
 
 MAX_ROWS = 2**34
 """Rows a pool may hold; with the bounds below, no integer sum can overflow 64 bits."""
@@ -66,7 +67,8 @@ def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = 
     With ``consent_column``, rows where that bool column is not true are
     dropped before anything else (members who did not consent never count).
     """
-    return _Planner(policy, consent_column).plan(select)
+    flat = inline_derived_tables(select, list(policy.columns))
+    return _Planner(policy, consent_column).plan(flat)
 
 
 @dataclass
@@ -301,7 +303,7 @@ class _Planner:
             if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
                 raise PolicyViolation("SELECT * is refused: rows are never released; select aggregates")
             node = item.this if isinstance(item, exp.Alias) else item
-            name = item.alias if isinstance(item, exp.Alias) else _default_name(node)
+            name = item.alias if isinstance(item, exp.Alias) else default_name(node)
             if name.lower() in (column.name.lower() for column in output):
                 raise InvalidSQL(f"two output columns are named {name!r}: give one an alias")
             output.append(ir.OutputColumn(name, self._post(node)))
@@ -519,12 +521,6 @@ def _check_no_overflow(plan: ir.QueryPlan) -> None:
     for part in plan.parts:
         if plan.sensitivity(part).l1 > _SUM_LIMIT:
             raise PolicyViolation(f"{part.label}: the contribution bounds times the value bounds overflow 64-bit sums")
-
-
-def _default_name(node: exp.Expression) -> str:
-    if isinstance(node, exp.Column):
-        return node.name
-    return fragment(node, limit=60).lower()
 
 
 def _literal(node: exp.Expression) -> ir.Lit:

@@ -59,6 +59,13 @@ def parse(sql: str) -> exp.Select:
     return statement
 
 
+def default_name(node: exp.Expression) -> str:
+    """The output name of an unaliased SELECT item: a column's name, else its SQL in lower case."""
+    if isinstance(node, exp.Column):
+        return node.name
+    return fragment(node, limit=60).lower()
+
+
 def normalised(select: exp.Select) -> str:
     """Canonical SQL text: case-insensitive identifiers lowered, keywords and spacing uniform."""
     return normalize_identifiers(select.copy()).sql()

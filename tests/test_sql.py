@@ -9,6 +9,8 @@ import pytest
 
 from engine import Engine
 from engine.errors import CoopdpError
+from engine.planner import plan_query
+from engine.sql import parse
 
 REFUSED = [
     ("SELEC COUNT(*) FROM shifts", "invalid_sql"),
@@ -29,9 +31,26 @@ REFUSED = [
     ("SELECT COUNT(*) FROM shifts INTERSECT SELECT COUNT(*) FROM shifts", "unsupported"),
     ("SELECT COUNT(*) FROM shifts EXCEPT SELECT COUNT(*) FROM shifts", "unsupported"),
     ("SELECT COUNT(*) FROM shifts a JOIN shifts b ON a.member_id = b.member_id", "unsupported"),
-    ("SELECT COUNT(*) FROM (SELECT * FROM shifts) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT region, COUNT(*) FROM shifts GROUP BY region) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT hours * 2 AS h FROM shifts) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM shifts LIMIT 10) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM shifts ORDER BY hours) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM shifts a JOIN shifts b ON a.member_id = b.member_id) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT DISTINCT member_id FROM shifts) t", "unsupported"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM other) t", "unknown_table"),
+    ("SELECT SUM(hours) FROM (SELECT age AS h FROM shifts) t", "unknown_column"),
+    ("SELECT COUNT(*) FROM (SELECT region FROM shifts) t WHERE age > 3", "unknown_column"),
+    (
+        "WITH x AS (SELECT region FROM shifts) SELECT region, COUNT(*) FROM x GROUP BY region UNION SELECT 1",
+        "unsupported",
+    ),
+    ("WITH RECURSIVE x AS (SELECT region FROM shifts) SELECT COUNT(*) FROM x", "unsupported"),
     ("SELECT COUNT(*) FROM shifts WHERE age IN (SELECT age FROM shifts)", "unsupported"),
-    ("WITH x AS (SELECT * FROM shifts) SELECT COUNT(*) FROM x", "unsupported"),
+    (
+        "WITH x AS (SELECT member_id, SUM(hours) AS h FROM shifts GROUP BY member_id) SELECT SUM(h) FROM x",
+        "unsupported",
+    ),
+    ("WITH x AS (SELECT region FROM shifts) SELECT COUNT(*) FROM y", "unknown_table"),
     ("SELECT COUNT(*) FROM other", "unknown_table"),
     ("SELECT COUNT(*) FROM public.shifts", "unknown_table"),
     ("SELECT COUNT(*) FROM read_parquet('/etc/passwd')", "unsupported"),
@@ -169,3 +188,25 @@ def test_having_filters_the_noisy_rows(engine: Engine) -> None:
     )
     assert sorted(row[0] for row in some.rows) == ["north", "south"]
     assert engine.ledger.spent("shifts").dataset.epsilon == 1.5
+
+
+DERIVED = [
+    "WITH x AS (SELECT * FROM shifts WHERE age > 30) SELECT region, COUNT(*) FROM x GROUP BY region",
+    "SELECT t.region, AVG(t.h) AS mean FROM (SELECT region, hours AS h FROM shifts) AS t GROUP BY t.region",
+    "WITH a AS (SELECT hours AS age, region FROM shifts), b AS (SELECT age AS x FROM a WHERE age < 5) SELECT SUM(x) FROM b",
+]
+
+
+@pytest.mark.parametrize("sql", DERIVED)
+def test_row_level_ctes_and_derived_tables_are_inlined(engine: Engine, sql: str) -> None:
+    assert engine.query("shifts", sql, epsilon=0.5).rows
+
+
+def test_a_renamed_column_keeps_the_bounds_of_its_source_not_of_its_name(engine: Engine) -> None:
+    # ``age`` here is ``hours`` renamed: its bounds are hours' [0, 60], never age's [18, 80].
+    sql = "WITH a AS (SELECT hours AS age FROM shifts) SELECT AVG(age) AS m, SUM(age) AS s FROM a"
+    plan = plan_query(parse(sql), engine.policy("shifts"))
+    assert {aggregate.value.column for aggregate in plan.aggregates} == {"hours"}
+    assert [column.name for column in plan.output] == ["m", "s"]
+    unnamed = plan_query(parse("SELECT SUM(x) FROM (SELECT hours AS x FROM shifts) AS t"), engine.policy("shifts"))
+    assert [column.name for column in unnamed.output] == ["sum(x)"]
