@@ -115,7 +115,63 @@ class Like:
     case_sensitive: bool
 
 
-RowExpr = Col | Lit | Compare | Arith | Neg | And | Or | Not | InList | Between | IsNull | Like
+@dataclass(frozen=True)
+class Clamp:
+    """A numeric value forced into its declared bounds (inside aggregated expressions)."""
+
+    operand: RowExpr
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Case:
+    branches: tuple[tuple[RowExpr, RowExpr], ...]
+    """(condition, value) pairs, tried in order."""
+    default: RowExpr | None
+    """The ELSE value; None gives NULL."""
+
+
+@dataclass(frozen=True)
+class Extreme:
+    """LEAST (``greatest=False``) or GREATEST of the operands, ignoring NULLs."""
+
+    operands: tuple[RowExpr, ...]
+    greatest: bool
+
+
+@dataclass(frozen=True)
+class Coalesce:
+    operands: tuple[RowExpr, ...]
+
+
+RowExpr = (
+    Col
+    | Lit
+    | Compare
+    | Arith
+    | Neg
+    | And
+    | Or
+    | Not
+    | InList
+    | Between
+    | IsNull
+    | Like
+    | Clamp
+    | Case
+    | Extreme
+    | Coalesce
+)
+
+
+@dataclass(frozen=True)
+class DerivedColumn:
+    """A per-row value an aggregate reads (``SUM(hours * 2)``), computed by the backend after filtering."""
+
+    name: str
+    expr: RowExpr
+
 
 # --- sources, bounds and contribution ------------------------------------------
 
@@ -328,6 +384,7 @@ class QueryPlan:
     parts: tuple[Part, ...]
     aggregates: tuple[Aggregate, ...]
     output: tuple[OutputColumn, ...]
+    derived: tuple[DerivedColumn, ...] = ()
     threshold_part: int | None = None
     """With private keys: the part (units per group) whose noisy value must pass the threshold."""
     having: PostPredicate | None = None

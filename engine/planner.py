@@ -36,7 +36,7 @@ _COMPARISONS = {
 }
 _ARITHMETIC = {exp.Add: ir.ArithOp.ADD, exp.Sub: ir.ArithOp.SUB, exp.Mul: ir.ArithOp.MUL, exp.Div: ir.ArithOp.DIV}
 _AGGREGATES = {exp.Count: ir.AggregateKind.COUNT, exp.Sum: ir.AggregateKind.SUM, exp.Avg: ir.AggregateKind.AVG}
-_ALLOWED_FUNCTIONS = {*_AGGREGATES, exp.And, exp.Or}
+_ALLOWED_FUNCTIONS = {*_AGGREGATES, exp.And, exp.Or, exp.Case, exp.If, exp.Least, exp.Greatest, exp.Coalesce}
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
     ColumnType.CATEGORY: ir.ColumnKind.TEXT,
@@ -80,6 +80,7 @@ class _Planner:
     used_columns: set[str] = field(default_factory=set)
     table_names: set[str] = field(default_factory=set)
     group_columns: tuple[str, ...] = ()
+    derived: list[ir.DerivedColumn] = field(default_factory=list)
 
     def plan(self, select: exp.Select) -> ir.QueryPlan:
         _refuse_constructs(select)
@@ -118,6 +119,7 @@ class _Planner:
             group_keys=group_keys,
             contribution=contribution,
             parts=tuple(self.parts),
+            derived=tuple(self.derived),
             aggregates=tuple(self.aggregates),
             output=output,
             threshold_part=threshold_part,
@@ -340,8 +342,6 @@ class _Planner:
         if kind is ir.AggregateKind.COUNT:
             aggregate = self._count(node, argument)
         else:
-            if not isinstance(argument, exp.Column):
-                raise Unsupported(f"{fragment(node)}: aggregate a plain column (expressions are not supported yet)")
             value = self._fixed_point(node, argument)
             if kind is ir.AggregateKind.SUM:
                 aggregate = ir.Aggregate(kind, (self._part(ir.Part(ir.PartKind.SUM, value=value)),), value)
@@ -378,23 +378,30 @@ class _Planner:
             name, _ = self._column(argument)
             part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
         else:
-            raise Unsupported(f"{fragment(node)}: count rows (*) or a plain column")
+            name, _, _ = self._derived(argument)
+            part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
         return ir.Aggregate(ir.AggregateKind.COUNT, (self._part(part),))
 
-    def _fixed_point(self, node: exp.Expression, argument: exp.Column) -> ir.FixedPoint:
-        name, column = self._column(argument)
-        if not column.type.is_numeric or column.bounds is None:
-            raise PolicyViolation(
-                f"{fragment(node)}: {name} is a {column.type} column without bounds; SUM and AVG need a bounded number"
-            )
-        low, high = column.bounds
+    def _fixed_point(self, node: exp.Expression, argument: exp.Expression) -> ir.FixedPoint:
+        if isinstance(argument, exp.Column):
+            name, column = self._column(argument)
+            if not column.type.is_numeric or column.bounds is None:
+                raise PolicyViolation(
+                    f"{fragment(node)}: {name} is a {column.type} column without bounds; "
+                    "SUM and AVG need a bounded number"
+                )
+            low, high = column.bounds
+            integer = column.type is ColumnType.INT
+        else:
+            name, low, high = self._derived(argument)
+            integer = False
         magnitude = max(abs(low), abs(high))
-        if column.type is ColumnType.INT:
+        if integer:
             scale = 1
         else:
             bits = math.floor(math.log2(_SUM_LIMIT / MAX_ROWS / magnitude)) if magnitude > 0 else MAX_FIXED_POINT_BITS
             scale = 2 ** max(0, min(MAX_FIXED_POINT_BITS, bits))
-        fixed = ir.FixedPoint(name, lower=round(low * scale), upper=round(high * scale), scale=scale)
+        fixed = ir.FixedPoint(name, lower=math.floor(low * scale), upper=math.ceil(high * scale), scale=scale)
         if fixed.lower == fixed.upper:
             raise PolicyViolation(f"the bounds of {name} are too narrow for fixed-point sums")
         if fixed.magnitude * MAX_ROWS > _SUM_LIMIT:
@@ -402,6 +409,93 @@ class _Planner:
                 f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})"
             )
         return fixed
+
+    # --- expressions inside aggregates ----------------------------------------------
+
+    def _derived(self, node: exp.Expression) -> tuple[str, float, float]:
+        """A derived per-row column for an aggregated expression, with bounds by interval arithmetic."""
+        expr, low, high = self._interval(node)
+        for derived in self.derived:
+            if derived.expr == expr:
+                return derived.name, low, high
+        name = f"__derived_{len(self.derived)}"
+        self.derived.append(ir.DerivedColumn(name, expr))
+        return name, low, high
+
+    def _interval(self, node: exp.Expression) -> tuple[ir.RowExpr, float, float]:
+        """The expression (base columns clamped to their bounds) and bounds no row can leave."""
+        if isinstance(node, exp.Paren):
+            return self._interval(node.this)
+        if isinstance(node, exp.Column):
+            name, column = self._column(node)
+            if not column.type.is_numeric or column.bounds is None:
+                raise PolicyViolation(f"{fragment(node)}: {name} is a {column.type} column without bounds")
+            low, high = column.bounds
+            return ir.Clamp(ir.Col(name), low, high), low, high
+        if _is_literal(node):
+            literal = _literal(node)
+            if isinstance(literal.value, bool) or not isinstance(literal.value, int | float):
+                raise InvalidSQL(f"{fragment(node)} is not a number")
+            return literal, float(literal.value), float(literal.value)
+        if isinstance(node, exp.Neg):
+            expr, low, high = self._interval(node.this)
+            return ir.Neg(expr), -high, -low
+        if type(node) in _ARITHMETIC:
+            return self._arith_interval(node)
+        if isinstance(node, exp.Case):
+            return self._case_interval(node)
+        if isinstance(node, exp.Least | exp.Greatest):
+            operands = [self._interval(operand) for operand in [node.this, *node.expressions]]
+            pick = max if isinstance(node, exp.Greatest) else min
+            expr = ir.Extreme(tuple(o[0] for o in operands), greatest=isinstance(node, exp.Greatest))
+            return expr, pick(o[1] for o in operands), pick(o[2] for o in operands)
+        if isinstance(node, exp.Coalesce):
+            operands = [self._interval(operand) for operand in [node.this, *node.expressions]]
+            return ir.Coalesce(tuple(o[0] for o in operands)), min(o[1] for o in operands), max(o[2] for o in operands)
+        raise Unsupported(
+            f"{fragment(node)}: inside an aggregate use columns, numbers, + - * /, CASE, LEAST, GREATEST, COALESCE"
+        )
+
+    def _arith_interval(self, node: exp.Expression) -> tuple[ir.RowExpr, float, float]:
+        op = _ARITHMETIC[type(node)]
+        left, left_low, left_high = self._interval(node.this)
+        right, right_low, right_high = self._interval(node.expression)
+        if op is ir.ArithOp.ADD:
+            low, high = left_low + right_low, left_high + right_high
+        elif op is ir.ArithOp.SUB:
+            low, high = left_low - right_high, left_high - right_low
+        else:
+            if op is ir.ArithOp.DIV:
+                if not isinstance(right, ir.Lit) or right_low == 0:
+                    raise Unsupported(
+                        f"{fragment(node)}: dividing by a column (or by 0) has no bound; divide by a number"
+                    )
+                right_low = right_high = 1 / right_low
+            corners = [a * b for a in (left_low, left_high) for b in (right_low, right_high)]
+            low, high = min(corners), max(corners)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise Unsupported(f"{fragment(node)}: the bounds overflow")
+        return ir.Arith(op, left, right), low, high
+
+    def _case_interval(self, node: exp.Case) -> tuple[ir.RowExpr, float, float]:
+        if node.this is not None:
+            raise Unsupported(
+                f"{fragment(node)}: write CASE WHEN <condition> THEN … (simple CASE x WHEN … is not supported)"
+            )
+        branches = []
+        lows, highs = [], []
+        for branch in node.args.get("ifs") or []:
+            condition = self._predicate(branch.this)
+            value, low, high = self._interval(branch.args["true"])
+            branches.append((condition, value))
+            lows.append(low)
+            highs.append(high)
+        default = None
+        if node.args.get("default") is not None and not isinstance(node.args["default"], exp.Null):
+            default, low, high = self._interval(node.args["default"])
+            lows.append(low)
+            highs.append(high)
+        return ir.Case(tuple(branches), default), min(lows), max(highs)
 
     def _part(self, part: ir.Part) -> int:
         if part not in self.parts:

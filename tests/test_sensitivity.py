@@ -48,6 +48,11 @@ AGGREGATES = (
     "AVG(hours)",
     "AVG(age)",
     "COUNT(DISTINCT member_id)",
+    "SUM(CASE WHEN age > 40 THEN hours ELSE 0 END)",
+    "COUNT(CASE WHEN hours > 8 THEN 1 END)",
+    "AVG(hours * 1.5 + 2)",
+    "SUM(LEAST(GREATEST(hours - age, -10), 10))",
+    "SUM(COALESCE(hours, 30) / 4)",
 )
 MEMBER_ONLY = {"COUNT(DISTINCT member_id)": "COUNT(member_id)"}
 """Aggregates only a member-level dataset answers, and their row-level stand-ins."""

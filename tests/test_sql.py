@@ -59,6 +59,12 @@ REFUSED = [
     ("SELECT COUNT(*) FROM shifts WHERE salary > 3", "unknown_column"),
     ("SELECT COUNT(*) FROM shifts GROUP BY nope", "unknown_column"),
     ("SELECT SUM(city) FROM shifts", "policy_violation"),
+    ("SELECT SUM(hours / age) FROM shifts", "unsupported"),
+    ("SELECT SUM(hours / 0) FROM shifts", "unsupported"),
+    ("SELECT SUM(CASE region WHEN 'north' THEN hours END) FROM shifts", "unsupported"),
+    ("SELECT SUM(UPPER(city)) FROM shifts", "unsupported"),
+    ("SELECT AVG(CASE WHEN hours > 1 THEN city END) FROM shifts", "policy_violation"),
+    ("SELECT SUM(1) FROM shifts", "policy_violation"),
     ("SELECT AVG(member_id) FROM shifts", "policy_violation"),
     ("SELECT COUNT(*) FROM shifts; SELECT COUNT(*) FROM shifts", "invalid_sql"),
     ("SELECT COUNT(*) FROM shifts; DROP TABLE shifts", "invalid_sql"),
@@ -210,3 +216,46 @@ def test_a_renamed_column_keeps_the_bounds_of_its_source_not_of_its_name(engine:
     assert [column.name for column in plan.output] == ["m", "s"]
     unnamed = plan_query(parse("SELECT SUM(x) FROM (SELECT hours AS x FROM shifts) AS t"), engine.policy("shifts"))
     assert [column.name for column in unnamed.output] == ["sum(x)"]
+
+
+def test_expressions_inside_aggregates_get_bounds_by_interval_arithmetic(engine: Engine) -> None:
+    policy = engine.policy("shifts")
+    cases = {
+        "SUM(hours * 1.5 + 2)": (2.0, 92.0),
+        "SUM(-hours)": (-60.0, 0.0),
+        "SUM(hours - age)": (-80.0, 42.0),
+        "SUM(hours / 4)": (0.0, 15.0),
+        "SUM(LEAST(GREATEST(hours, 5), 10))": (5.0, 10.0),
+        "SUM(CASE WHEN age > 40 THEN hours WHEN age > 30 THEN 100 END)": (0.0, 100.0),
+        "SUM(COALESCE(hours, -1))": (-1.0, 60.0),
+    }
+    for aggregate, (low, high) in cases.items():
+        plan = plan_query(parse(f"SELECT {aggregate} FROM shifts"), policy)
+        (value,) = [a.value for a in plan.aggregates]
+        assert (value.lower / value.scale, value.upper / value.scale) == pytest.approx((low, high), abs=1e-5), aggregate
+        assert plan.output[0].name.startswith(aggregate.lower()[:50])  # long names are shortened with …
+
+
+def test_expressions_clamp_their_columns_first(dataset) -> None:
+    import polars as pl
+
+    frame = pl.DataFrame(
+        {
+            "member_id": [1, 2],
+            "region": ["north"] * 2,
+            "city": ["a"] * 2,
+            "hours": [500.0, -3.0],
+            "age": [30, 30],
+            "member_flag": [True, True],
+        }
+    )
+    engine = Engine.from_policies(dataset(frame, privacy='unit = "row"'), ledger="sqlite:///:memory:")
+    plan = plan_query(
+        parse("SELECT SUM(hours * 2), COUNT(CASE WHEN hours > 59 THEN 1 END) FROM shifts"), engine.policy("shifts")
+    )
+    from engine.backends.polars import PolarsBackend
+
+    parts = PolarsBackend().execute(plan, seed=1).parts
+    (total,), (count,) = parts
+    assert total / plan.parts[0].value.scale == pytest.approx(120.0)  # 500 clamps to 60, -3 to 0
+    assert count == 1

@@ -91,8 +91,14 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
         keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
         frame = frame.filter(keep)
     columns = _value_columns(plan)
+    if plan.derived:
+        frame = frame.with_columns(
+            _row_expr(derived.expr).cast(pl.Float64).alias(derived.name) for derived in plan.derived
+        )
     kinds = dict(plan.source.columns)
-    frame = frame.with_columns(_fixed_point(value, kinds[name]) for name, value in columns.items())
+    frame = frame.with_columns(
+        _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items()
+    )
     keys = [key.column for key in plan.group_keys]
     unit = plan.contribution.unit_column
     if unit is None:
@@ -296,6 +302,19 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return _row_expr(operand).is_null()
         case ir.Like(operand, pattern, case_sensitive):
             return _row_expr(operand).str.contains(_like_regex(pattern, case_sensitive))
+        case ir.Clamp(operand, low, high):
+            return _row_expr(operand).clip(low, high)
+        case ir.Case(branches, default):
+            (first_condition, first_value), *rest = branches
+            chained = pl.when(_row_expr(first_condition)).then(_row_expr(first_value))
+            for condition, value in rest:
+                chained = chained.when(_row_expr(condition)).then(_row_expr(value))
+            return chained.otherwise(_row_expr(default) if default is not None else pl.lit(None))
+        case ir.Extreme(operands, greatest):
+            combine = pl.max_horizontal if greatest else pl.min_horizontal
+            return combine(_row_expr(operand) for operand in operands)
+        case ir.Coalesce(operands):
+            return pl.coalesce(_row_expr(operand) for operand in operands)
     raise AssertionError(f"unknown row expression {expr!r}")
 
 
