@@ -275,6 +275,20 @@ class AggregateKind(Enum):
     COUNT = "count"
     SUM = "sum"
     AVG = "avg"
+    VAR_POP = "var_pop"
+    VAR_SAMP = "var_samp"
+    STDDEV_POP = "stddev_pop"
+    STDDEV_SAMP = "stddev_samp"
+
+    @property
+    def is_spread(self) -> bool:
+        """Variance or standard deviation: from a count, a centred sum and a sum of centred squares."""
+        return self in (
+            AggregateKind.VAR_POP,
+            AggregateKind.VAR_SAMP,
+            AggregateKind.STDDEV_POP,
+            AggregateKind.STDDEV_SAMP,
+        )
 
 
 @dataclass(frozen=True)
@@ -284,6 +298,8 @@ class Aggregate:
     kind: AggregateKind
     parts: tuple[int, ...]
     value: FixedPoint | None = None
+    squares: FixedPoint | None = None
+    """For variance and standard deviation: the summed squares of centred values."""
 
 
 # --- post-processing (on noisy values only) ------------------------------------

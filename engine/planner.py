@@ -35,7 +35,16 @@ _COMPARISONS = {
     exp.GTE: ir.CompareOp.GTE,
 }
 _ARITHMETIC = {exp.Add: ir.ArithOp.ADD, exp.Sub: ir.ArithOp.SUB, exp.Mul: ir.ArithOp.MUL, exp.Div: ir.ArithOp.DIV}
-_AGGREGATES = {exp.Count: ir.AggregateKind.COUNT, exp.Sum: ir.AggregateKind.SUM, exp.Avg: ir.AggregateKind.AVG}
+_AGGREGATES = {
+    exp.Count: ir.AggregateKind.COUNT,
+    exp.Sum: ir.AggregateKind.SUM,
+    exp.Avg: ir.AggregateKind.AVG,
+    exp.VariancePop: ir.AggregateKind.VAR_POP,
+    exp.Variance: ir.AggregateKind.VAR_SAMP,
+    exp.StddevPop: ir.AggregateKind.STDDEV_POP,
+    exp.Stddev: ir.AggregateKind.STDDEV_SAMP,
+    exp.StddevSamp: ir.AggregateKind.STDDEV_SAMP,
+}
 _ALLOWED_FUNCTIONS = {*_AGGREGATES, exp.And, exp.Or, exp.Case, exp.If, exp.Least, exp.Greatest, exp.Coalesce}
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
@@ -223,7 +232,7 @@ class _Planner:
             return ir.IsNull(operand), ir.ValueType.BOOL
         if isinstance(node, (exp.Like, exp.ILike)):
             return self._like(node), ir.ValueType.BOOL
-        if type(node) in _AGGREGATES:
+        if _aggregate_kind(node) is not None:
             raise InvalidSQL(f"aggregates are not allowed in WHERE: {fragment(node)}")
         raise Unsupported(f"{fragment(node)} is not supported in a row condition")
 
@@ -315,7 +324,7 @@ class _Planner:
         """An expression over aggregates and group keys, evaluated after noise."""
         if isinstance(node, exp.Paren):
             return self._post(node.this)
-        if type(node) in _AGGREGATES:
+        if _aggregate_kind(node) is not None:
             return ir.AggRef(self._aggregate(node))
         if isinstance(node, exp.Column):
             name, _ = self._column(node)
@@ -333,11 +342,13 @@ class _Planner:
         raise Unsupported(f"{fragment(node)} is not supported in the SELECT list")
 
     def _aggregate(self, node: exp.Expression) -> int:
-        kind = _AGGREGATES[type(node)]
-        argument = node.this
+        kind = _aggregate_kind(node)
+        assert kind is not None
+        argument = node.expressions[0] if isinstance(node, exp.Anonymous) and len(node.expressions) == 1 else node.this
         if isinstance(argument, exp.Distinct):
             return self._aggregate_index(self._count_distinct(node, argument))
-        if node.expressions or any(node.args.get(key) for key in ("filter", "ignore_nulls")):
+        extra = node.expressions[1:] if isinstance(node, exp.Anonymous) else node.expressions
+        if extra or argument is None or any(node.args.get(key) for key in ("filter", "ignore_nulls")):
             raise Unsupported(f"{fragment(node)}: extra aggregate arguments are not supported")
         if kind is ir.AggregateKind.COUNT:
             aggregate = self._count(node, argument)
@@ -345,11 +356,27 @@ class _Planner:
             value = self._fixed_point(node, argument)
             if kind is ir.AggregateKind.SUM:
                 aggregate = ir.Aggregate(kind, (self._part(ir.Part(ir.PartKind.SUM, value=value)),), value)
+            elif kind.is_spread:
+                aggregate = self._spread(node, kind, argument, value)
             else:
                 count = self._part(ir.Part(ir.PartKind.COUNT_VALUES, counted_column=value.column))
                 centered = self._part(ir.Part(ir.PartKind.CENTERED_SUM, value=value))
                 aggregate = ir.Aggregate(kind, (count, centered), value)
         return self._aggregate_index(aggregate)
+
+    def _spread(
+        self, node: exp.Expression, kind: ir.AggregateKind, argument: exp.Expression, value: ir.FixedPoint
+    ) -> ir.Aggregate:
+        """Variance parts: count, centred sum, and the sum of squared centred values (bounded by the half-width²)."""
+        expr = self._interval(argument)[0]
+        centred = ir.Arith(ir.ArithOp.SUB, expr, ir.Lit(value.center / value.scale))
+        half_width = value.centered_magnitude / value.scale
+        name = self._derived_column(ir.Arith(ir.ArithOp.MUL, centred, centred))
+        squares = self._scaled(name, 0.0, half_width**2, integer=False)
+        count = self._part(ir.Part(ir.PartKind.COUNT_VALUES, counted_column=value.column))
+        centered_sum = self._part(ir.Part(ir.PartKind.CENTERED_SUM, value=value))
+        square_sum = self._part(ir.Part(ir.PartKind.SUM, value=squares))
+        return ir.Aggregate(kind, (count, centered_sum, square_sum), value, squares)
 
     def _aggregate_index(self, aggregate: ir.Aggregate) -> int:
         if aggregate not in self.aggregates:
@@ -395,6 +422,10 @@ class _Planner:
         else:
             name, low, high = self._derived(argument)
             integer = False
+        return self._scaled(name, low, high, integer)
+
+    def _scaled(self, name: str, low: float, high: float, integer: bool) -> ir.FixedPoint:
+        """Fixed point for values in [low, high]: the finest power-of-two scale that cannot overflow."""
         magnitude = max(abs(low), abs(high))
         if integer:
             scale = 1
@@ -415,12 +446,15 @@ class _Planner:
     def _derived(self, node: exp.Expression) -> tuple[str, float, float]:
         """A derived per-row column for an aggregated expression, with bounds by interval arithmetic."""
         expr, low, high = self._interval(node)
+        return self._derived_column(expr), low, high
+
+    def _derived_column(self, expr: ir.RowExpr) -> str:
         for derived in self.derived:
             if derived.expr == expr:
-                return derived.name, low, high
+                return derived.name
         name = f"__derived_{len(self.derived)}"
         self.derived.append(ir.DerivedColumn(name, expr))
-        return name, low, high
+        return name
 
     def _interval(self, node: exp.Expression) -> tuple[ir.RowExpr, float, float]:
         """The expression (base columns clamped to their bounds) and bounds no row can leave."""
@@ -585,6 +619,12 @@ class _Planner:
         )
 
 
+def _aggregate_kind(node: exp.Expression) -> ir.AggregateKind | None:
+    if isinstance(node, exp.Anonymous) and node.name.upper() == "VAR":
+        return ir.AggregateKind.VAR_SAMP
+    return _AGGREGATES.get(type(node))
+
+
 def _refuse_constructs(select: exp.Select) -> None:
     """Refuse, by name, constructs that would read other data or release rows."""
     for node in select.walk():
@@ -593,7 +633,8 @@ def _refuse_constructs(select: exp.Select) -> None:
                 raise Unsupported(f"{reason}: {fragment(node)}")
         if isinstance(node, exp.Select) and node is not select:
             raise Unsupported(f"subqueries are not supported yet: {fragment(node)}")
-        if isinstance(node, (exp.Anonymous, exp.Func)) and type(node) not in _ALLOWED_FUNCTIONS:
+        allowed = type(node) in _ALLOWED_FUNCTIONS or _aggregate_kind(node) is not None
+        if isinstance(node, (exp.Anonymous, exp.Func)) and not allowed:
             raise Unsupported(f"function {fragment(node)} is not supported")
 
 

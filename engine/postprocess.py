@@ -7,6 +7,7 @@ into their column's bounds; an average whose noisy count is below one is NULL.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ def accuracy(
         if isinstance(column.expr, (ir.KeyRef, ir.Lit)):
             continue
         aggregate = plan.aggregates[column.expr.index] if isinstance(column.expr, ir.AggRef) else None
-        if aggregate is None:
+        if aggregate is None or aggregate.kind.is_spread:
             result[column.name] = None
         elif aggregate.kind is ir.AggregateKind.AVG:
             result[column.name] = None if noisy is None else _average_accuracy(aggregate, noise, noisy)
@@ -103,11 +104,35 @@ def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
     if aggregate.kind is ir.AggregateKind.SUM:
         total = values[0] / value.scale if value.scale != 1 else values[0]
         return max(total, 0) if value.lower >= 0 else total
+    if aggregate.kind.is_spread:
+        return _spread(aggregate, values)
     count, centered_sum = values
     if count < 1:
         return None
     mean = (value.center + centered_sum / count) / value.scale
     return min(max(mean, value.lower / value.scale), value.upper / value.scale)
+
+
+def _spread(aggregate: ir.Aggregate, values: list[int]) -> Value:
+    """Variance from noisy count n, centred sum s and sum of centred squares q: q/n − (s/n)², kept in range.
+
+    Values in [L, U] have a variance between 0 and ((U − L)/2)²; the sample
+    variance scales by n/(n − 1). NULL when the noisy count is too small.
+    """
+    value, squares = aggregate.value, aggregate.squares
+    assert value is not None and squares is not None
+    count, centered_sum, square_sum = values
+    sample = aggregate.kind in (ir.AggregateKind.VAR_SAMP, ir.AggregateKind.STDDEV_SAMP)
+    if count < (2 if sample else 1):
+        return None
+    mean = centered_sum / value.scale / count
+    variance = square_sum / squares.scale / count - mean * mean
+    if sample:
+        variance *= count / (count - 1)
+    largest = ((value.upper - value.lower) / value.scale / 2) ** 2
+    variance = min(max(variance, 0.0), largest)
+    stddev = aggregate.kind in (ir.AggregateKind.STDDEV_POP, ir.AggregateKind.STDDEV_SAMP)
+    return math.sqrt(variance) if stddev else variance
 
 
 def _evaluate(expr: ir.PostExpr, aggregates: list[Value], keys: dict[str, object]) -> Value:

@@ -53,6 +53,8 @@ AGGREGATES = (
     "AVG(hours * 1.5 + 2)",
     "SUM(LEAST(GREATEST(hours - age, -10), 10))",
     "SUM(COALESCE(hours, 30) / 4)",
+    "VAR_POP(hours)",
+    "STDDEV(age - hours)",
 )
 MEMBER_ONLY = {"COUNT(DISTINCT member_id)": "COUNT(member_id)"}
 """Aggregates only a member-level dataset answers, and their row-level stand-ins."""

@@ -259,3 +259,23 @@ def test_expressions_clamp_their_columns_first(dataset) -> None:
     (total,), (count,) = parts
     assert total / plan.parts[0].value.scale == pytest.approx(120.0)  # 500 clamps to 60, -3 to 0
     assert count == 1
+
+
+def test_variance_and_standard_deviation_track_the_truth(dataset) -> None:
+    import polars as pl
+
+    from tests.conftest import small_pool
+
+    frame = small_pool(rows=5000, members=2000)
+    engine = Engine.from_policies(
+        dataset(frame, privacy='unit = "row"', epsilon=1000.0, max_epsilon_per_query=100.0), ledger="sqlite:///:memory:"
+    )
+    sql = "SELECT VAR_POP(hours) AS vp, VARIANCE(hours) AS vs, VAR(hours) AS v, STDDEV(age) AS s, STDDEV_POP(age) AS sp FROM shifts"
+    ((var_pop, var_samp, var, std, std_pop),) = engine.query("shifts", sql, epsilon=50.0).rows
+    truth = frame.select(
+        pl.col("hours").var(ddof=0).alias("vp"), pl.col("hours").var().alias("vs"), pl.col("age").std().alias("s")
+    ).row(0)
+    assert var_pop == pytest.approx(truth[0], rel=0.02) and var_samp == pytest.approx(truth[1], rel=0.02)
+    assert var == var_samp and std == pytest.approx(truth[2], rel=0.02) and std_pop <= std
+    small = engine.query("shifts", "SELECT STDDEV(hours) AS s FROM shifts WHERE age > 1000", epsilon=0.1)
+    assert small.rows[0][0] is None or 0 <= small.rows[0][0] <= 30  # clamped into range, NULL when the count is tiny
