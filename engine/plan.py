@@ -165,14 +165,6 @@ RowExpr = (
 )
 
 
-@dataclass(frozen=True)
-class DerivedColumn:
-    """A per-row value an aggregate reads (``SUM(hours * 2)``), computed by the backend after filtering."""
-
-    name: str
-    expr: RowExpr
-
-
 # --- sources, bounds and contribution ------------------------------------------
 
 
@@ -189,6 +181,16 @@ class ColumnKind(Enum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+
+
+@dataclass(frozen=True)
+class DerivedColumn:
+    """A per-row value an aggregate reads (``SUM(hours * 2)``), computed by the backend after filtering."""
+
+    name: str
+    expr: RowExpr
+    kind: ColumnKind = ColumnKind.FLOAT
+    """FLOAT for values aggregated; TEXT, INT or FLOAT for a computed group key (``CASE … END``)."""
 
 
 @dataclass(frozen=True)
@@ -371,7 +373,7 @@ class OrderItem:
 @dataclass(frozen=True)
 class GroupKey:
     column: str
-    values: tuple[str | bool, ...] | None
+    values: tuple[str | bool | int | float, ...] | None
     """The public key set: every key is in the output, empty groups included.
 
     None for private keys: only keys that pass a DP threshold are released.

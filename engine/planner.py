@@ -90,6 +90,9 @@ class _Planner:
     table_names: set[str] = field(default_factory=set)
     group_columns: tuple[str, ...] = ()
     derived: list[ir.DerivedColumn] = field(default_factory=list)
+    case_keys: dict[str, str] = field(default_factory=dict)
+    """GROUP BY CASE expressions (their SQL) → the derived key column."""
+    key_types: dict[str, ir.ValueType] = field(default_factory=dict)
 
     def plan(self, select: exp.Select) -> ir.QueryPlan:
         _refuse_constructs(select)
@@ -287,9 +290,14 @@ class _Planner:
             if group.args.get(name):
                 raise Unsupported(f"GROUP BY {name.upper().replace('_', ' ')} is not supported")
         keys: list[ir.GroupKey] = []
+        aliases = {item.alias.lower(): item.this for item in select.expressions if isinstance(item, exp.Alias)}
         for node in group.expressions:
+            node = _group_target(node, select, aliases, self.policy)
+            if isinstance(node, exp.Case):
+                keys.append(self._case_key(node))
+                continue
             if not isinstance(node, exp.Column):
-                raise Unsupported(f"GROUP BY {fragment(node)}: only plain columns can be grouped by")
+                raise Unsupported(f"GROUP BY {fragment(node)}: group by columns or CASE WHEN … THEN '<label>' … END")
             name, column = self._column(node)
             if name == self.policy.unit_column or column.type is ColumnType.ID:
                 raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
@@ -305,6 +313,35 @@ class _Planner:
             raise Unsupported(f"the GROUP BY keys make more than {MAX_OUTPUT_GROUPS} groups")
         self.group_columns = tuple(key.column for key in keys)
         return tuple(keys)
+
+    def _case_key(self, node: exp.Case) -> ir.GroupKey:
+        """A computed key whose key set is public: the literal labels of its branches."""
+        if node.this is not None:
+            raise Unsupported(f"{fragment(node)}: write CASE WHEN <condition> THEN … (CASE x WHEN … is not supported)")
+        branches, labels = [], []
+        for branch in node.args.get("ifs") or []:
+            label = branch.args["true"]
+            if not _is_literal(label) or isinstance(label, exp.Null):
+                raise Unsupported(f"GROUP BY {fragment(node)}: each THEN of a grouping CASE must be a literal label")
+            branches.append((self._predicate(branch.this), _literal(label)))
+            labels.append(_literal(label).value)
+        default_node = node.args.get("default")
+        default = None
+        if default_node is not None and not isinstance(default_node, exp.Null):
+            if not _is_literal(default_node):
+                raise Unsupported(f"GROUP BY {fragment(node)}: the ELSE of a grouping CASE must be a literal label")
+            default = _literal(default_node)
+            labels.append(default.value)
+        types = {type(label) for label in labels}
+        if len(types) != 1 or bool in types:
+            raise InvalidSQL(f"GROUP BY {fragment(node)}: the labels must all be text or all numbers")
+        kind = {str: ir.ColumnKind.TEXT, int: ir.ColumnKind.INT, float: ir.ColumnKind.FLOAT}[types.pop()]
+        expression = ir.Case(tuple(branches), default)
+        name = f"__key_{len(self.case_keys)}"
+        self.derived.append(ir.DerivedColumn(name, expression, kind))
+        self.case_keys[node.sql()] = name
+        self.key_types[name] = ir.ValueType.STRING if kind is ir.ColumnKind.TEXT else ir.ValueType.NUMBER
+        return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
 
     # --- SELECT list and aggregates ------------------------------------------------
 
@@ -326,6 +363,8 @@ class _Planner:
             return self._post(node.this)
         if _aggregate_kind(node) is not None:
             return ir.AggRef(self._aggregate(node))
+        if isinstance(node, exp.Case) and node.sql() in self.case_keys:
+            return ir.KeyRef(self.case_keys[node.sql()])
         if isinstance(node, exp.Column):
             name, _ = self._column(node)
             if name not in self.group_columns:
@@ -557,14 +596,14 @@ class _Planner:
         if type(node) in _COMPARISONS:
             left = self._post_operand(node.this, aliases)
             right = self._post_operand(node.expression, aliases)
-            _check_post_comparable(node, left, right, self.policy)
+            _check_post_comparable(node, left, right, self.policy, self.key_types)
             return ir.PostCompare(_COMPARISONS[type(node)], left, right)
         if isinstance(node, exp.Between):
             operand = self._post_operand(node.this, aliases)
             low = self._post_operand(node.args["low"], aliases)
             high = self._post_operand(node.args["high"], aliases)
-            _check_post_comparable(node, operand, low, self.policy)
-            _check_post_comparable(node, operand, high, self.policy)
+            _check_post_comparable(node, operand, low, self.policy, self.key_types)
+            _check_post_comparable(node, operand, high, self.policy, self.key_types)
             return ir.PostAnd(
                 (ir.PostCompare(ir.CompareOp.GTE, operand, low), ir.PostCompare(ir.CompareOp.LTE, operand, high))
             )
@@ -575,7 +614,7 @@ class _Planner:
                 if not _is_literal(item):
                     raise Unsupported(f"IN needs a list of literal values: {fragment(item)}")
                 literal = _literal(item)
-                _check_post_comparable(node, operand, literal, self.policy)
+                _check_post_comparable(node, operand, literal, self.policy, self.key_types)
                 choices.append(ir.PostCompare(ir.CompareOp.EQ, operand, literal))
             return ir.PostOr(tuple(choices))
         raise Unsupported(
@@ -619,6 +658,23 @@ class _Planner:
         )
 
 
+def _group_target(
+    node: exp.Expression, select: exp.Select, aliases: dict[str, exp.Expression], policy: Policy
+) -> exp.Expression:
+    """What a GROUP BY item names: a SELECT item by position, a SELECT alias that is not a column, or itself."""
+    if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
+        position = int(node.this)
+        if not 1 <= position <= len(select.expressions):
+            raise InvalidSQL(f"GROUP BY {position}: there are {len(select.expressions)} output columns")
+        item = select.expressions[position - 1]
+        return item.this if isinstance(item, exp.Alias) else item
+    if isinstance(node, exp.Column) and not node.table:
+        columns = {name.lower() for name in policy.columns}
+        if node.name.lower() not in columns and node.name.lower() in aliases:
+            return aliases[node.name.lower()]
+    return node
+
+
 def _aggregate_kind(node: exp.Expression) -> ir.AggregateKind | None:
     if isinstance(node, exp.Anonymous) and node.name.upper() == "VAR":
         return ir.AggregateKind.VAR_SAMP
@@ -638,16 +694,18 @@ def _refuse_constructs(select: exp.Select) -> None:
             raise Unsupported(f"function {fragment(node)} is not supported")
 
 
-def _post_type(expr: ir.PostExpr, policy: Policy) -> ir.ValueType:
+def _post_type(expr: ir.PostExpr, policy: Policy, key_types: dict[str, ir.ValueType]) -> ir.ValueType:
     if isinstance(expr, ir.KeyRef):
-        return _VALUE_TYPES[policy.columns[expr.name].type]
+        return key_types.get(expr.name) or _VALUE_TYPES[policy.columns[expr.name].type]
     if isinstance(expr, ir.Lit):
         return _literal_type(expr)
     return ir.ValueType.NUMBER
 
 
-def _check_post_comparable(node: exp.Expression, left: ir.PostExpr, right: ir.PostExpr, policy: Policy) -> None:
-    left_type, right_type = _post_type(left, policy), _post_type(right, policy)
+def _check_post_comparable(
+    node: exp.Expression, left: ir.PostExpr, right: ir.PostExpr, policy: Policy, key_types: dict[str, ir.ValueType]
+) -> None:
+    left_type, right_type = _post_type(left, policy, key_types), _post_type(right, policy, key_types)
     if ir.ValueType.NULL not in (left_type, right_type) and left_type != right_type:
         raise InvalidSQL(f"cannot compare a {left_type.value} with a {right_type.value}: {fragment(node)}")
 

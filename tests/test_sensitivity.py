@@ -71,7 +71,13 @@ FILTERS = (
     "hours * 2 > age",
     "member_id IN (1, 2, 5)",
 )
-GROUPINGS = ((), ("region",), ("member_flag",), ("region", "member_flag"))
+GROUPINGS = (
+    (),
+    ("region",),
+    ("member_flag",),
+    ("region", "member_flag"),
+    ("CASE WHEN age < 40 THEN 'younger' WHEN hours > 5 THEN 'busy' ELSE 'other' END", "region"),
+)
 
 
 def member_level(max_groups: int, max_rows_per_group: int) -> str:

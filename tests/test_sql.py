@@ -279,3 +279,47 @@ def test_variance_and_standard_deviation_track_the_truth(dataset) -> None:
     assert var == var_samp and std == pytest.approx(truth[2], rel=0.02) and std_pop <= std
     small = engine.query("shifts", "SELECT STDDEV(hours) AS s FROM shifts WHERE age > 1000", epsilon=0.1)
     assert small.rows[0][0] is None or 0 <= small.rows[0][0] <= 30  # clamped into range, NULL when the count is tiny
+
+
+BANDS = "CASE WHEN age < 30 THEN 'young' WHEN age < 60 THEN 'middle' ELSE 'older' END"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT {BANDS} AS band, COUNT(*) AS n FROM shifts GROUP BY {BANDS}",
+        f"SELECT {BANDS} AS band, COUNT(*) AS n FROM shifts GROUP BY band",
+        f"SELECT {BANDS} AS band, COUNT(*) AS n FROM shifts GROUP BY 1 ORDER BY band",
+    ],
+)
+def test_case_keys_release_every_literal_label(engine: Engine, sql: str) -> None:
+    result = engine.query("shifts", sql, epsilon=0.5)
+    assert result.columns == ["band", "n"]
+    assert sorted(row[0] for row in result.rows) == ["middle", "older", "young"]
+
+
+def test_case_keys_without_else_drop_unmatched_rows_and_mix_with_columns(engine: Engine) -> None:
+    sql = "SELECT region, CASE WHEN hours > 8 THEN 1 WHEN hours > 4 THEN 2 END AS k, COUNT(*) FROM shifts GROUP BY region, k HAVING k = 1"
+    result = engine.query("shifts", sql, epsilon=0.5)
+    assert sorted((row[0], row[1]) for row in result.rows) == [
+        (r, 1) for r in sorted(["north", "south", "east", "west"])
+    ]
+    plan = plan_query(
+        parse("SELECT CASE WHEN hours > 8 THEN 1 END AS k, COUNT(*) FROM shifts GROUP BY k"), engine.policy("shifts")
+    )
+    assert plan.group_keys[0].values == (1,)
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("SELECT CASE WHEN age < 30 THEN city END AS b, COUNT(*) FROM shifts GROUP BY b", "unsupported"),
+        ("SELECT CASE WHEN age < 30 THEN 'a' ELSE 1 END AS b, COUNT(*) FROM shifts GROUP BY b", "invalid_sql"),
+        ("SELECT COUNT(*) FROM shifts GROUP BY age + 1", "unsupported"),
+        ("SELECT COUNT(*) FROM shifts GROUP BY 5", "invalid_sql"),
+    ],
+)
+def test_grouping_expressions_that_could_leak_keys_are_refused(engine: Engine, sql: str, code: str) -> None:
+    with pytest.raises(CoopdpError) as raised:
+        engine.query("shifts", sql, epsilon=0.5)
+    assert raised.value.code == code, raised.value.message

@@ -87,14 +87,12 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     frame = scan.select(_read(name, kind, stored[name]) for name, kind in plan.source.columns)
     if plan.where is not None:
         frame = frame.filter(_row_expr(plan.where))
+    if plan.derived:
+        frame = frame.with_columns(_row_expr(d.expr).cast(_KINDS[d.kind]).alias(d.name) for d in plan.derived)
     for key in plan.group_keys:
         keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
         frame = frame.filter(keep)
     columns = _value_columns(plan)
-    if plan.derived:
-        frame = frame.with_columns(
-            _row_expr(derived.expr).cast(pl.Float64).alias(derived.name) for derived in plan.derived
-        )
     kinds = dict(plan.source.columns)
     frame = frame.with_columns(
         _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items()
@@ -260,13 +258,23 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     grid: pl.LazyFrame | None = None
     for key in plan.group_keys:
         assert key.values is not None
-        dtype = pl.Boolean() if all(isinstance(value, bool) for value in key.values) else pl.String()
+        dtype = _key_dtype(key.values)
         values = pl.LazyFrame({key.column: pl.Series(key.column, list(key.values), dtype=dtype)})
         grid = values if grid is None else grid.join(values, how="cross")
     assert grid is not None
     grid = grid.with_row_index(_ORDER)
     joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left").sort(_ORDER).drop(_ORDER)
     return joined.with_columns(filled)
+
+
+def _key_dtype(values: tuple[object, ...]) -> pl.DataType:
+    if all(isinstance(value, bool) for value in values):
+        return pl.Boolean()
+    if all(isinstance(value, int) for value in values):
+        return pl.Int64()
+    if all(isinstance(value, int | float) for value in values):
+        return pl.Float64()
+    return pl.String()
 
 
 def _row_expr(expr: ir.RowExpr) -> pl.Expr:
