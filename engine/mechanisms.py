@@ -20,11 +20,12 @@ from engine.accounting import Accounting, Cost, PrivacyRequest, compose, largest
 from engine.backends.base import ExactAggregates
 from engine.errors import InternalError, PolicyViolation
 from engine.ledger import ChargeReceipt
-from engine.plan import Part, QueryPlan
+from engine.plan import Part, PartKind, QueryPlan
 
 ALPHA = 0.05
 """Accuracy is the half-width of a (1 - ALPHA) interval: 95%."""
 _ATTEMPTS = 40
+_QUANTILE_GRID = 1000
 _EXACT_GAUSSIAN_ACCURACY_SCALE = 10_000.0
 
 
@@ -111,7 +112,9 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
         target = largest_rho(epsilon, conversion_delta)
         multiplier = math.sqrt(count / (2 * target))
     for _ in range(_ATTEMPTS):
-        losses = [_measurement(accounting, multiplier * s).map(s) for s in sensitivities]
+        pairs = list(zip(plan.parts, sensitivities, strict=True))
+        scales = [_scale(plan, part, accounting, multiplier, s) for part, s in pairs]
+        losses = [_loss(plan, part, accounting, scale, s) for (part, s), scale in zip(pairs, scales, strict=True)]
         threshold = None
         if plan.threshold_part is not None:
             threshold = _threshold(plan, accounting, multiplier, threshold_delta)
@@ -124,12 +127,48 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
     else:
         raise InternalError("could not calibrate noise within the requested budget")
     parts = tuple(
-        PartNoise(part, s, multiplier * s, part.value.scale if part.value else 1)
-        for part, s in zip(plan.parts, sensitivities, strict=True)
+        PartNoise(part, s, scale, part.value.scale if part.value else 1)
+        for part, s, scale in zip(plan.parts, sensitivities, scales, strict=True)
     )
     spends_delta = accounting is Accounting.ZCDP or private
     cost = Cost(request.epsilon, request.delta if spends_delta else Decimal(0))
     return NoisePlan(accounting, parts, cost, loss, threshold[0] if threshold else None)
+
+
+def _scale(plan: QueryPlan, part: Part, accounting: Accounting, multiplier: float, sensitivity: int) -> float:
+    """The part's noise scale for an equal share of the loss (1/multiplier ε, or 1/(2·multiplier²) ρ)."""
+    if part.kind is not PartKind.QUANTILE:
+        return multiplier * sensitivity
+    at_unit_scale = _loss(plan, part, accounting, 1.0, sensitivity)  # the loss shrinks as 1/scale (ρ: 1/scale²)
+    return multiplier * (at_unit_scale if accounting is Accounting.PURE else math.sqrt(2 * at_unit_scale))
+
+
+def _loss(plan: QueryPlan, part: Part, accounting: Accounting, scale: float, sensitivity: int) -> float:
+    """The part's privacy loss by OpenDP's map; a quantile pays once in each group a unit can touch."""
+    if part.kind is not PartKind.QUANTILE:
+        return float(_measurement(accounting, scale).map(sensitivity))
+    bound = plan.sensitivity(part)
+    return bound.groups * float(_quantile_measurement(part, accounting, scale).map(bound.per_group))
+
+
+def _quantile_measurement(part: Part, accounting: Accounting, scale: float) -> dp.Measurement:
+    """OpenDP's exponential-mechanism quantile over a grid of candidates inside the bounds."""
+    assert part.value is not None and part.alpha is not None
+    measure = dp.max_divergence() if accounting is Accounting.PURE else dp.zero_concentrated_divergence()
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+    return dp.m.make_private_quantile(
+        domain, dp.symmetric_distance(), measure, candidates=quantile_candidates(part), alpha=part.alpha, scale=scale
+    )
+
+
+def quantile_candidates(part: Part) -> list[float]:
+    """Every integer for a narrow integer range, else 1,001 evenly spaced points of the bounds."""
+    assert part.value is not None
+    value = part.value
+    if value.scale == 1 and value.upper - value.lower <= _QUANTILE_GRID:
+        return [float(v) for v in range(value.lower, value.upper + 1)]
+    low, high = value.lower / value.scale, value.upper / value.scale
+    return [low + (high - low) * i / _QUANTILE_GRID for i in range(_QUANTILE_GRID + 1)]
 
 
 def _threshold_measurement(accounting: Accounting, scale: float, value: int) -> dp.Measurement:
@@ -183,9 +222,19 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[int]], receipt: ChargeR
         raise InternalError("the backend returned a different number of parts than the plan has")
     noisy = []
     for part_noise, values in zip(noise.parts, exact, strict=True):
+        if part_noise.part.kind is PartKind.QUANTILE:
+            noisy.append(_noisy_quantiles(noise.accounting, part_noise, values))
+            continue
         measurement = _measurement(noise.accounting, part_noise.scale)
         noisy.append(list(measurement([int(value) for value in values])))
     return noisy
+
+
+def _noisy_quantiles(accounting: Accounting, part_noise: PartNoise, groups: Sequence[Sequence[int]]) -> list[int]:
+    """One released quantile per group, as fixed-point integers (like every other part)."""
+    measurement = _quantile_measurement(part_noise.part, accounting, part_noise.scale)
+    units = part_noise.units_per_value
+    return [round(float(measurement([value / units for value in values])) * units) for values in groups]
 
 
 @dataclass(frozen=True)

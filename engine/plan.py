@@ -256,6 +256,11 @@ class PartKind(Enum):
     """Distinct privacy units (members) per group: each adds at most one to a group."""
     SUM = "sum"
     CENTERED_SUM = "centered_sum"
+    QUANTILE = "quantile"
+    """A quantile per group, chosen by OpenDP's exponential mechanism among candidates in the bounds.
+
+    Its sensitivity is in rows: a unit adds or removes at most ``max_rows_per_group`` values per group.
+    """
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,9 @@ class Part:
     counted_column: str | None = None
     """For COUNT_VALUES: the column whose non-NULL rows are counted."""
 
+    alpha: float | None = None
+    """For QUANTILE: which quantile (0.5 for the median)."""
+
     @property
     def label(self) -> str:
         column = self.value.column if self.value else self.counted_column
@@ -277,6 +285,7 @@ class AggregateKind(Enum):
     COUNT = "count"
     SUM = "sum"
     AVG = "avg"
+    QUANTILE = "quantile"
     VAR_POP = "var_pop"
     VAR_SAMP = "var_samp"
     STDDEV_POP = "stddev_pop"
@@ -433,7 +442,7 @@ class QueryPlan:
         part's per-row magnitude. L2 is rounded up to an integer (sound, and
         what OpenDP's integer metrics take).
         """
-        per_row = 1
+        per_row = 1  # counts; and a quantile, whose distance is in rows
         if part.kind is PartKind.SUM:
             assert part.value is not None
             per_row = part.value.magnitude

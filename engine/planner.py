@@ -44,8 +44,23 @@ _AGGREGATES = {
     exp.StddevPop: ir.AggregateKind.STDDEV_POP,
     exp.Stddev: ir.AggregateKind.STDDEV_SAMP,
     exp.StddevSamp: ir.AggregateKind.STDDEV_SAMP,
+    exp.Median: ir.AggregateKind.QUANTILE,
+    exp.Quantile: ir.AggregateKind.QUANTILE,
+    exp.ApproxQuantile: ir.AggregateKind.QUANTILE,
+    exp.WithinGroup: ir.AggregateKind.QUANTILE,
 }
-_ALLOWED_FUNCTIONS = {*_AGGREGATES, exp.And, exp.Or, exp.Case, exp.If, exp.Least, exp.Greatest, exp.Coalesce}
+_ALLOWED_FUNCTIONS = {
+    *_AGGREGATES,
+    exp.PercentileCont,
+    exp.PercentileDisc,
+    exp.And,
+    exp.Or,
+    exp.Case,
+    exp.If,
+    exp.Least,
+    exp.Greatest,
+    exp.Coalesce,
+}
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
     ColumnType.CATEGORY: ir.ColumnKind.TEXT,
@@ -65,8 +80,8 @@ _REFUSED = {
     exp.Join: "joins are not supported yet: query one dataset at a time",
     exp.Subquery: "subqueries are not supported yet",
     exp.With: "WITH (common table expressions) is not supported yet",
-    exp.Min: "exact MIN is refused: it would reveal one member's value",
-    exp.Max: "exact MAX is refused: it would reveal one member's value",
+    exp.Min: "exact MIN is refused: it would reveal one member's value; ask for QUANTILE(x, 0.05)",
+    exp.Max: "exact MAX is refused: it would reveal one member's value; ask for QUANTILE(x, 0.95)",
 }
 
 
@@ -389,7 +404,9 @@ class _Planner:
         extra = node.expressions[1:] if isinstance(node, exp.Anonymous) else node.expressions
         if extra or argument is None or any(node.args.get(key) for key in ("filter", "ignore_nulls")):
             raise Unsupported(f"{fragment(node)}: extra aggregate arguments are not supported")
-        if kind is ir.AggregateKind.COUNT:
+        if kind is ir.AggregateKind.QUANTILE:
+            aggregate = self._quantile(node)
+        elif kind is ir.AggregateKind.COUNT:
             aggregate = self._count(node, argument)
         else:
             value = self._fixed_point(node, argument)
@@ -416,6 +433,31 @@ class _Planner:
         centered_sum = self._part(ir.Part(ir.PartKind.CENTERED_SUM, value=value))
         square_sum = self._part(ir.Part(ir.PartKind.SUM, value=squares))
         return ir.Aggregate(kind, (count, centered_sum, square_sum), value, squares)
+
+    def _quantile(self, node: exp.Expression) -> ir.Aggregate:
+        """MEDIAN(x), QUANTILE(x, p), APPROX_QUANTILE(x, p), PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY x)."""
+        if isinstance(node, exp.Median):
+            argument, alpha_node = node.this, None
+        elif isinstance(node, exp.WithinGroup):
+            percentile, order = node.this, node.expression
+            if not isinstance(percentile, exp.PercentileCont | exp.PercentileDisc) or len(order.expressions) != 1:
+                raise Unsupported(f"{fragment(node)}: write PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY x)")
+            if order.expressions[0].args.get("desc"):
+                raise Unsupported(f"{fragment(node)}: order the values ascending")
+            argument, alpha_node = order.expressions[0].this, percentile.this
+        else:
+            argument, alpha_node = node.this, node.args.get("quantile")
+        alpha = 0.5
+        if alpha_node is not None:
+            literal = _literal(alpha_node) if _is_literal(alpha_node) else None
+            if literal is None or isinstance(literal.value, bool) or not isinstance(literal.value, int | float):
+                raise InvalidSQL(f"{fragment(node)}: the quantile must be a number between 0 and 1")
+            alpha = float(literal.value)
+        if not 0 < alpha < 1:
+            raise InvalidSQL(f"{fragment(node)}: the quantile must be strictly between 0 and 1")
+        value = self._fixed_point(node, argument)
+        part = self._part(ir.Part(ir.PartKind.QUANTILE, value=value, alpha=alpha))
+        return ir.Aggregate(ir.AggregateKind.QUANTILE, (part,), value)
 
     def _aggregate_index(self, aggregate: ir.Aggregate) -> int:
         if aggregate not in self.aggregates:

@@ -39,7 +39,7 @@ def accuracy(
         if isinstance(column.expr, (ir.KeyRef, ir.Lit)):
             continue
         aggregate = plan.aggregates[column.expr.index] if isinstance(column.expr, ir.AggRef) else None
-        if aggregate is None or aggregate.kind.is_spread:
+        if aggregate is None or aggregate.kind.is_spread or aggregate.kind is ir.AggregateKind.QUANTILE:
             result[column.name] = None
         elif aggregate.kind is ir.AggregateKind.AVG:
             result[column.name] = None if noisy is None else _average_accuracy(aggregate, noise, noisy)
@@ -106,6 +106,8 @@ def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
         return max(total, 0) if value.lower >= 0 else total
     if aggregate.kind.is_spread:
         return _spread(aggregate, values)
+    if aggregate.kind is ir.AggregateKind.QUANTILE:
+        return round(values[0] / value.scale, 6)  # a candidate of the grid, without fixed-point residue
     count, centered_sum = values
     if count < 1:
         return None

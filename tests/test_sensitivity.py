@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -54,6 +55,8 @@ AGGREGATES = (
     "SUM(LEAST(GREATEST(hours - age, -10), 10))",
     "SUM(COALESCE(hours, 30) / 4)",
     "VAR_POP(hours)",
+    "MEDIAN(hours)",
+    "QUANTILE(age - hours, 0.9)",
     "STDDEV(age - hours)",
 )
 MEMBER_ONLY = {"COUNT(DISTINCT member_id)": "COUNT(member_id)"}
@@ -157,6 +160,12 @@ def exact_parts(root: Path, pool: list[dict[str, object]], privacy: str, sql: st
     return plan, by_key
 
 
+def _multiset_distance(larger: list[int], smaller: list[int]) -> int:
+    """Symmetric distance between two lists of values (rows added plus rows removed)."""
+    a, b = Counter(larger), Counter(smaller)
+    return sum(((a - b) + (b - a)).values())
+
+
 def assert_neighbours_within_sensitivity(privacy: str, sql: str, larger: list[dict], smaller: list[dict]) -> None:
     if privacy == ROW_LEVEL:
         for member_only, stand_in in MEMBER_ONLY.items():
@@ -171,6 +180,12 @@ def assert_neighbours_within_sensitivity(privacy: str, sql: str, larger: list[di
     changed_groups: set[object] = set()
     for index, part in enumerate(plan.parts):
         claimed = plan.sensitivity(part)
+        if part.kind is PartKind.QUANTILE:
+            # A quantile's input per group is a list of bounded values: one unit adds at most per_group of them.
+            moved = {key: _multiset_distance(with_unit[key][index], without_unit[key][index]) for key in with_unit}
+            assert max(moved.values(), default=0) <= claimed.per_group, (sql, privacy, moved)
+            changed_groups |= {key for key, distance in moved.items() if distance}
+            continue
         diff = [with_unit[key][index] - without_unit[key][index] for key in with_unit]
         changed_groups |= {key for key, d in zip(with_unit, diff, strict=True) if d != 0}
         l1 = sum(abs(d) for d in diff)

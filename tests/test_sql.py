@@ -323,3 +323,61 @@ def test_grouping_expressions_that_could_leak_keys_are_refused(engine: Engine, s
     with pytest.raises(CoopdpError) as raised:
         engine.query("shifts", sql, epsilon=0.5)
     assert raised.value.code == code, raised.value.message
+
+
+def test_quantiles_land_near_the_truth(dataset) -> None:
+    import polars as pl
+
+    from tests.conftest import small_pool
+
+    frame = small_pool(rows=20_000, members=5_000)
+    engine = Engine.from_policies(
+        dataset(frame, privacy='unit = "row"', epsilon=1000.0, max_epsilon_per_query=10.0), ledger="sqlite:///:memory:"
+    )
+    truth = frame.select(
+        pl.col("hours").median().alias("m"),
+        pl.col("age").quantile(0.9).alias("q"),
+        pl.col("hours").quantile(0.25).alias("p"),
+    ).row(0)
+    close = 0
+    for attempt in range(10):
+        sql = (
+            "SELECT MEDIAN(hours) AS m, APPROX_QUANTILE(age, 0.9) AS q, "
+            f"PERCENTILE_CONT(0.25) WITHIN GROUP (ORDER BY hours) AS p FROM shifts WHERE age > {-attempt}"
+        )
+        result = engine.query("shifts", sql, epsilon=1.0)
+        median, q90, p25 = result.rows[0]
+        close += abs(median - truth[0]) <= 1.0 and abs(q90 - truth[1]) <= 2 and abs(p25 - truth[2]) <= 1.0
+        assert result.accuracy == {"m": None, "q": None, "p": None}
+    assert close >= 9
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("SELECT QUANTILE(hours, 1.5) FROM shifts", "invalid_sql"),
+        ("SELECT QUANTILE(hours, 0) FROM shifts", "invalid_sql"),
+        ("SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY hours DESC) FROM shifts", "unsupported"),
+        ("SELECT MEDIAN(city) FROM shifts", "policy_violation"),
+    ],
+)
+def test_bad_quantiles_are_refused(engine: Engine, sql: str, code: str) -> None:
+    with pytest.raises(CoopdpError) as raised:
+        engine.query("shifts", sql, epsilon=0.5)
+    assert raised.value.code == code, raised.value.message
+
+
+@pytest.mark.parametrize("accounting", ["pure", "zcdp"])
+def test_grouped_member_level_quantiles_fit_the_budget(dataset, accounting: str) -> None:
+    from engine.accounting import PrivacyRequest, zcdp_to_epsilon
+    from engine.mechanisms import calibrate
+
+    engine = Engine.from_policies(dataset(accounting=accounting), ledger="sqlite:///:memory:")
+    policy = engine.policy("shifts")
+    sql = "SELECT region, MEDIAN(hours) AS m, COUNT(*) AS n FROM shifts GROUP BY region"
+    request = PrivacyRequest.validate(1.0, 1e-7 if accounting == "zcdp" else None, policy.budget)
+    noise = calibrate(plan_query(parse(sql), policy), request)
+    spent = noise.loss if accounting == "pure" else zcdp_to_epsilon(noise.loss, 1e-7)
+    assert 0.99 <= spent <= 1.0
+    result = engine.query("shifts", sql, epsilon=1.0, delta=1e-7 if accounting == "zcdp" else None)
+    assert len(result.rows) == 4 and all(0 <= row[1] <= 60 for row in result.rows)

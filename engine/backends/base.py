@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.plan import QueryPlan
 
@@ -17,7 +17,8 @@ class ExactAggregates:
     """
 
     keys: list[tuple[object, ...]]
-    parts: list[list[int]]
+    parts: list[list[Any]]
+    """Integers per group; for a quantile part, the list of bounded values (fixed point) per group."""
 
 
 class Backend(Protocol):

@@ -102,11 +102,11 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     if unit is None:
         bounded = _aggregate(frame, keys, _row_level_parts(plan))
     else:
-        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
+        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns, seed))
         per_member = per_member.with_columns(_member_level_parts(plan))
         if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
             per_member = _keep_random_groups(per_member, unit, keys, plan.contribution.max_groups, seed)
-        bounded = _aggregate(per_member, keys, [pl.col(_part_name(i)).sum() for i in range(len(plan.parts))])
+        bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
 
 
@@ -173,6 +173,10 @@ def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
             expression = pl.len().cast(pl.Int64)
         elif part.kind is ir.PartKind.COUNT_VALUES:
             expression = pl.col(part.counted_column).count().cast(pl.Int64)
+        elif part.kind is ir.PartKind.QUANTILE:
+            assert part.value is not None
+            values = pl.col(_fixed_name(part.value.column)).drop_nulls()
+            expression = values if plan.group_keys else values.implode()
         else:
             assert part.value is not None
             fixed = pl.col(_fixed_name(part.value.column))
@@ -189,9 +193,18 @@ def _counted_columns(plan: ir.QueryPlan) -> list[str]:
     return sorted(set(names))
 
 
-def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[pl.Expr]:
-    """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum."""
+def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint], seed: int) -> list[pl.Expr]:
+    """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum.
+
+    For a quantile, up to ``max_rows_per_group`` of the member's values, drawn at random.
+    """
     statistics = [pl.len().cast(pl.Int64).alias(_ROWS)]
+    cap = plan.contribution.max_rows_per_group
+    for index, part in enumerate(plan.parts):
+        if part.kind is ir.PartKind.QUANTILE:
+            assert part.value is not None
+            values = pl.col(_fixed_name(part.value.column)).drop_nulls()
+            statistics.append(values.shuffle(seed).head(cap).alias(_part_name(index)))
     statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in _counted_columns(plan)]
     statistics += [pl.col(_fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
     return statistics
@@ -206,6 +219,8 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
     cap = plan.contribution.max_rows_per_group
     expressions = []
     for index, part in enumerate(plan.parts):
+        if part.kind is ir.PartKind.QUANTILE:
+            continue  # already bounded: the member's sampled values
         if part.kind is ir.PartKind.COUNT_ROWS:
             expression = pl.min_horizontal(pl.col(_ROWS), cap)
         elif part.kind is ir.PartKind.COUNT_UNITS:
@@ -221,6 +236,15 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
             expression = pl.when(count > 0).then(mean * pl.min_horizontal(count, cap)).otherwise(0)
         expressions.append(expression.cast(pl.Int64).alias(_part_name(index)))
     return expressions
+
+
+def _combine(plan: ir.QueryPlan, index: int) -> pl.Expr:
+    """Members' bounded contributions to a group: summed, or (quantiles) pooled into one list."""
+    column = pl.col(_part_name(index))
+    if plan.parts[index].kind is not ir.PartKind.QUANTILE:
+        return column.sum()
+    pooled = column.explode().drop_nulls()
+    return pooled if plan.group_keys else pooled.implode()
 
 
 def _possible_groups(plan: ir.QueryPlan) -> int:
@@ -250,7 +274,10 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     missing or reordered empty group would leak. With private keys only the
     observed groups come back (sorted); the threshold decides which are released.
     """
-    filled = [pl.col(_part_name(i)).fill_null(0) for i in range(len(plan.parts))]
+    filled = [
+        pl.col(_part_name(i)).fill_null(pl.lit([], dtype=pl.List(pl.Int64)) if part.kind is ir.PartKind.QUANTILE else 0)
+        for i, part in enumerate(plan.parts)
+    ]
     if not plan.group_keys:
         return bounded.with_columns(filled)
     if plan.private_keys:
