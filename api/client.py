@@ -59,6 +59,7 @@ class QueryResult:
     cached: bool
     dry_run: bool = False
     private_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -74,6 +75,7 @@ class QueryResult:
             cached=bool(data["cached"]),
             dry_run=bool(data.get("dry_run", False)),
             private_keys=list(data.get("private_keys", [])),
+            notes=list(data.get("notes", [])),
         )
 
 

@@ -42,6 +42,7 @@ class QueryResult(BaseModel):
     cached: bool
     dry_run: bool = False
     private_keys: list[str] = Field(default=[], description="GROUP BY columns whose keys passed a DP threshold")
+    notes: list[str] = Field(default=[], description="substitutions made, e.g. MIN answered as a DP quantile")
 
 
 class ReleaseSummary(BaseModel):

@@ -111,6 +111,8 @@ class Engine:
                 noise.cost,
                 self.remaining(policy, caller),
                 dry_run=True,
+                private_keys=list(plan.private_keys),
+                notes=list(plan.notes),
             )
         self.backend.check_schema(plan)
         normalised_sql = normalised(statement)
@@ -142,6 +144,7 @@ class Engine:
             noise.cost,
             self.remaining(policy, caller),
             private_keys=list(plan.private_keys),
+            notes=list(plan.notes),
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result

@@ -412,6 +412,8 @@ class QueryPlan:
     aggregates: tuple[Aggregate, ...]
     output: tuple[OutputColumn, ...]
     derived: tuple[DerivedColumn, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What the result should tell the buyer, e.g. that MIN was answered as a DP quantile."""
     threshold_part: int | None = None
     """With private keys: the part (units per group) whose noisy value must pass the threshold."""
     having: PostPredicate | None = None

@@ -48,7 +48,11 @@ _AGGREGATES = {
     exp.Quantile: ir.AggregateKind.QUANTILE,
     exp.ApproxQuantile: ir.AggregateKind.QUANTILE,
     exp.WithinGroup: ir.AggregateKind.QUANTILE,
+    exp.Min: ir.AggregateKind.QUANTILE,
+    exp.Max: ir.AggregateKind.QUANTILE,
 }
+EXTREME_QUANTILES = {exp.Min: 0.05, exp.Max: 0.95}
+"""MIN and MAX are answered as these DP quantiles (an exact extreme is one member's value)."""
 _ALLOWED_FUNCTIONS = {
     *_AGGREGATES,
     exp.PercentileCont,
@@ -80,8 +84,6 @@ _REFUSED = {
     exp.Join: "joins are not supported yet: query one dataset at a time",
     exp.Subquery: "subqueries are not supported yet",
     exp.With: "WITH (common table expressions) is not supported yet",
-    exp.Min: "exact MIN is refused: it would reveal one member's value; ask for QUANTILE(x, 0.05)",
-    exp.Max: "exact MAX is refused: it would reveal one member's value; ask for QUANTILE(x, 0.95)",
 }
 
 
@@ -108,6 +110,7 @@ class _Planner:
     case_keys: dict[str, str] = field(default_factory=dict)
     """GROUP BY CASE expressions (their SQL) → the derived key column."""
     key_types: dict[str, ir.ValueType] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def plan(self, select: exp.Select) -> ir.QueryPlan:
         _refuse_constructs(select)
@@ -147,6 +150,7 @@ class _Planner:
             contribution=contribution,
             parts=tuple(self.parts),
             derived=tuple(self.derived),
+            notes=tuple(dict.fromkeys(self.notes)),
             aggregates=tuple(self.aggregates),
             output=output,
             threshold_part=threshold_part,
@@ -436,6 +440,16 @@ class _Planner:
 
     def _quantile(self, node: exp.Expression) -> ir.Aggregate:
         """MEDIAN(x), QUANTILE(x, p), APPROX_QUANTILE(x, p), PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY x)."""
+        if type(node) in EXTREME_QUANTILES:
+            if node.expressions:
+                raise Unsupported(f"{fragment(node)}: MIN/MAX of one value only")
+            alpha = EXTREME_QUANTILES[type(node)]
+            self.notes.append(
+                f"{fragment(node)} is answered as the {alpha:g} quantile by a DP mechanism, not as the exact extreme"
+            )
+            value = self._fixed_point(node, node.this)
+            part = self._part(ir.Part(ir.PartKind.QUANTILE, value=value, alpha=alpha))
+            return ir.Aggregate(ir.AggregateKind.QUANTILE, (part,), value)
         if isinstance(node, exp.Median):
             argument, alpha_node = node.this, None
         elif isinstance(node, exp.WithinGroup):

@@ -23,6 +23,8 @@ class Result:
     cached: bool = False
     dry_run: bool = False
     private_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Substitutions the buyer should know of (e.g. MIN answered as a DP quantile)."""
     """GROUP BY columns whose keys were released by a DP threshold (not listed in the policy)."""
 
     @classmethod
@@ -39,6 +41,7 @@ class Result:
             remaining=remaining,
             cached=cached,
             private_keys=document.get("private_keys", []),
+            notes=document.get("notes", []),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,4 +60,6 @@ class Result:
             document["dry_run"] = True
         if self.private_keys:
             document["private_keys"] = self.private_keys
+        if self.notes:
+            document["notes"] = self.notes
         return document

@@ -23,8 +23,6 @@ REFUSED = [
     ("SELECT 1 FROM shifts", "policy_violation"),
     ("SELECT member_id, COUNT(*) FROM shifts GROUP BY member_id", "policy_violation"),
     ("SELECT city, COUNT(*) FROM shifts GROUP BY city", "policy_violation"),
-    ("SELECT MIN(hours) FROM shifts", "unsupported"),
-    ("SELECT MAX(age) FROM shifts", "unsupported"),
     ("SELECT COUNT(*) OVER () FROM shifts", "unsupported"),
     ("SELECT SUM(hours) OVER (PARTITION BY region) FROM shifts", "unsupported"),
     ("SELECT COUNT(*) FROM shifts UNION SELECT COUNT(*) FROM shifts", "unsupported"),
@@ -381,3 +379,17 @@ def test_grouped_member_level_quantiles_fit_the_budget(dataset, accounting: str)
     assert 0.99 <= spent <= 1.0
     result = engine.query("shifts", sql, epsilon=1.0, delta=1e-7 if accounting == "zcdp" else None)
     assert len(result.rows) == 4 and all(0 <= row[1] <= 60 for row in result.rows)
+
+
+def test_min_and_max_are_answered_as_dp_quantiles_with_a_note(engine: Engine) -> None:
+    result = engine.query(
+        "shifts", "SELECT region, MIN(hours) AS lo, MAX(age) AS hi FROM shifts GROUP BY region", epsilon=1.0
+    )
+    assert all(0 <= row[1] <= 60 and 18 <= row[2] <= 80 for row in result.rows)
+    assert result.notes == [
+        "MIN(hours) is answered as the 0.05 quantile by a DP mechanism, not as the exact extreme",
+        "MAX(age) is answered as the 0.95 quantile by a DP mechanism, not as the exact extreme",
+    ]
+    assert result.to_dict()["notes"] == result.notes
+    dry = engine.query("shifts", "SELECT MIN(hours) FROM shifts", epsilon=1.0, dry_run=True)
+    assert dry.notes and dry.accuracy == {"min(hours)": None}
