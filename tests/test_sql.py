@@ -84,6 +84,14 @@ REFUSED = [
     ("SELECT COUNT(*) FROM shifts WHERE age > " + "+".join(["1"] * 5000), "unsupported"),
     ("SELECT COUNT(*) FROM shifts WHERE " + " OR ".join(["age = 1"] * 400), "unsupported"),
     ("SELECT COUNT(*) FROM shifts -- " + "x" * 30_000, "unsupported"),
+    ("SELECT CASE WHEN age < 30 THEN city END AS b, COUNT(*) FROM shifts GROUP BY b", "unsupported"),
+    ("SELECT CASE WHEN age < 30 THEN 'a' ELSE 1 END AS b, COUNT(*) FROM shifts GROUP BY b", "invalid_sql"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY age + 1", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY 5", "invalid_sql"),
+    ("SELECT QUANTILE(hours, 1.5) FROM shifts", "invalid_sql"),
+    ("SELECT QUANTILE(hours, 0) FROM shifts", "invalid_sql"),
+    ("SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY hours DESC) FROM shifts", "unsupported"),
+    ("SELECT MEDIAN(city) FROM shifts", "policy_violation"),
 ]
 
 
@@ -308,21 +316,6 @@ def test_case_keys_without_else_drop_unmatched_rows_and_mix_with_columns(engine:
     assert plan.group_keys[0].values == (1,)
 
 
-@pytest.mark.parametrize(
-    ("sql", "code"),
-    [
-        ("SELECT CASE WHEN age < 30 THEN city END AS b, COUNT(*) FROM shifts GROUP BY b", "unsupported"),
-        ("SELECT CASE WHEN age < 30 THEN 'a' ELSE 1 END AS b, COUNT(*) FROM shifts GROUP BY b", "invalid_sql"),
-        ("SELECT COUNT(*) FROM shifts GROUP BY age + 1", "unsupported"),
-        ("SELECT COUNT(*) FROM shifts GROUP BY 5", "invalid_sql"),
-    ],
-)
-def test_grouping_expressions_that_could_leak_keys_are_refused(engine: Engine, sql: str, code: str) -> None:
-    with pytest.raises(CoopdpError) as raised:
-        engine.query("shifts", sql, epsilon=0.5)
-    assert raised.value.code == code, raised.value.message
-
-
 def test_quantiles_land_near_the_truth(dataset) -> None:
     import polars as pl
 
@@ -348,21 +341,6 @@ def test_quantiles_land_near_the_truth(dataset) -> None:
         close += abs(median - truth[0]) <= 1.0 and abs(q90 - truth[1]) <= 2 and abs(p25 - truth[2]) <= 1.0
         assert result.accuracy == {"m": None, "q": None, "p": None}
     assert close >= 9
-
-
-@pytest.mark.parametrize(
-    ("sql", "code"),
-    [
-        ("SELECT QUANTILE(hours, 1.5) FROM shifts", "invalid_sql"),
-        ("SELECT QUANTILE(hours, 0) FROM shifts", "invalid_sql"),
-        ("SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY hours DESC) FROM shifts", "unsupported"),
-        ("SELECT MEDIAN(city) FROM shifts", "policy_violation"),
-    ],
-)
-def test_bad_quantiles_are_refused(engine: Engine, sql: str, code: str) -> None:
-    with pytest.raises(CoopdpError) as raised:
-        engine.query("shifts", sql, epsilon=0.5)
-    assert raised.value.code == code, raised.value.message
 
 
 @pytest.mark.parametrize("accounting", ["pure", "zcdp"])
