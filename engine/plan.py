@@ -133,6 +133,14 @@ class Case:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """FLOOR (``ceiling=False``) or CEIL of a number."""
+
+    operand: RowExpr
+    ceiling: bool
+
+
+@dataclass(frozen=True)
 class Extreme:
     """LEAST (``greatest=False``) or GREATEST of the operands, ignoring NULLs."""
 
@@ -159,6 +167,7 @@ RowExpr = (
     | IsNull
     | Like
     | Clamp
+    | Floor
     | Case
     | Extreme
     | Coalesce

@@ -8,6 +8,7 @@ only; bounds, keys and contribution limits come from the policy alone.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -64,6 +65,8 @@ _ALLOWED_FUNCTIONS = {
     exp.Least,
     exp.Greatest,
     exp.Coalesce,
+    exp.Floor,
+    exp.Ceil,
 }
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
@@ -315,6 +318,9 @@ class _Planner:
             if isinstance(node, exp.Case):
                 keys.append(self._case_key(node))
                 continue
+            if any(isinstance(inner, exp.Floor | exp.Ceil) for inner in node.walk()):
+                keys.append(self._binned_key(node))
+                continue
             if not isinstance(node, exp.Column):
                 raise Unsupported(f"GROUP BY {fragment(node)}: group by columns or CASE WHEN … THEN '<label>' … END")
             name, column = self._column(node)
@@ -332,6 +338,40 @@ class _Planner:
             raise Unsupported(f"the GROUP BY keys make more than {MAX_OUTPUT_GROUPS} groups")
         self.group_columns = tuple(key.column for key in keys)
         return tuple(keys)
+
+    def _binned_key(self, node: exp.Expression) -> ir.GroupKey:
+        """``FLOOR(e) * w + c``: keys are public because ``e``'s bounds fix every possible bin."""
+        bins = [inner for inner in node.walk() if isinstance(inner, exp.Floor | exp.Ceil)]
+        if len(bins) != 1 or bins[0].args.get("decimals") or bins[0].args.get("to"):
+            raise Unsupported(f"GROUP BY {fragment(node)}: bin with one FLOOR(…) or CEIL(…) of a bounded number")
+        binned = bins[0]
+        inner, low, high = self._interval(binned.this)
+        ceiling = isinstance(binned, exp.Ceil)
+        first, last = (math.ceil(low), math.ceil(high)) if ceiling else (math.floor(low), math.floor(high))
+        if last - first >= MAX_OUTPUT_GROUPS:
+            raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} bins")
+        expression = self._bin_expression(node, binned, ir.Floor(inner, ceiling))  # refuses what it cannot bin
+        labels = tuple(_bin_label(node, binned, value) for value in range(first, last + 1))
+        name = f"__key_{len(self.case_keys)}"
+        self.derived.append(ir.DerivedColumn(name, expression, ir.ColumnKind.INT))
+        self.case_keys[node.sql()] = name
+        self.key_types[name] = ir.ValueType.NUMBER
+        return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
+
+    def _bin_expression(self, node: exp.Expression, binned: exp.Expression, floored: ir.RowExpr) -> ir.RowExpr:
+        """The key as a row expression: integer arithmetic around the one FLOOR/CEIL."""
+        if node is binned:
+            return floored
+        if isinstance(node, exp.Paren):
+            return self._bin_expression(node.this, binned, floored)
+        if isinstance(node, exp.Neg):
+            return ir.Neg(self._bin_expression(node.this, binned, floored))
+        if type(node) in (exp.Add, exp.Sub, exp.Mul):
+            left, right = node.this, node.expression
+            if binned in left.walk():
+                return ir.Arith(_ARITHMETIC[type(node)], self._bin_expression(left, binned, floored), _integer(right))
+            return ir.Arith(_ARITHMETIC[type(node)], _integer(left), self._bin_expression(right, binned, floored))
+        raise Unsupported(f"GROUP BY {fragment(node)}: around FLOOR/CEIL use + - * with whole numbers only")
 
     def _case_key(self, node: exp.Case) -> ir.GroupKey:
         """A computed key whose key set is public: the literal labels of its branches."""
@@ -382,7 +422,7 @@ class _Planner:
             return self._post(node.this)
         if _aggregate_kind(node) is not None:
             return ir.AggRef(self._aggregate(node))
-        if isinstance(node, exp.Case) and node.sql() in self.case_keys:
+        if node.sql() in self.case_keys:  # a computed GROUP BY key (CASE labels, FLOOR bins)
             return ir.KeyRef(self.case_keys[node.sql()])
         if isinstance(node, exp.Column):
             name, _ = self._column(node)
@@ -712,6 +752,28 @@ class _Planner:
             _non_negative_int(limit.expression, "LIMIT") if limit is not None else None,
             _non_negative_int(offset.expression, "OFFSET") if offset is not None else 0,
         )
+
+
+def _integer(node: exp.Expression) -> ir.Lit:
+    literal = _literal(node) if _is_literal(node) else None
+    if literal is None or isinstance(literal.value, bool) or not isinstance(literal.value, int):
+        raise Unsupported(f"{fragment(node)}: around FLOOR/CEIL use whole numbers")
+    return literal
+
+
+def _bin_label(node: exp.Expression, binned: exp.Expression, value: int) -> int:
+    """The key one bin gets: the GROUP BY expression evaluated with FLOOR(…) = ``value``."""
+    if node is binned:
+        return value
+    if isinstance(node, exp.Paren):
+        return _bin_label(node.this, binned, value)
+    if isinstance(node, exp.Neg):
+        return -_bin_label(node.this, binned, value)
+    left, right = node.this, node.expression
+    evaluate = {exp.Add: operator.add, exp.Sub: operator.sub, exp.Mul: operator.mul}[type(node)]
+    if binned in left.walk():
+        return evaluate(_bin_label(left, binned, value), int(_integer(right).value))  # type: ignore[arg-type]
+    return evaluate(int(_integer(left).value), _bin_label(right, binned, value))  # type: ignore[arg-type]
 
 
 def _group_target(

@@ -80,6 +80,8 @@ GROUPINGS = (
     ("member_flag",),
     ("region", "member_flag"),
     ("CASE WHEN age < 40 THEN 'younger' WHEN hours > 5 THEN 'busy' ELSE 'other' END", "region"),
+    ("FLOOR(age / 20) * 20",),
+    ("CEIL(hours / 15) - 1", "member_flag"),
 )
 
 

@@ -87,6 +87,11 @@ REFUSED = [
     ("SELECT CASE WHEN age < 30 THEN city END AS b, COUNT(*) FROM shifts GROUP BY b", "unsupported"),
     ("SELECT CASE WHEN age < 30 THEN 'a' ELSE 1 END AS b, COUNT(*) FROM shifts GROUP BY b", "invalid_sql"),
     ("SELECT COUNT(*) FROM shifts GROUP BY age + 1", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY FLOOR(age / 10) * 2.5", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY FLOOR(age) + FLOOR(hours)", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY FLOOR(age / 10) / 2", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY FLOOR(hours * 100000)", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts GROUP BY FLOOR(city)", "policy_violation"),
     ("SELECT COUNT(*) FROM shifts GROUP BY 5", "invalid_sql"),
     ("SELECT QUANTILE(hours, 1.5) FROM shifts", "invalid_sql"),
     ("SELECT QUANTILE(hours, 0) FROM shifts", "invalid_sql"),
@@ -371,3 +376,14 @@ def test_min_and_max_are_answered_as_dp_quantiles_with_a_note(engine: Engine) ->
     assert result.to_dict()["notes"] == result.notes
     dry = engine.query("shifts", "SELECT MIN(hours) FROM shifts", epsilon=1.0, dry_run=True)
     assert dry.notes and dry.accuracy == {"min(hours)": None}
+
+
+def test_floor_and_ceil_bins_release_every_bin_the_bounds_allow(engine: Engine) -> None:
+    result = engine.query(
+        "shifts", "SELECT FLOOR(age / 10) * 10 AS decade, COUNT(*) AS n FROM shifts GROUP BY decade", epsilon=0.5
+    )
+    assert [row[0] for row in result.rows] == [10, 20, 30, 40, 50, 60, 70, 80]  # age is bounded to [18, 80]
+    plan = plan_query(
+        parse("SELECT CEIL(hours / 15) - 1 AS b, COUNT(*) FROM shifts GROUP BY 1"), engine.policy("shifts")
+    )
+    assert plan.group_keys[0].values == (-1, 0, 1, 2, 3)

@@ -339,6 +339,9 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return _row_expr(operand).str.contains(_like_regex(pattern, case_sensitive))
         case ir.Clamp(operand, low, high):
             return _row_expr(operand).clip(low, high)
+        case ir.Floor(operand, ceiling):
+            value = _row_expr(operand).cast(pl.Float64)
+            return value.ceil() if ceiling else value.floor()
         case ir.Case(branches, default):
             (first_condition, first_value), *rest = branches
             chained = pl.when(_row_expr(first_condition)).then(_row_expr(first_value))
