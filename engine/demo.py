@@ -121,6 +121,12 @@ EXAMPLES: tuple[tuple[str, float, str], ...] = (
         "FROM gig_work WHERE region IN ('north', 'east') AND hours BETWEEN 4 AND 12",
     ),
     (
+        "Shifts and median shift length by age band (CASE labels, DP median)",
+        0.2,
+        "SELECT CASE WHEN age < 30 THEN 'under 30' WHEN age < 50 THEN '30-49' ELSE '50+' END AS band, "
+        "COUNT(*) AS shifts, MEDIAN(hours) AS median_hours FROM gig_work GROUP BY band ORDER BY band",
+    ),
+    (
         "Refused: rows are never released",
         0.1,
         "SELECT * FROM gig_work",
