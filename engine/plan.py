@@ -141,6 +141,14 @@ class Floor:
 
 
 @dataclass(frozen=True)
+class Round:
+    """ROUND to ``decimals`` places (half away from zero, as SQL does)."""
+
+    operand: RowExpr
+    decimals: int
+
+
+@dataclass(frozen=True)
 class Extreme:
     """LEAST (``greatest=False``) or GREATEST of the operands, ignoring NULLs."""
 
@@ -168,6 +176,7 @@ RowExpr = (
     | Like
     | Clamp
     | Floor
+    | Round
     | Case
     | Extreme
     | Coalesce

@@ -67,6 +67,8 @@ _ALLOWED_FUNCTIONS = {
     exp.Coalesce,
     exp.Floor,
     exp.Ceil,
+    exp.Round,
+    exp.Cast,
 }
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
@@ -613,6 +615,8 @@ class _Planner:
             return self._arith_interval(node)
         if isinstance(node, exp.Case):
             return self._case_interval(node)
+        if isinstance(node, exp.Round | exp.Cast):
+            return self._rounded_interval(node)
         if isinstance(node, exp.Least | exp.Greatest):
             operands = [self._interval(operand) for operand in [node.this, *node.expressions]]
             pick = max if isinstance(node, exp.Greatest) else min
@@ -645,6 +649,24 @@ class _Planner:
         if not (math.isfinite(low) and math.isfinite(high)):
             raise Unsupported(f"{fragment(node)}: the bounds overflow")
         return ir.Arith(op, left, right), low, high
+
+    def _rounded_interval(self, node: exp.Round | exp.Cast) -> tuple[ir.RowExpr, float, float]:
+        """ROUND(x[, d]) and numeric CASTs (to an integer type: rounded); rounding is monotone, so are the bounds."""
+        if isinstance(node, exp.Cast):
+            target = node.to
+            if target.is_type(*exp.DataType.FLOAT_TYPES, exp.DataType.Type.DECIMAL):
+                return self._interval(node.this)
+            if not target.is_type(*exp.DataType.INTEGER_TYPES):
+                raise Unsupported(f"{fragment(node)}: inside an aggregate, CAST to a number type only")
+            decimals = 0
+        else:
+            places = node.args.get("decimals")
+            literal = _literal(places) if places is not None and _is_literal(places) else ir.Lit(0)
+            if places is not None and not (isinstance(literal.value, int) and not isinstance(literal.value, bool)):
+                raise Unsupported(f"{fragment(node)}: ROUND takes a whole number of decimals")
+            decimals = int(literal.value)  # type: ignore[arg-type]
+        expr, low, high = self._interval(node.this)
+        return ir.Round(expr, decimals), _round_half_away(low, decimals), _round_half_away(high, decimals)
 
     def _case_interval(self, node: exp.Case) -> tuple[ir.RowExpr, float, float]:
         if node.this is not None:
@@ -752,6 +774,11 @@ class _Planner:
             _non_negative_int(limit.expression, "LIMIT") if limit is not None else None,
             _non_negative_int(offset.expression, "OFFSET") if offset is not None else 0,
         )
+
+
+def _round_half_away(value: float, decimals: int) -> float:
+    scale = 10.0**decimals
+    return math.copysign(math.floor(abs(value) * scale + 0.5), value) / scale
 
 
 def _integer(node: exp.Expression) -> ir.Lit:

@@ -56,6 +56,7 @@ AGGREGATES = (
     "SUM(COALESCE(hours, 30) / 4)",
     "VAR_POP(hours)",
     "MEDIAN(hours)",
+    "SUM(ROUND(hours / 7, 1) + CAST(age * 0.5 AS INT))",
     "QUANTILE(age - hours, 0.9)",
     "STDDEV(age - hours)",
 )

@@ -387,3 +387,23 @@ def test_floor_and_ceil_bins_release_every_bin_the_bounds_allow(engine: Engine) 
         parse("SELECT CEIL(hours / 15) - 1 AS b, COUNT(*) FROM shifts GROUP BY 1"), engine.policy("shifts")
     )
     assert plan.group_keys[0].values == (-1, 0, 1, 2, 3)
+
+
+def test_round_and_numeric_casts_inside_aggregates(engine: Engine) -> None:
+    policy = engine.policy("shifts")
+    cases = {
+        "SUM(ROUND(hours))": (0.0, 60.0),
+        "SUM(ROUND(hours / 7, 1))": (0.0, 8.6),
+        "SUM(CAST(hours * 0.55 AS INT))": (0.0, 33.0),
+        "AVG(CAST(age AS DOUBLE))": (18.0, 80.0),
+    }
+    for aggregate, (low, high) in cases.items():
+        plan = plan_query(parse(f"SELECT {aggregate} FROM shifts"), policy)
+        value = plan.aggregates[0].value
+        assert (value.lower / value.scale, value.upper / value.scale) == pytest.approx((low, high), abs=1e-5), aggregate
+    result = engine.query(
+        "shifts", "SELECT SUM(ROUND(hours)) AS r, AVG(CAST(age AS DOUBLE)) AS a FROM shifts", epsilon=1.0
+    )
+    assert 18 <= result.rows[0][1] <= 80
+    with pytest.raises(CoopdpError, match="CAST to a number"):
+        engine.query("shifts", "SELECT SUM(CAST(hours AS TEXT)) FROM shifts", epsilon=1.0)

@@ -339,6 +339,8 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return _row_expr(operand).str.contains(_like_regex(pattern, case_sensitive))
         case ir.Clamp(operand, low, high):
             return _row_expr(operand).clip(low, high)
+        case ir.Round(operand, decimals):
+            return _row_expr(operand).cast(pl.Float64).round(decimals, mode="half_away_from_zero")
         case ir.Floor(operand, ceiling):
             value = _row_expr(operand).cast(pl.Float64)
             return value.ceil() if ceiling else value.floor()
