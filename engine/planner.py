@@ -27,7 +27,7 @@ _SUM_LIMIT = 2**62
 MAX_OUTPUT_GROUPS = 100_000
 """Rows of public group keys one query may release."""
 
-_COMPARISONS = {
+_COMPARISONS: dict[type[exp.Expression], ir.CompareOp] = {
     exp.EQ: ir.CompareOp.EQ,
     exp.NEQ: ir.CompareOp.NEQ,
     exp.LT: ir.CompareOp.LT,
@@ -35,8 +35,13 @@ _COMPARISONS = {
     exp.GT: ir.CompareOp.GT,
     exp.GTE: ir.CompareOp.GTE,
 }
-_ARITHMETIC = {exp.Add: ir.ArithOp.ADD, exp.Sub: ir.ArithOp.SUB, exp.Mul: ir.ArithOp.MUL, exp.Div: ir.ArithOp.DIV}
-_AGGREGATES = {
+_ARITHMETIC: dict[type[exp.Expression], ir.ArithOp] = {
+    exp.Add: ir.ArithOp.ADD,
+    exp.Sub: ir.ArithOp.SUB,
+    exp.Mul: ir.ArithOp.MUL,
+    exp.Div: ir.ArithOp.DIV,
+}
+_AGGREGATES: dict[type[exp.Expression], ir.AggregateKind] = {
     exp.Count: ir.AggregateKind.COUNT,
     exp.Sum: ir.AggregateKind.SUM,
     exp.Avg: ir.AggregateKind.AVG,
@@ -52,7 +57,7 @@ _AGGREGATES = {
     exp.Min: ir.AggregateKind.QUANTILE,
     exp.Max: ir.AggregateKind.QUANTILE,
 }
-EXTREME_QUANTILES = {exp.Min: 0.05, exp.Max: 0.95}
+EXTREME_QUANTILES: dict[type[exp.Expression], float] = {exp.Min: 0.05, exp.Max: 0.95}
 """MIN and MAX are answered as these DP quantiles (an exact extreme is one member's value)."""
 _ALLOWED_FUNCTIONS = {
     *_AGGREGATES,

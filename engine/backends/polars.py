@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 import polars as pl
 
@@ -331,8 +332,8 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
                 matched = pl.when(matched).then(True).otherwise(None)
             return pl.when(_row_expr(operand).is_null()).then(None).otherwise(matched)
         case ir.Between(operand, low, high):
-            value = _row_expr(operand)
-            return (value >= _row_expr(low)) & (value <= _row_expr(high))
+            compared = _row_expr(operand)
+            return (compared >= _row_expr(low)) & (compared <= _row_expr(high))
         case ir.IsNull(operand):
             return _row_expr(operand).is_null()
         case ir.Like(operand, pattern, case_sensitive):
@@ -342,13 +343,13 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
         case ir.Round(operand, decimals):
             return _row_expr(operand).cast(pl.Float64).round(decimals, mode="half_away_from_zero")
         case ir.Floor(operand, ceiling):
-            value = _row_expr(operand).cast(pl.Float64)
-            return value.ceil() if ceiling else value.floor()
+            number = _row_expr(operand).cast(pl.Float64)
+            return number.ceil() if ceiling else number.floor()
         case ir.Case(branches, default):
             (first_condition, first_value), *rest = branches
-            chained = pl.when(_row_expr(first_condition)).then(_row_expr(first_value))
-            for condition, value in rest:
-                chained = chained.when(_row_expr(condition)).then(_row_expr(value))
+            chained: Any = pl.when(_row_expr(first_condition)).then(_row_expr(first_value))
+            for condition, label in rest:
+                chained = chained.when(_row_expr(condition)).then(_row_expr(label))
             return chained.otherwise(_row_expr(default) if default is not None else pl.lit(None))
         case ir.Extreme(operands, greatest):
             combine = pl.max_horizontal if greatest else pl.min_horizontal
