@@ -17,7 +17,7 @@ from sqlglot import exp
 from engine.errors import UnknownColumn, UnknownTable, Unsupported
 from engine.sql import default_name, fragment
 
-_ROW_LEVEL_ONLY = ("group", "having", "order", "limit", "offset", "distinct", "joins", "laterals", "qualify", "with_")
+_ROW_LEVEL_ONLY = ("group", "having", "order", "limit", "offset", "distinct", "joins", "laterals", "qualify")
 
 
 def inline_derived_tables(select: exp.Select, columns: Collection[str]) -> exp.Select:
@@ -117,7 +117,7 @@ def _inner_select(source: exp.Expression, ctes: dict[str, exp.Select]) -> exp.Se
     else:
         raise Unsupported(f"FROM {fragment(source)} is not supported: select from the dataset's table")
     for key in _ROW_LEVEL_ONLY:
-        if key != "with_" and inner.args.get(key):
+        if inner.args.get(key):
             raise Unsupported(
                 f"{fragment(inner)}: an inner query may only select and filter rows "
                 f"({key.upper()} inside it could aggregate or multiply a member's rows)"

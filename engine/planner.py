@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -117,8 +118,8 @@ class _Planner:
     table_names: set[str] = field(default_factory=set)
     group_columns: tuple[str, ...] = ()
     derived: list[ir.DerivedColumn] = field(default_factory=list)
-    case_keys: dict[str, str] = field(default_factory=dict)
-    """GROUP BY CASE expressions (their SQL) → the derived key column."""
+    computed_keys: dict[str, str] = field(default_factory=dict)
+    """GROUP BY expressions (their SQL: CASE labels, FLOOR bins) → the derived key column."""
     key_types: dict[str, ir.ValueType] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -359,11 +360,7 @@ class _Planner:
             raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} bins")
         expression = self._bin_expression(node, binned, ir.Floor(inner, ceiling))  # refuses what it cannot bin
         labels = tuple(_bin_label(node, binned, value) for value in range(first, last + 1))
-        name = f"__key_{len(self.case_keys)}"
-        self.derived.append(ir.DerivedColumn(name, expression, ir.ColumnKind.INT))
-        self.case_keys[node.sql()] = name
-        self.key_types[name] = ir.ValueType.NUMBER
-        return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
+        return self._computed_key(node, expression, ir.ColumnKind.INT, labels)
 
     def _bin_expression(self, node: exp.Expression, binned: exp.Expression, floored: ir.RowExpr) -> ir.RowExpr:
         """The key as a row expression: integer arithmetic around the one FLOOR/CEIL."""
@@ -402,10 +399,15 @@ class _Planner:
         if len(types) != 1 or bool in types:
             raise InvalidSQL(f"GROUP BY {fragment(node)}: the labels must all be text or all numbers")
         kind = {str: ir.ColumnKind.TEXT, int: ir.ColumnKind.INT, float: ir.ColumnKind.FLOAT}[types.pop()]
-        expression = ir.Case(tuple(branches), default)
-        name = f"__key_{len(self.case_keys)}"
+        return self._computed_key(node, ir.Case(tuple(branches), default), kind, labels)
+
+    def _computed_key(
+        self, node: exp.Expression, expression: ir.RowExpr, kind: ir.ColumnKind, labels: Sequence[str | int | float]
+    ) -> ir.GroupKey:
+        """Register a GROUP BY expression as a derived key column whose public key set is ``labels``."""
+        name = f"__key_{len(self.computed_keys)}"
         self.derived.append(ir.DerivedColumn(name, expression, kind))
-        self.case_keys[node.sql()] = name
+        self.computed_keys[node.sql()] = name
         self.key_types[name] = ir.ValueType.STRING if kind is ir.ColumnKind.TEXT else ir.ValueType.NUMBER
         return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
 
@@ -429,8 +431,8 @@ class _Planner:
             return self._post(node.this)
         if _aggregate_kind(node) is not None:
             return ir.AggRef(self._aggregate(node))
-        if node.sql() in self.case_keys:  # a computed GROUP BY key (CASE labels, FLOOR bins)
-            return ir.KeyRef(self.case_keys[node.sql()])
+        if node.sql() in self.computed_keys:  # a computed GROUP BY key (CASE labels, FLOOR bins)
+            return ir.KeyRef(self.computed_keys[node.sql()])
         if isinstance(node, exp.Column):
             name, _ = self._column(node)
             if name not in self.group_columns:
