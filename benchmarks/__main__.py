@@ -1,0 +1,129 @@
+"""``python -m benchmarks``: generate pools, time the engine against plain Polars and peers, write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="benchmarks",
+    help="Benchmarks of coopdp on large synthetic pools (not tests; run by hand).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+DATA = Path("benchmarks/data")
+RESULTS = Path("benchmarks/results")
+RowsOption = Annotated[str, typer.Option("--rows", help="Pool sizes, comma-separated, with K/M suffixes: 1M,10M.")]
+DataOption = Annotated[Path, typer.Option("--data-dir", help="Where pools are generated (kept between runs).")]
+ResultsOption = Annotated[Path, typer.Option("--results", help="Where measurements are written as JSON.")]
+
+
+@app.command()
+def generate(
+    rows: Annotated[str, typer.Option("--rows", help="Rows in the pool, e.g. 300M.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for parts/, policies/ and manifest.json.")],
+    seed: Annotated[int, typer.Option("--seed")] = 20_261_124,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per Parquet part (memory ~ one chunk).")] = (
+        2_000_000
+    ),
+) -> None:
+    """Write a synthetic pool as partitioned Parquet, streaming, with its policies."""
+    from benchmarks.generate import PoolSpec, generate_pool
+    from benchmarks.sizes import parse_rows
+
+    pool = generate_pool(PoolSpec(parse_rows(rows), seed, chunk_rows), out)
+    size = sum(part.stat().st_size for part in pool.parts) / 2**20
+    typer.echo(
+        f"{pool.spec.rows:,} rows, {pool.members:,} members, {len(pool.parts)} parts, {size:,.0f} MiB "
+        f"in {pool.seconds:.1f} s → {out}"
+    )
+
+
+@app.command()
+def run(
+    rows: RowsOption = "1M,10M,50M",
+    repeats: Annotated[int, typer.Option("--repeats", help="Runs per query; the best counts.")] = 3,
+    data_dir: DataOption = DATA,
+    results: ResultsOption = RESULTS,
+) -> None:
+    """Speed suite: every query through the engine and through plain Polars, interleaved, per pool size."""
+    from benchmarks.sizes import parse_sizes
+    from benchmarks.speed import run_speed_suite
+
+    run_speed_suite(parse_sizes(rows), repeats, data_dir, results)
+
+
+@app.command()
+def overhead(
+    runs: Annotated[int, typer.Option("--runs")] = 50,
+    data_dir: DataOption = DATA,
+    results: ResultsOption = RESULTS,
+) -> None:
+    """Fixed cost of a query on a tiny pool (parse, plan, ledger, noise): median over runs."""
+    from benchmarks.speed import run_overhead
+
+    run_overhead(runs, data_dir, results)
+
+
+@app.command()
+def scale(
+    rows: RowsOption = "300M",
+    data_dir: DataOption = DATA,
+    results: ResultsOption = RESULTS,
+) -> None:
+    """Engine queries over a pool larger than memory, each in a subprocess whose peak RSS is measured."""
+    from benchmarks.scale import run_scale
+    from benchmarks.sizes import parse_sizes
+
+    run_scale(parse_sizes(rows), data_dir, results)
+
+
+@app.command()
+def peers(
+    rows: RowsOption = "1M,5M",
+    repeats: Annotated[int, typer.Option("--repeats")] = 3,
+    peers_dir: Annotated[Path, typer.Option("--peers-dir", envvar="COOPDP_PEERS")] = Path.home()
+    / ".cache/coopdp-peers",
+    data_dir: DataOption = DATA,
+    results: ResultsOption = RESULTS,
+) -> None:
+    """The same queries through SmartNoise SQL, OpenDP's Polars API and Tumult Analytics (see peers/setup.sh)."""
+    from benchmarks.peers.compare import run_peers
+    from benchmarks.sizes import parse_sizes
+
+    run_peers(parse_sizes(rows), repeats, peers_dir, data_dir, results)
+
+
+@app.command()
+def accuracy(
+    rows: RowsOption = "1M",
+    repetitions: Annotated[int, typer.Option("--repetitions")] = 20,
+    peers_dir: Annotated[Path, typer.Option("--peers-dir", envvar="COOPDP_PEERS")] = Path.home()
+    / ".cache/coopdp-peers",
+    data_dir: DataOption = DATA,
+    results: ResultsOption = RESULTS,
+) -> None:
+    """Mean relative error against ε (0.1 … 10) per query, ours and the peers'."""
+    from benchmarks.accuracy import run_accuracy
+    from benchmarks.sizes import parse_sizes
+
+    run_accuracy(parse_sizes(rows)[0], repetitions, peers_dir, data_dir, results)
+
+
+@app.command()
+def report(
+    results: ResultsOption = RESULTS,
+    out: Annotated[Path, typer.Option("--out")] = Path("benchmarks/RESULTS.md"),
+) -> None:
+    """Write the measurements as tables and PNG plots into RESULTS.md, between this suite's markers."""
+    from benchmarks.report import write_report
+
+    write_report(results, out)
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()
