@@ -18,6 +18,9 @@ DATA = Path("benchmarks/data")
 RESULTS = Path("benchmarks/results")
 RowsOption = Annotated[str, typer.Option("--rows", help="Pool sizes, comma-separated, with K/M suffixes: 1M,10M.")]
 DataOption = Annotated[Path, typer.Option("--data-dir", help="Where pools are generated (kept between runs).")]
+PEERS = Path.home() / ".cache/coopdp-peers"
+"""Where benchmarks/peers/setup.sh puts one virtual environment per peer."""
+PeersOption = Annotated[Path, typer.Option("--peers-dir", envvar="COOPDP_PEERS", help="The peers' venvs.")]
 ResultsOption = Annotated[Path, typer.Option("--results", help="Where measurements are written as JSON.")]
 
 
@@ -85,8 +88,7 @@ def scale(
 def peers(
     rows: RowsOption = "1M,5M",
     repeats: Annotated[int, typer.Option("--repeats")] = 3,
-    peers_dir: Annotated[Path, typer.Option("--peers-dir", envvar="COOPDP_PEERS")] = Path.home()
-    / ".cache/coopdp-peers",
+    peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
 ) -> None:
@@ -101,8 +103,7 @@ def peers(
 def accuracy(
     rows: RowsOption = "1M",
     repetitions: Annotated[int, typer.Option("--repetitions")] = 20,
-    peers_dir: Annotated[Path, typer.Option("--peers-dir", envvar="COOPDP_PEERS")] = Path.home()
-    / ".cache/coopdp-peers",
+    peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
 ) -> None:
