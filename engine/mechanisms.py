@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+import numpy as np
 import opendp.prelude as dp
 
 from engine.accounting import Accounting, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
@@ -234,7 +235,8 @@ def _noisy_quantiles(accounting: Accounting, part_noise: PartNoise, groups: Sequ
     """One released quantile per group, as fixed-point integers (like every other part)."""
     measurement = _quantile_measurement(part_noise.part, accounting, part_noise.scale)
     units = part_noise.units_per_value
-    return [round(float(measurement([value / units for value in values])) * units) for values in groups]
+    # A float64 array crosses into OpenDP as one buffer; a list of Python floats is converted value by value.
+    return [round(float(measurement(np.asarray(values, dtype=np.float64) / units)) * units) for values in groups]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ class ExactAggregates:
 
     keys: list[tuple[object, ...]]
     parts: list[list[Any]]
-    """Integers per group; for a quantile part, the list of bounded values (fixed point) per group."""
+    """Integers per group; for a quantile part, the bounded values (fixed point) per group, a list or NumPy array."""
 
 
 class Backend(Protocol):

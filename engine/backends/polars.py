@@ -77,8 +77,15 @@ class PolarsBackend:
             keys = [tuple(row) for row in result.select([key.column for key in plan.group_keys]).iter_rows()]
         else:
             keys = [()] * result.height
-        parts = [result.get_column(_part_name(index)).to_list() for index in range(len(plan.parts))]
+        parts = [_group_values(result.get_column(_part_name(index)), part) for index, part in enumerate(plan.parts)]
         return ExactAggregates(keys=keys, parts=parts)
+
+
+def _group_values(column: pl.Series, part: ir.Part) -> list[Any]:
+    """One integer per group; for a quantile, each group's values as a NumPy array (no Python object per value)."""
+    if part.kind is ir.PartKind.QUANTILE:
+        return [values.to_numpy() for values in column]
+    return column.to_list()
 
 
 def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
