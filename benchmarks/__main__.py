@@ -103,6 +103,7 @@ def peers(
 def accuracy(
     rows: RowsOption = "1M",
     repetitions: Annotated[int, typer.Option("--repetitions")] = 20,
+    epsilons: Annotated[str, typer.Option("--epsilons", help="Comma-separated.")] = "0.1,0.3,1,3,10",
     peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
@@ -111,7 +112,9 @@ def accuracy(
     from benchmarks.accuracy import run_accuracy
     from benchmarks.sizes import parse_sizes
 
-    run_accuracy(parse_sizes(rows)[0], repetitions, peers_dir, data_dir, results)
+    run_accuracy(
+        parse_sizes(rows)[0], repetitions, peers_dir, data_dir, results, tuple(float(e) for e in epsilons.split(","))
+    )
 
 
 @app.command()

@@ -20,17 +20,20 @@ from benchmarks.queries import QUERIES
 from benchmarks.speed import pool_for
 
 EPSILONS = (0.1, 0.3, 1.0, 3.0, 10.0)
+"""The default sweep; ``--epsilons`` takes another."""
 QUERY_TYPES = ("count_by_region", "sum_by_sector", "avg_by_region", "median_by_region", "count_by_postcode")
 """One query per aggregate (and the private-key one): the error depends on the aggregate, not on the filter."""
 ACCURACY_FILE = "accuracy.json"
 console = Console()
 
 
-def run_accuracy(rows: int, repetitions: int, peers_dir: Path, data_dir: Path, results: Path) -> None:
+def run_accuracy(
+    rows: int, repetitions: int, peers_dir: Path, data_dir: Path, results: Path, epsilons: tuple[float, ...] = EPSILONS
+) -> None:
     environment = Environment.now()
     pool = pool_for(rows, data_dir)
     installed, skipped = installed_peers(peers_dir)
-    runs = [epsilon for epsilon in EPSILONS for _ in range(repetitions)]
+    runs = [epsilon for epsilon in epsilons for _ in range(repetitions)]
     measurements: list[dict[str, Any]] = []
     notes: list[str] = []
     for query in (query for query in QUERIES if query.name in QUERY_TYPES):
