@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -108,7 +109,9 @@ def generate_pool(spec: PoolSpec, out: Path, show_progress: bool = True) -> Pool
             progress.advance(task, chunk.height)
     pool = Pool(out, spec, members, time.perf_counter() - start)
     write_policies(out)
-    (out / MANIFEST).write_text(json.dumps({**asdict(spec), "members": members, "seconds": pool.seconds}, indent=1))
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's peak, imports included
+    manifest = {**asdict(spec), "members": members, "seconds": pool.seconds, "peak_rss_mib": peak_rss_mib}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return pool
 
 

@@ -28,8 +28,12 @@ Document = dict[str, Any]
 def write_report(results: Path, out: Path) -> Path:
     """Regenerate the suite's section of ``out`` (appended the first time) and its plots beside it."""
     plots = out.parent / "plots"
+    speed_files = sorted(results.glob("speed*.json"), key=lambda path: (path.name != "speed.json", path.name))
     sections = [
-        _section(results / "speed.json", lambda doc: speed_section(doc, plots, out.parent)),
+        *(
+            _section(path, lambda doc, stem=path.stem: speed_section(doc, plots / stem, out.parent))
+            for path in speed_files
+        ),
         _section(results / "overhead.json", overhead_section),
         _section(results / "scale.json", scale_section),
         _section(results / "peers.json", peers_section),
@@ -96,7 +100,9 @@ def speed_section(document: Document, plots: Path, relative_to: Path) -> str:
         timings[entry["query"]][f"{OURS} ({entry['level']})"].append((entry["rows"], engine))
         timings[entry["query"]][f"plain Polars ({entry['level']})"].append((entry["rows"], plain))
     if len({entry["rows"] for entry in document["measurements"]}) > 1:
-        path = loglog_panels(timings, plots / "speed_time_vs_rows.png", "rows", "seconds (best)", "time vs rows")
+        path = loglog_panels(
+            timings, plots.with_name(f"{plots.name}_time_vs_rows.png"), "rows", "seconds", "time vs rows"
+        )
         lines += ["", f"![time vs rows]({path.relative_to(relative_to).as_posix()})"]
     return "\n".join(lines)
 
@@ -128,7 +134,8 @@ def scale_section(document: Document) -> str:
         environment_lines(document),
         f"- **Pool:** {pool.get('rows', 0):,} rows, {pool.get('members', 0):,} members, "
         f"{pool.get('disk_mib', 0):,.0f} MiB of Parquet in {pool.get('parts', 0)} parts; generated in "
-        f"{pool.get('seconds', 0):.0f} s (peak RSS {pool.get('peak_rss_mib', 0):,.0f} MiB)",
+        f"{pool.get('seconds', 0):.0f} s"
+        + (f" (peak RSS {pool['peak_rss_mib']:,.0f} MiB)" if pool.get("peak_rss_mib") else ""),
         "- **Method:** each query in its own process (`Engine.query`, Polars streaming engine); peak RSS of that "
         "process from `getrusage`.",
         "",

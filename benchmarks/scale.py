@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.generate import MEMBER_DATASET, ROW_DATASET, Pool
+from benchmarks.generate import MANIFEST, MEMBER_DATASET, ROW_DATASET, Pool
 from benchmarks.measure import Environment, save
 from benchmarks.queries import QUERIES, BenchQuery
 from benchmarks.speed import pool_for
@@ -87,7 +87,12 @@ def _pool_facts(pool: Pool) -> dict[str, Any]:
         "parts": len(pool.parts),
         "disk_mib": sum(part.stat().st_size for part in pool.parts) / 2**20,
         "seconds": pool.seconds,
+        "peak_rss_mib": _manifest(pool).get("peak_rss_mib"),
     }
+
+
+def _manifest(pool: Pool) -> dict[str, Any]:
+    return json.loads((pool.directory / MANIFEST).read_text())
 
 
 def _child(policies: str, dataset: str, sql: str, delta: str | None) -> None:

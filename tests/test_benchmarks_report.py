@@ -65,7 +65,7 @@ def test_report_tables_ratios_and_plots(tmp_path: Path) -> None:
     assert "`python -m benchmarks run --rows 1K,2K`" in text
     assert "**tumult** skipped: no java" in text
     assert "| count_by_region | smartnoise | 1.0000 | 0.1000 | 0.0100 |" in text
-    for name in ("speed_time_vs_rows.png", "accuracy_error_vs_epsilon.png"):
+    for name in ("speed_time_vs_rows.png", "accuracy_error_vs_epsilon.png"):  # speed.json → speed_…
         png = tmp_path / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
         assert f"](plots/{name})" in text
