@@ -17,6 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 Request = dict[str, Any]
+PUBLIC_KEYS = {
+    "region": ["north", "south", "east", "west"],
+    "sector": [f"sector_{i:02d}" for i in range(50)],
+}
+"""The generator's public keys (``benchmarks.generate``), repeated here because this module cannot import it."""
 Cells = dict[str, float]
 
 

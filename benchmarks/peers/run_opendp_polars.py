@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import opendp.prelude as dp
 import polars as pl
-from child import Cells, Request, cells_from_rows, serve
+from child import PUBLIC_KEYS, Cells, Request, cells_from_rows, serve
 
 dp.enable_features("contrib")
 
@@ -18,8 +20,11 @@ def answer(data: pl.LazyFrame, request: Request, epsilon: float, delta: float) -
     keys: list[str] = query["keys"]
     margins = [dp.polars.Margin(max_length=request["rows"])]
     if keys:
-        invariant = None if query["private_keys"] else "keys"
-        margins.append(dp.polars.Margin(by=keys, invariant=invariant, max_length=request["rows"]))
+        if query["private_keys"]:
+            margins.append(dp.polars.Margin(by=keys, max_length=request["rows"]))
+        else:  # public keys: their number is public too (OpenDP needs it for grouped float sums)
+            groups = math.prod(len(PUBLIC_KEYS[key]) for key in keys)
+            margins.append(dp.polars.Margin(by=keys, invariant="keys", max_length=request["rows"], max_groups=groups))
     context = dp.Context.compositor(
         data=data,
         privacy_unit=dp.unit_of(contributions=1, identifier=pl.col(request["unit"])),

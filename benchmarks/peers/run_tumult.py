@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from child import Cells, Request, cells_from_rows, serve
+from child import PUBLIC_KEYS, Cells, Request, cells_from_rows, serve
 from pyspark.sql import DataFrame, SparkSession
 from tmlt.analytics import (
     AddRowsWithID,
@@ -27,10 +27,6 @@ from tmlt.analytics import (
 )
 
 SOURCE = "pool"
-PUBLIC_KEYS = {
-    "region": ["north", "south", "east", "west"],
-    "sector": [f"sector_{i:02d}" for i in range(50)],
-}
 
 
 def prepare(request: Request) -> DataFrame:
