@@ -163,6 +163,7 @@ def peers_section(document: Document) -> str:
     header = ["rows", "query", f"{OURS} s", f"{OURS} error"]
     for system in systems:
         header += [f"{system} s", "ours / theirs (time)", f"{system} error"]
+    header.append("error: ours / best peer")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (rows, query), by_system in sorted(cells.items()):
         ours = by_system.get(OURS)
@@ -170,6 +171,11 @@ def peers_section(document: Document) -> str:
         for system in systems:
             theirs = by_system.get(system)
             row += [_seconds(theirs), _time_ratio(ours, theirs), _error(theirs)]
+        peer_errors = [
+            by_system[s]["relative_error"] for s in systems if (by_system.get(s) or {}).get("relative_error")
+        ]
+        best = min(peer_errors, default=None)
+        row.append(f"{ours['relative_error'] / best:.2f}" if ours and ours.get("relative_error") and best else "—")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -73,6 +73,21 @@ def test_report_tables_ratios_and_plots(tmp_path: Path) -> None:
     assert out.read_text().count(START) == 1 and out.read_text() == text
 
 
+def test_peers_table_gives_time_and_error_ratios(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    measurements = [
+        {"rows": 5_000_000, "query": "q", "system": "coopdp", "seconds": [0.5, 0.6], "relative_error": 0.02},
+        {"rows": 5_000_000, "query": "q", "system": "opendp_polars", "seconds": [2.0], "relative_error": 0.04},
+        {"rows": 5_000_000, "query": "q", "system": "tumult", "seconds": [], "relative_error": None, "error": "x"},
+    ]
+    save(results / "peers.json", ENVIRONMENT, measurements, skipped={"smartnoise": "not installed"})
+    out = tmp_path / "RESULTS.md"
+    write_report(results, out)
+    text = out.read_text()
+    assert "| 5M | q | 0.500 | 0.0200 | 2.000 | 0.250 | 0.0400 | — | — | — | 0.50 |" in text
+    assert "**smartnoise** skipped: not installed" in text
+
+
 def test_report_without_measurements_leaves_an_empty_section(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     write_report(tmp_path / "none", out)
