@@ -21,6 +21,11 @@ DataOption = Annotated[Path, typer.Option("--data-dir", help="Where pools are ge
 PEERS = Path.home() / ".cache/coopdp-peers"
 """Where benchmarks/peers/setup.sh puts one virtual environment per peer."""
 PeersOption = Annotated[Path, typer.Option("--peers-dir", envvar="COOPDP_PEERS", help="The peers' venvs.")]
+QueriesOption = Annotated[str, typer.Option("--queries", help="Only these queries (comma-separated names).")]
+OnlyPeersOption = Annotated[
+    str, typer.Option("--peers", help="Only these peers, and not coopdp (to rerun a peer); comma-separated.")
+]
+TagOption = Annotated[str, typer.Option("--tag", help="Write <stem>_<tag>.json instead of <stem>.json.")]
 ResultsOption = Annotated[Path, typer.Option("--results", help="Where measurements are written as JSON.")]
 
 
@@ -91,12 +96,15 @@ def peers(
     peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
+    queries: QueriesOption = "",
+    only_peers: OnlyPeersOption = "",
+    tag: TagOption = "",
 ) -> None:
     """The same queries through SmartNoise SQL, OpenDP's Polars API and Tumult Analytics (see peers/setup.sh)."""
     from benchmarks.peers.compare import run_peers
     from benchmarks.sizes import parse_sizes
 
-    run_peers(parse_sizes(rows), repeats, peers_dir, data_dir, results)
+    run_peers(parse_sizes(rows), repeats, peers_dir, data_dir, results, _selection(queries, only_peers, tag))
 
 
 @app.command()
@@ -107,13 +115,22 @@ def accuracy(
     peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
+    queries: QueriesOption = "",
+    only_peers: OnlyPeersOption = "",
+    tag: TagOption = "",
 ) -> None:
     """Mean relative error against ε (0.1 … 10) per query, ours and the peers'."""
     from benchmarks.accuracy import run_accuracy
     from benchmarks.sizes import parse_sizes
 
     run_accuracy(
-        parse_sizes(rows)[0], repetitions, peers_dir, data_dir, results, tuple(float(e) for e in epsilons.split(","))
+        parse_sizes(rows)[0],
+        repetitions,
+        peers_dir,
+        data_dir,
+        results,
+        tuple(float(e) for e in epsilons.split(",")),
+        _selection(queries, only_peers, tag),
     )
 
 
@@ -127,6 +144,15 @@ def report(
 
     write_report(results, out)
     typer.echo(f"wrote {out}")
+
+
+def _selection(queries: str, peers: str, tag: str):  # noqa: ANN202 - imported lazily, like every command's code
+    from benchmarks.peers.compare import Selection
+
+    def names(text: str) -> tuple[str, ...] | None:
+        return tuple(name.strip() for name in text.split(",") if name.strip()) or None
+
+    return Selection(names(queries), names(peers), tag)
 
 
 if __name__ == "__main__":

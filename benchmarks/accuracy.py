@@ -15,7 +15,17 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.measure import Environment, save
-from benchmarks.peers.compare import OURS, Answers, exact_cells, installed_peers, ours, peer_answers, relative_error
+from benchmarks.peers.compare import (
+    ALL,
+    OURS,
+    Answers,
+    Selection,
+    exact_cells,
+    installed_peers,
+    ours,
+    peer_answers,
+    relative_error,
+)
 from benchmarks.queries import QUERIES
 from benchmarks.speed import pool_for
 
@@ -23,22 +33,28 @@ EPSILONS = (0.1, 0.3, 1.0, 3.0, 10.0)
 """The default sweep; ``--epsilons`` takes another."""
 QUERY_TYPES = ("count_by_region", "sum_by_sector", "avg_by_region", "median_by_region", "count_by_postcode")
 """One query per aggregate (and the private-key one): the error depends on the aggregate, not on the filter."""
-ACCURACY_FILE = "accuracy.json"
+ACCURACY_STEM = "accuracy"
 console = Console()
 
 
 def run_accuracy(
-    rows: int, repetitions: int, peers_dir: Path, data_dir: Path, results: Path, epsilons: tuple[float, ...] = EPSILONS
+    rows: int,
+    repetitions: int,
+    peers_dir: Path,
+    data_dir: Path,
+    results: Path,
+    epsilons: tuple[float, ...] = EPSILONS,
+    selection: Selection = ALL,
 ) -> None:
     environment = Environment.now()
     pool = pool_for(rows, data_dir)
-    installed, skipped = installed_peers(peers_dir)
+    installed, skipped = installed_peers(peers_dir, selection.peers)
     runs = [epsilon for epsilon in epsilons for _ in range(repetitions)]
     measurements: list[dict[str, Any]] = []
     notes: list[str] = []
-    for query in (query for query in QUERIES if query.name in QUERY_TYPES):
+    for query in selection.chosen([query for query in QUERIES if query.name in QUERY_TYPES]):
         exact = exact_cells(query, pool)
-        by_system = {OURS: ours(query, pool, runs)}
+        by_system = {OURS: ours(query, pool, runs)} if selection.peers is None else {}
         by_system |= {peer: peer_answers(peer, python, query, pool, runs) for peer, python in installed.items()}
         for system, answers in by_system.items():
             if answers.error:
@@ -50,7 +66,14 @@ def run_accuracy(
                     {"rows": rows, "query": query.name, "system": system, "epsilon": epsilon, "relative_error": error}
                 )
                 console.print(f"{query.name:20} {system:14} ε={epsilon:<5g} error {error:.4f}")
-        save(results / ACCURACY_FILE, environment, measurements, repetitions=repetitions, skipped=skipped, notes=notes)
+        save(
+            results / selection.file(ACCURACY_STEM),
+            environment,
+            measurements,
+            repetitions=repetitions,
+            skipped=skipped,
+            notes=notes,
+        )
 
 
 def errors_by_epsilon(runs: list[float], answers: Answers, exact: dict[str, float]) -> dict[float, float]:

@@ -28,21 +28,28 @@ Document = dict[str, Any]
 def write_report(results: Path, out: Path) -> Path:
     """Regenerate the suite's section of ``out`` (appended the first time) and its plots beside it."""
     plots = out.parent / "plots"
-    speed_files = sorted(results.glob("speed*.json"), key=lambda path: (path.name != "speed.json", path.name))
     sections = [
         *(
             _section(path, lambda doc, stem=path.stem: speed_section(doc, plots / stem, out.parent))
-            for path in speed_files
+            for path in _files(results, "speed")
         ),
         _section(results / "overhead.json", overhead_section),
         _section(results / "scale.json", scale_section),
-        _section(results / "peers.json", peers_section),
-        _section(results / "accuracy.json", lambda doc: accuracy_section(doc, plots, out.parent)),
+        *(_section(path, peers_section) for path in _files(results, "peers")),
+        *(
+            _section(path, lambda doc, stem=path.stem: accuracy_section(doc, plots / stem, out.parent))
+            for path in _files(results, "accuracy")
+        ),
     ]
     body = "\n\n".join(section for section in sections if section)
     text = out.read_text(encoding="utf-8") if out.exists() else "# Benchmark results\n"
     out.write_text(replace_section(text, f"{START}\n\n{body}\n\n{END}"), encoding="utf-8")
     return out
+
+
+def _files(results: Path, stem: str) -> list[Path]:
+    """``<stem>.json`` first, then tagged runs (``<stem>_<tag>.json``) by name."""
+    return sorted(results.glob(f"{stem}*.json"), key=lambda path: (path.name != f"{stem}.json", path.name))
 
 
 def replace_section(text: str, section: str) -> str:
@@ -203,7 +210,9 @@ def accuracy_section(document: Document, plots: Path, relative_to: Path) -> str:
             values = dict(points)
             lines.append(f"| {query} | {system} | " + " | ".join(_fraction(values.get(e)) for e in epsilons) + " |")
     if errors:
-        path = loglog_panels(errors, plots / "accuracy_error_vs_epsilon.png", "ε", "mean relative error", "error vs ε")
+        path = loglog_panels(
+            errors, plots.with_name(f"{plots.name}_error_vs_epsilon.png"), "ε", "mean relative error", "error vs ε"
+        )
         lines += ["", f"![error vs epsilon]({path.relative_to(relative_to).as_posix()})"]
     return "\n".join(lines)
 

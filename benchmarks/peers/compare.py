@@ -39,8 +39,27 @@ DELTA = 1e-6
 """δ of every release (peers that need δ for their key selection or truncation get the same)."""
 VALUE_BOUNDS = {"hours": HOURS_BOUNDS, "earnings": EARNINGS_BOUNDS}
 PEER_TIMEOUT_S = 3_600
-PEERS_FILE = "peers.json"
+PEERS_STEM = "peers"
 console = Console()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which queries and peers a run covers (None: all), and the tag of its results file."""
+
+    queries: tuple[str, ...] | None = None
+    peers: tuple[str, ...] | None = None
+    tag: str = ""
+
+    def chosen(self, queries: Sequence[BenchQuery]) -> list[BenchQuery]:
+        return [query for query in queries if self.queries is None or query.name in self.queries]
+
+    def file(self, stem: str) -> str:
+        """``peers.json`` for a full run, ``peers_<tag>.json`` for a tagged one."""
+        return f"{stem}_{self.tag}.json" if self.tag else f"{stem}.json"
+
+
+ALL = Selection()
 
 
 @dataclass(frozen=True)
@@ -52,17 +71,19 @@ class Answers:
     error: str | None = None
 
 
-def run_peers(sizes: list[int], repeats: int, peers_dir: Path, data_dir: Path, results: Path) -> None:
+def run_peers(
+    sizes: list[int], repeats: int, peers_dir: Path, data_dir: Path, results: Path, selection: Selection = ALL
+) -> None:
     environment = Environment.now()
-    installed, skipped = installed_peers(peers_dir)
+    installed, skipped = installed_peers(peers_dir, selection.peers)
     measurements: list[dict[str, Any]] = []
     notes: list[str] = []
     for rows in sizes:
         pool = pool_for(rows, data_dir)
-        for query in QUERIES:
+        for query in selection.chosen(QUERIES):
             exact = exact_cells(query, pool)
             runs = [1.0] * repeats
-            by_system = {OURS: ours(query, pool, runs)}
+            by_system = {OURS: ours(query, pool, runs)} if selection.peers is None else {}
             by_system |= {peer: peer_answers(peer, python, query, pool, runs) for peer, python in installed.items()}
             for system, answers in by_system.items():
                 entry = summarise(rows, query, system, answers, exact)
@@ -74,13 +95,20 @@ def run_peers(sizes: list[int], repeats: int, peers_dir: Path, data_dir: Path, r
                     + (f"{min(answers.seconds):8.3f} s  error {entry['relative_error']:.4f}" if answers.seconds else "")
                     + (f"  [red]{answers.error}[/]" if answers.error else "")
                 )
-            save(results / PEERS_FILE, environment, measurements, skipped=skipped, notes=notes, repeats=repeats)
+            save(
+                results / selection.file(PEERS_STEM),
+                environment,
+                measurements,
+                skipped=skipped,
+                notes=notes,
+                repeats=repeats,
+            )
 
 
-def installed_peers(peers_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+def installed_peers(peers_dir: Path, only: tuple[str, ...] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
     """Peers whose venv exists → their Python; the others → why they are skipped (setup.sh's last log line)."""
     installed, skipped = {}, {}
-    for peer in PEERS:
+    for peer in PEERS if only is None else only:
         python = peers_dir / peer / "bin" / "python"
         if python.exists():
             installed[peer] = python
