@@ -24,6 +24,7 @@ from benchmarks.peers.compare import (
     installed_peers,
     ours,
     peer_answers,
+    peer_versions,
     relative_error,
 )
 from benchmarks.queries import QUERIES
@@ -73,6 +74,7 @@ def run_accuracy(
             repetitions=repetitions,
             skipped=skipped,
             notes=notes,
+            peer_versions=peer_versions(installed),
         )
 
 

@@ -73,12 +73,13 @@ def environment_lines(document: Document) -> str:
     load_after = " ".join(f"{value:.1f}" for value in document.get("load_after", ()))
     shared = max(environment["load_before"][0], *document.get("load_after", (0.0,))) > environment["cores"] / 2
     note = " (**shared machine**: other work ran alongside; compare ratios taken in the same run)" if shared else ""
+    peers = "".join(f"\n- **{peer}:** {pinned}" for peer, pinned in document.get("peer_versions", {}).items())
     return (
         f"- **Date:** {environment['date']}\n"
         f"- **Machine:** {environment['machine']}\n"
         f"- **Versions:** {versions}\n"
         f"- **Load average** (1, 5, 15 min) before: {load_before}; after: {load_after}{note}\n"
-        f"- **Command:** `{environment['command']}`"
+        f"- **Command:** `{environment['command']}`" + peers
     )
 
 

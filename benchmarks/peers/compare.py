@@ -105,6 +105,20 @@ def run_peers(
             )
 
 
+PEER_LIBRARIES = ("opendp", "polars", "smartnoise-sql", "pandas", "tmlt.analytics", "tmlt.core", "pyspark")
+
+
+def peer_versions(installed: dict[str, Path]) -> dict[str, str]:
+    """Each peer's own library versions, from the ``pip freeze`` setup.sh leaves in its venv."""
+    versions = {}
+    for peer, python in installed.items():
+        frozen = python.parent.parent / "versions.txt"
+        lines = frozen.read_text().splitlines() if frozen.exists() else []
+        pinned = [line for line in lines if line.split("==")[0].lower() in PEER_LIBRARIES]
+        versions[peer] = ", ".join(pinned) or "unknown"
+    return versions
+
+
 def installed_peers(peers_dir: Path, only: tuple[str, ...] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
     """Peers whose venv exists → their Python; the others → why they are skipped (setup.sh's last log line)."""
     installed, skipped = {}, {}

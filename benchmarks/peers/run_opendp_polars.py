@@ -35,14 +35,14 @@ def answer(data: pl.LazyFrame, request: Request, epsilon: float, delta: float) -
     frame = context.query()
     if query["where"]:
         where = query["where"]
-        frame = frame.filter(  # OpenDP 0.14.2 rejects is_between: two comparisons instead
+        frame = frame.filter(  # OpenDP 0.16.0 rejects is_between: two comparisons instead
             (pl.col("age") >= where["age_low"]) & (pl.col("age") <= where["age_high"]) & pl.col("consent_research")
         )
     if query["column"] is not None:  # SQL skips NULLs in SUM, AVG and MEDIAN
         frame = frame.filter(pl.col(query["column"]).is_not_null())
     frame = frame.truncate_per_group(bounds["max_rows_per_group"], by=keys)
     if keys:
-        # Two workarounds for OpenDP 0.14.2's truncate_num_groups: keep="sample" fails ("multiple fields
+        # Two workarounds for OpenDP 0.16.0's truncate_num_groups: keep="sample" fails ("multiple fields
         # with name ... found": its struct of (hash, keys) repeats a key's name), so the groups kept are
         # the first in key order; and it keeps k - 1 groups (a dense rank from 1, filtered "< k"), so we
         # ask for one more than the bound. Its noise is then calibrated for that many groups.
