@@ -80,12 +80,19 @@ def test_peers_table_gives_time_and_error_ratios(tmp_path: Path) -> None:
         {"rows": 5_000_000, "query": "q", "system": "opendp_polars", "seconds": [2.0], "relative_error": 0.04},
         {"rows": 5_000_000, "query": "q", "system": "tumult", "seconds": [], "relative_error": None, "error": "x"},
     ]
-    save(results / "peers.json", ENVIRONMENT, measurements, skipped={"smartnoise": "not installed"})
+    save(
+        results / "peers.json",
+        ENVIRONMENT,
+        measurements,
+        skipped={"smartnoise": "not installed"},
+        peer_versions={"opendp_polars": "opendp==0.16.0, polars==1.36.1"},
+    )
     out = tmp_path / "RESULTS.md"
     write_report(results, out)
     text = out.read_text()
     assert "| 5M | q | 0.500 | 0.0200 | 2.000 | 0.250 | 0.0400 | — | — | — | 0.50 |" in text
     assert "**smartnoise** skipped: not installed" in text
+    assert "- **opendp_polars:** opendp==0.16.0, polars==1.36.1" in text
 
 
 def test_report_without_measurements_leaves_an_empty_section(tmp_path: Path) -> None:
