@@ -25,12 +25,14 @@ def loglog_panels(panels: dict[str, Series], path: Path, xlabel: str, ylabel: st
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
     handles: dict[str, object] = {}
+    systems = sorted({system for series in panels.values() for system in series})
+    colours = {system: f"C{index % 10}" for index, system in enumerate(systems)}  # one colour per system everywhere
     for axis, (name, series) in zip(axes.flat, panels.items(), strict=False):
         for system, points in sorted(series.items()):
             if not points:
                 continue
             xs, ys = zip(*sorted(points), strict=True)
-            (line,) = axis.plot(xs, ys, marker="o", markersize=3, label=system)
+            (line,) = axis.plot(xs, ys, marker="o", markersize=3, label=system, color=colours[system])
             handles.setdefault(system, line)
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -39,11 +41,12 @@ def loglog_panels(panels: dict[str, Series], path: Path, xlabel: str, ylabel: st
         axis.grid(True, which="major", linewidth=0.4, alpha=0.5)
     for axis in list(axes.flat)[len(panels) :]:
         axis.set_visible(False)
-    figure.supxlabel(xlabel, fontsize=9)
+    legend_rows = math.ceil(len(handles) / 4)
+    figure.supxlabel(xlabel, fontsize=9, y=0.03 + 0.035 * legend_rows)
     figure.supylabel(ylabel, fontsize=9)
     figure.suptitle(title, fontsize=10)
     figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
-    figure.tight_layout(rect=(0, 0.06 + 0.02 * math.ceil(len(handles) / 4), 1, 1))
+    figure.tight_layout(rect=(0, 0.07 + 0.035 * legend_rows, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)

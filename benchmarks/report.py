@@ -195,8 +195,9 @@ def accuracy_section(document: Document, plots: Path, relative_to: Path) -> str:
         "",
         environment_lines(document),
         f"- **Method:** {document.get('repetitions', '?')} releases per ε; relative error = mean over released "
-        "cells of |noisy − exact| / max(|exact|, 1), exact = the same bounded query without noise where the "
-        "system exposes it, else the plain answer; averaged over repetitions.",
+        "cells of |noisy − exact| / max(|exact|, 1), exact = the plain, unbounded answer (so bounding bias "
+        "counts as error); averaged over repetitions. Cells a system did not release (private keys below its "
+        "threshold) are left out; — means it released none.",
         "",
     ]
     lines += [f"- **{system}** skipped: {reason}" for system, reason in document.get("skipped", {}).items()]
