@@ -33,7 +33,7 @@ def write_report(results: Path, out: Path) -> Path:
             _section(path, lambda doc, stem=path.stem: speed_section(doc, plots / stem, out.parent))
             for path in _files(results, "speed")
         ),
-        _section(results / "overhead.json", overhead_section),
+        *(_section(path, overhead_section) for path in _files(results, "overhead")),
         _section(results / "scale.json", scale_section),
         *(_section(path, peers_section) for path in _files(results, "peers")),
         *(
