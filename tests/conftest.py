@@ -49,6 +49,16 @@ type = "bool"
 {extra}
 """
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--audit-full``: the empirical privacy audits (tests/privacy) draw many more samples."""
+    parser.addoption(
+        "--audit-full",
+        action="store_true",
+        default=False,
+        help="run the empirical privacy audits in tests/privacy with many more samples (slower, tighter bounds)",
+    )
+
+
 MEMBER_LEVEL = 'unit = "member_id"\nmax_groups = 1\nmax_rows_per_group = 10'
 ROW_LEVEL = 'unit = "row"'
 

@@ -85,7 +85,9 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     """The lazy query: one row per public group key (all of them), one Int64 column per part."""
     scan = _scan(plan.source)
     stored = scan.collect_schema()
-    frame = scan.select(_read(name, kind, stored[name]) for name, kind in plan.source.columns)
+    read = [_read(name, kind, stored[name]) for name, kind in plan.source.columns]
+    # A plan that reads no column (row-level COUNT(*)) still needs one per row: selecting none would count none.
+    frame = scan.select(read) if read else scan.with_row_index(_ROW_INDEX).select(_ROW_INDEX)
     if plan.where is not None:
         frame = frame.filter(_row_expr(plan.where))
     if plan.derived:
@@ -109,6 +111,9 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
             per_member = _keep_random_groups(per_member, unit, keys, plan.contribution.max_groups, seed)
         bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
+
+
+_ROW_INDEX = "__row"
 
 
 def _scan(source: ir.Source) -> pl.LazyFrame:
