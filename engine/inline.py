@@ -37,7 +37,9 @@ def inline_derived_tables(select: exp.Select, columns: Collection[str]) -> exp.S
     outer.set("with_", None)
     outer.set("with", None)
     inner = _inner_select(source, ctes)
-    inner = inline_derived_tables(_with_ctes(inner, ctes), columns)
+    if isinstance(source, exp.Subquery):  # a CTE's body already carries the CTEs defined before it, and only those
+        inner = _with_ctes(inner, ctes)
+    inner = inline_derived_tables(inner, columns)
     names = _projection(inner, columns)
     alias = source.alias_or_name.lower()
     outer.set("from_", exp.From(this=_from(inner).copy()))  # before the rewrite: the inner's columns are not ours

@@ -110,10 +110,14 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
         multiplier = count / epsilon
     else:
         target = largest_rho(epsilon, conversion_delta)
-        multiplier = math.sqrt(count / (2 * target))
+        multiplier = math.sqrt(count / (2 * target)) if target > 0 else math.inf
     for _ in range(_ATTEMPTS):
         pairs = list(zip(plan.parts, sensitivities, strict=True))
         scales = [_scale(plan, part, accounting, multiplier, s) for part, s in pairs]
+        if not all(math.isfinite(scale) for scale in scales):
+            raise PolicyViolation(
+                f"epsilon {request.epsilon} and delta {request.delta} are too small: no finite noise scale fits them"
+            )
         losses = [_loss(plan, part, accounting, scale, s) for (part, s), scale in zip(pairs, scales, strict=True)]
         threshold = None
         if plan.threshold_part is not None:
