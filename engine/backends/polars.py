@@ -331,7 +331,8 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return ~_row_expr(operand)
         case ir.InList(operand, values):
             present = [lit.value for lit in values if lit.value is not None]
-            matched = _row_expr(operand).is_in(present) if present else pl.lit(False)
+            # One equality per value, not is_in: Polars refuses is_in across number kinds (age IN (1.5), hours IN (1)).
+            matched = pl.any_horizontal(_row_expr(operand) == value for value in present) if present else pl.lit(False)
             # x IN (…, NULL) is NULL, not false, where x matches nothing (SQL semantics).
             if len(present) < len(values):
                 matched = pl.when(matched).then(True).otherwise(None)

@@ -62,7 +62,7 @@ def dirty_pool() -> pl.DataFrame:
 
 PLANTED_DATASETS: dict[str, dict[str, object]] = {
     # name: write_dataset keywords (as tests/api/conftest.py's running_server takes them)
-    "shifts": {"frame": planted_pool(), "epsilon": 1000.0, "extra": EXTRA_COLUMNS},
+    "shifts": {"frame": planted_pool(), "epsilon": 1000.0, "delta": 1e-3, "extra": EXTRA_COLUMNS},
     "dirty": {"frame": dirty_pool(), "epsilon": 1000.0, "extra": EXTRA_COLUMNS},
     "tiny": {"frame": planted_pool(), "epsilon": 1.0, "max_epsilon_per_query": 1.0, "extra": EXTRA_COLUMNS},
     "zshifts": {"frame": planted_pool(), "epsilon": 1000.0, "accounting": "zcdp", "extra": EXTRA_COLUMNS},

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from engine import Engine
@@ -57,3 +58,31 @@ def test_an_epsilon_or_delta_too_small_for_any_noise_is_refused_fast(
         )
     assert engine.ledger.spent("shifts").dataset.epsilon == 0
     engine.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "matches"),
+    [
+        ("SELECT COUNT(*) FROM shifts WHERE age IN (1.5)", lambda frame: frame.filter(pl.col("age") == 1.5)),
+        (
+            "SELECT COUNT(*) FROM shifts WHERE age IN (30, 40.0)",
+            lambda frame: frame.filter(pl.col("age").is_in([30, 40])),
+        ),
+        (
+            "SELECT COUNT(*) FROM shifts WHERE age IN (9223372036854775808, 50)",
+            lambda frame: frame.filter(pl.col("age") == 50),
+        ),
+        (
+            "SELECT COUNT(*) FROM shifts WHERE region IN ('north', NULL)",
+            lambda frame: frame.filter(pl.col("region") == "north"),
+        ),
+    ],
+)
+def test_in_lists_mixing_number_kinds_are_answered_not_crashed_after_the_charge(
+    tmp_path: Path, sql: str, matches: Callable[[pl.DataFrame], pl.DataFrame]
+) -> None:
+    """Found by fuzzing: Polars refused ``is_in`` across int and float, so these crashed after the charge."""
+    pool = small_pool(rows=600)
+    policies = write_dataset(tmp_path, pool, privacy=ROW_LEVEL)
+    plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
+    assert BACKENDS["polars"]().execute(plan).parts == [[matches(pool).height]]
