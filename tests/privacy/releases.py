@@ -7,6 +7,12 @@ as it must), so the thousands of further draws call the same steps the engine
 does after charging: the real backend bounds the pool (again every few draws,
 so its random choice of a member's groups and rows varies), and the real
 OpenDP measurements in :func:`engine.mechanisms.release` add the noise.
+
+The audit's Clopper–Pearson intervals assume independent, identically
+distributed draws, so an observable must not depend on the backend's random
+choices (which of an over-the-bounds member's groups or rows are kept): the
+audited pools are built so that only the worst member meets the bounds, and
+the observables read what does not depend on that member's random choice.
 """
 
 from __future__ import annotations
