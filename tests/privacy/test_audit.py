@@ -68,8 +68,8 @@ def one_region_per_member(pool: pl.DataFrame) -> pl.DataFrame:
     Then which groups the backend keeps is not random for anyone but that member, and the
     draws stay independent and identically distributed (what Clopper–Pearson assumes).
     """
-    regions = pl.Series(["north", "south", "east", "west"])
-    return pool.with_columns(region=regions.gather(pl.col("member_id") % 4))
+    regions = {0: "north", 1: "south", 2: "east", 3: "west"}
+    return pool.with_columns(region=(pl.col("member_id") % 4).replace_strict(regions, return_dtype=pl.String))
 
 
 @dataclass(frozen=True)
