@@ -8,10 +8,13 @@ the query text only.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from engine.dates import DateField, TruncUnit
 
 # --- row expressions (WHERE) ---------------------------------------------------
 
@@ -23,6 +26,7 @@ class ValueType(Enum):
     NUMBER = "number"
     BOOL = "bool"
     ID = "id"
+    DATE = "date"
     NULL = "null"
 
 
@@ -35,7 +39,7 @@ class Col:
 
 @dataclass(frozen=True)
 class Lit:
-    value: str | int | float | bool | None
+    value: str | int | float | bool | dt.date | None
 
 
 class CompareOp(Enum):
@@ -117,11 +121,11 @@ class Like:
 
 @dataclass(frozen=True)
 class Clamp:
-    """A numeric value forced into its declared bounds (inside aggregated expressions)."""
+    """A value forced into its declared bounds (inside aggregated expressions): numbers, or dates."""
 
     operand: RowExpr
-    low: float
-    high: float
+    low: float | dt.date
+    high: float | dt.date
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,31 @@ class Coalesce:
     operands: tuple[RowExpr, ...]
 
 
+@dataclass(frozen=True)
+class DatePart:
+    """EXTRACT(field FROM operand): an integer part of a date or timestamp."""
+
+    operand: RowExpr
+    field: DateField
+
+
+@dataclass(frozen=True)
+class DateTrunc:
+    """DATE_TRUNC(unit, operand): the first day of the period, as a date."""
+
+    operand: RowExpr
+    unit: TruncUnit
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A public table's attribute for the row's join key (JOIN … USING): NULL where the key has no entry."""
+
+    key: RowExpr
+    entries: tuple[tuple[str | int | float | bool, str | int | float | bool | None], ...]
+    """(key, attribute value) pairs; keys are unique."""
+
+
 RowExpr = (
     Col
     | Lit
@@ -180,6 +209,9 @@ RowExpr = (
     | Case
     | Extreme
     | Coalesce
+    | DatePart
+    | DateTrunc
+    | Lookup
 )
 
 
@@ -199,6 +231,8 @@ class ColumnKind(Enum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    DATE = "date"
+    DATETIME = "datetime"
 
 
 @dataclass(frozen=True)
@@ -400,7 +434,7 @@ class OrderItem:
 @dataclass(frozen=True)
 class GroupKey:
     column: str
-    values: tuple[str | bool | int | float, ...] | None
+    values: tuple[str | bool | int | float | dt.date, ...] | None
     """The public key set: every key is in the output, empty groups included.
 
     None for private keys: only keys that pass a DP threshold are released.

@@ -7,6 +7,7 @@ only; bounds, keys and contribution limits come from the policy alone.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import operator
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from engine import plan as ir
+from engine.dates import FIELD_ALIASES, DateField, TruncUnit, parse_date
 from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
 from engine.inline import inline_derived_tables
 from engine.policy import ColumnPolicy, ColumnType, Policy
@@ -75,6 +77,9 @@ _ALLOWED_FUNCTIONS = {
     exp.Ceil,
     exp.Round,
     exp.Cast,
+    exp.Extract,
+    exp.DateTrunc,
+    exp.TimestampTrunc,
 }
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
@@ -82,6 +87,8 @@ _COLUMN_KINDS = {
     ColumnType.INT: ir.ColumnKind.INT,
     ColumnType.FLOAT: ir.ColumnKind.FLOAT,
     ColumnType.BOOL: ir.ColumnKind.BOOL,
+    ColumnType.DATE: ir.ColumnKind.DATE,
+    ColumnType.DATETIME: ir.ColumnKind.DATETIME,
 }
 _VALUE_TYPES = {
     ColumnType.ID: ir.ValueType.ID,
@@ -89,7 +96,24 @@ _VALUE_TYPES = {
     ColumnType.INT: ir.ValueType.NUMBER,
     ColumnType.FLOAT: ir.ValueType.NUMBER,
     ColumnType.BOOL: ir.ValueType.BOOL,
+    ColumnType.DATE: ir.ValueType.DATE,
+    ColumnType.DATETIME: ir.ValueType.DATE,
 }
+_DATE_FUNCTIONS: dict[type[exp.Expression], DateField] = {
+    exp.Year: DateField.YEAR,
+    exp.Quarter: DateField.QUARTER,
+    exp.Month: DateField.MONTH,
+    exp.Week: DateField.WEEK,
+    exp.WeekOfYear: DateField.WEEK,
+    exp.Day: DateField.DAY,
+    exp.DayOfMonth: DateField.DAY,
+    exp.DayOfWeek: DateField.DOW,
+    exp.DayOfWeekIso: DateField.ISODOW,
+    exp.DayOfYear: DateField.DOY,
+    exp.Hour: DateField.HOUR,
+    exp.Minute: DateField.MINUTE,
+}
+"""Function spellings of EXTRACT's parts: YEAR(d), MONTH(d), DAYOFWEEK(d) (0 = Sunday, as EXTRACT(DOW …))."""
 _REFUSED = {
     exp.Window: "window functions are not supported: they compute per-row values; aggregate with GROUP BY instead",
     exp.Join: "joins are not supported yet: query one dataset at a time",
@@ -237,6 +261,14 @@ class _Planner:
         if isinstance(node, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) and _is_literal(node):
             literal = _literal(node)
             return literal, _literal_type(literal)
+        if _is_date_literal(node):
+            return ir.Lit(_date(node.this.this)), ir.ValueType.DATE
+        date_part = self._date_part(node, clamped=False)
+        if date_part is not None:
+            return date_part[0], ir.ValueType.NUMBER
+        truncated = self._date_trunc(node)
+        if truncated is not None:
+            return truncated[0], ir.ValueType.DATE
         if type(node) in _COMPARISONS:
             left, right = self._comparable(node, node.this, node.expression)
             return ir.Compare(_COMPARISONS[type(node)], left, right), ir.ValueType.BOOL
@@ -275,6 +307,8 @@ class _Planner:
         """Both sides of a comparison, type-checked; literals compared with an id become text."""
         left_expr, left_type = self._row(left)
         right_expr, right_type = self._row(right)
+        left_expr, left_type = _dated(left_expr, left_type, right_type)
+        right_expr, right_type = _dated(right_expr, right_type, left_type)
         _check_comparable(node, left_type, right_type, literal=_literal_sides(left_expr, right_expr))
         if ir.ValueType.ID in (left_type, right_type):
             return _as_text(left_expr), _as_text(right_expr)
@@ -292,10 +326,11 @@ class _Planner:
         operand, operand_type = self._row(node.this)
         values = []
         for item in node.expressions:
-            if not _is_literal(item):
+            if not (_is_literal(item) or _is_date_literal(item)):
                 raise Unsupported(f"IN needs a list of literal values: {fragment(item)}")
-            literal = _literal(item)
-            _check_comparable(node, operand_type, _literal_type(literal), literal=True)
+            written, written_type = self._row(item)
+            literal, literal_type = _dated(written, written_type, operand_type)
+            _check_comparable(node, operand_type, literal_type, literal=True)
             values.append(_as_text(literal) if operand_type is ir.ValueType.ID else literal)
         return ir.InList(operand, tuple(values))
 
@@ -326,6 +361,10 @@ class _Planner:
             if isinstance(node, exp.Case):
                 keys.append(self._case_key(node))
                 continue
+            date_key = self._date_key(node)
+            if date_key is not None:
+                keys.append(date_key)
+                continue
             if any(isinstance(inner, exp.Floor | exp.Ceil) for inner in node.walk()):
                 keys.append(self._binned_key(node))
                 continue
@@ -335,7 +374,9 @@ class _Planner:
             if name == self.policy.unit_column or column.type is ColumnType.ID:
                 raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
             public_keys = column.public_keys
-            if public_keys is None and column.type is not ColumnType.CATEGORY:
+            if column.type.is_temporal:
+                public_keys = self._day_keys(node, name, column)
+            elif public_keys is None and column.type is not ColumnType.CATEGORY:
                 raise PolicyViolation(
                     f"GROUP BY {name} is refused: a {column.type} column has no public keys (binning is not supported)"
                 )
@@ -377,6 +418,85 @@ class _Planner:
             return ir.Arith(_ARITHMETIC[type(node)], _integer(left), self._bin_expression(right, binned, floored))
         raise Unsupported(f"GROUP BY {fragment(node)}: around FLOOR/CEIL use + - * with whole numbers only")
 
+    def _day_keys(self, node: exp.Expression, name: str, column: ColumnPolicy) -> tuple[dt.date, ...]:
+        """GROUP BY a date column: its keys are the days of its declared range."""
+        if column.type is ColumnType.DATETIME:
+            raise PolicyViolation(
+                f"GROUP BY {fragment(node)} is refused: timestamps have no public key set; "
+                f"group by DATE_TRUNC('day', {name}) or EXTRACT(HOUR FROM {name})"
+            )
+        days = TruncUnit.DAY.periods(*_date_bounds(column))
+        if len(days) > MAX_OUTPUT_GROUPS:
+            raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} days: truncate to months")
+        self.key_types[name] = ir.ValueType.STRING  # released as ISO text
+        return tuple(days)
+
+    def _date_key(self, node: exp.Expression) -> ir.GroupKey | None:
+        """EXTRACT(part FROM d) or DATE_TRUNC(unit, d): every key follows from d's declared range."""
+        part = self._date_part(node, clamped=False)
+        if part is not None:
+            expr, column = part
+            low, high = expr.field.range(*_date_bounds(column))
+            return self._computed_key(node, expr, ir.ColumnKind.INT, range(low, high + 1))
+        truncated = self._date_trunc(node)
+        if truncated is None:
+            return None
+        trunc, column = truncated
+        periods = trunc.unit.periods(*_date_bounds(column))
+        if len(periods) > MAX_OUTPUT_GROUPS:
+            raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} groups")
+        return self._computed_key(node, trunc, ir.ColumnKind.DATE, periods)
+
+    def _date_column(self, node: exp.Expression, usage: exp.Expression) -> tuple[str, ColumnPolicy]:
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Column):
+            name, column = self._column(node)
+            if column.type.is_temporal:
+                return name, column
+        raise Unsupported(f"{fragment(usage)}: date parts and DATE_TRUNC take a date or datetime column")
+
+    def _date_part(self, node: exp.Expression, *, clamped: bool) -> tuple[ir.DatePart, ColumnPolicy] | None:
+        """EXTRACT(field FROM d), YEAR(d), MONTH(d), …; with ``clamped``, d is first forced into its range."""
+        if isinstance(node, exp.Extract):
+            field = FIELD_ALIASES.get(node.this.name.lower())
+            if field is None:
+                raise Unsupported(
+                    f"{fragment(node)}: EXTRACT takes one of {', '.join(f.value.upper() for f in DateField)}"
+                )
+            operand = node.expression
+        elif type(node) in _DATE_FUNCTIONS:
+            field, operand = _DATE_FUNCTIONS[type(node)], node.this
+        else:
+            return None
+        name, column = self._date_column(operand, node)
+        if field.needs_time and column.type is not ColumnType.DATETIME:
+            raise InvalidSQL(f"{fragment(node)}: {name} is a date, which has no {field.value}")
+        value: ir.RowExpr = ir.Col(name)
+        if clamped:
+            low, high = _date_bounds(column)
+            if column.type is ColumnType.DATETIME:
+                low, high = dt.datetime.combine(low, dt.time.min), dt.datetime.combine(high, dt.time.max)
+            value = ir.Clamp(value, low, high)
+        return ir.DatePart(value, field), column
+
+    def _date_trunc(self, node: exp.Expression) -> tuple[ir.DateTrunc, ColumnPolicy] | None:
+        """DATE_TRUNC('month', d) and CAST(d AS DATE): the period's first day, a date."""
+        if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.DATE):
+            unit = TruncUnit.DAY
+        elif isinstance(node, exp.DateTrunc | exp.TimestampTrunc):
+            written = node.args.get("unit")
+            names = {unit.value: unit for unit in TruncUnit}
+            if not isinstance(written, exp.Literal | exp.Var) or written.name.lower() not in names:
+                raise Unsupported(
+                    f"{fragment(node)}: DATE_TRUNC takes one of {', '.join(repr(name) for name in names)}"
+                )
+            unit = names[written.name.lower()]
+        else:
+            return None
+        name, column = self._date_column(node.this, node)
+        return ir.DateTrunc(ir.Col(name), unit), column
+
     def _case_key(self, node: exp.Case) -> ir.GroupKey:
         """A computed key whose key set is public: the literal labels of its branches."""
         if node.this is not None:
@@ -402,13 +522,18 @@ class _Planner:
         return self._computed_key(node, ir.Case(tuple(branches), default), kind, labels)
 
     def _computed_key(
-        self, node: exp.Expression, expression: ir.RowExpr, kind: ir.ColumnKind, labels: Sequence[str | int | float]
+        self,
+        node: exp.Expression,
+        expression: ir.RowExpr,
+        kind: ir.ColumnKind,
+        labels: Sequence[str | int | float | dt.date],
     ) -> ir.GroupKey:
         """Register a GROUP BY expression as a derived key column whose public key set is ``labels``."""
         name = f"__key_{len(self.computed_keys)}"
         self.derived.append(ir.DerivedColumn(name, expression, kind))
         self.computed_keys[node.sql()] = name
-        self.key_types[name] = ir.ValueType.STRING if kind is ir.ColumnKind.TEXT else ir.ValueType.NUMBER
+        textual = kind in (ir.ColumnKind.TEXT, ir.ColumnKind.DATE)  # dates are released as ISO text
+        self.key_types[name] = ir.ValueType.STRING if textual else ir.ValueType.NUMBER
         return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
 
     # --- SELECT list and aggregates ------------------------------------------------
@@ -556,11 +681,8 @@ class _Planner:
     def _fixed_point(self, node: exp.Expression, argument: exp.Expression) -> ir.FixedPoint:
         if isinstance(argument, exp.Column):
             name, column = self._column(argument)
-            if not column.type.is_numeric or column.bounds is None:
-                raise PolicyViolation(
-                    f"{fragment(node)}: {name} is a {column.type} column without bounds; "
-                    "SUM and AVG need a bounded number"
-                )
+            if not column.type.is_numeric:
+                raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
             low, high = column.bounds
             integer = column.type is ColumnType.INT
         else:
@@ -576,9 +698,9 @@ class _Planner:
         else:
             bits = math.floor(math.log2(_SUM_LIMIT / MAX_ROWS / magnitude)) if magnitude > 0 else MAX_FIXED_POINT_BITS
             scale = 2 ** max(0, min(MAX_FIXED_POINT_BITS, bits))
-        fixed = ir.FixedPoint(name, lower=math.floor(low * scale), upper=math.ceil(high * scale), scale=scale)
-        if fixed.lower == fixed.upper:
-            raise PolicyViolation(f"the bounds of {name} are too narrow for fixed-point sums")
+        lower, upper = math.floor(low * scale), math.ceil(high * scale)
+        # A constant (EXTRACT(YEAR …) over a one-year range) gets a one-unit-wide interval: a superset, so sound.
+        fixed = ir.FixedPoint(name, lower=lower, upper=max(upper, lower + 1), scale=scale)
         if fixed.magnitude * MAX_ROWS > _SUM_LIMIT:
             raise PolicyViolation(
                 f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})"
@@ -606,8 +728,8 @@ class _Planner:
             return self._interval(node.this)
         if isinstance(node, exp.Column):
             name, column = self._column(node)
-            if not column.type.is_numeric or column.bounds is None:
-                raise PolicyViolation(f"{fragment(node)}: {name} is a {column.type} column without bounds")
+            if not column.type.is_numeric:
+                raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
             low, high = column.bounds
             return ir.Clamp(ir.Col(name), low, high), low, high
         if _is_literal(node):
@@ -620,6 +742,11 @@ class _Planner:
             return ir.Neg(expr), -high, -low
         if type(node) in _ARITHMETIC:
             return self._arith_interval(node)
+        date_part = self._date_part(node, clamped=True)
+        if date_part is not None:
+            part, column = date_part
+            first, last = part.field.range(*_date_bounds(column))
+            return part, float(first), float(last)
         if isinstance(node, exp.Case):
             return self._case_interval(node)
         if isinstance(node, exp.Round | exp.Cast):
@@ -841,7 +968,7 @@ def _refuse_constructs(select: exp.Select) -> None:
                 raise Unsupported(f"{reason}: {fragment(node)}")
         if isinstance(node, exp.Select) and node is not select:
             raise Unsupported(f"subqueries are not supported yet: {fragment(node)}")
-        allowed = type(node) in _ALLOWED_FUNCTIONS or _aggregate_kind(node) is not None
+        allowed = type(node) in _ALLOWED_FUNCTIONS or type(node) in _DATE_FUNCTIONS or _aggregate_kind(node) is not None
         if isinstance(node, (exp.Anonymous, exp.Func)) and not allowed:
             raise Unsupported(f"function {fragment(node)} is not supported")
 
@@ -905,6 +1032,8 @@ def _literal_type(literal: ir.Lit) -> ir.ValueType:
         return ir.ValueType.BOOL
     if isinstance(value, str):
         return ir.ValueType.STRING
+    if isinstance(value, dt.date):
+        return ir.ValueType.DATE
     return ir.ValueType.NUMBER
 
 
@@ -912,6 +1041,42 @@ def _is_literal(node: exp.Expression) -> bool:
     if isinstance(node, exp.Neg):
         return isinstance(node.this, exp.Literal) and not node.this.is_string
     return isinstance(node, (exp.Literal, exp.Boolean, exp.Null))
+
+
+def _not_a_number(name: str, column: ColumnPolicy) -> str:
+    if column.type.is_temporal:
+        return f"{name} is a {column.type}; aggregate a number from it, e.g. EXTRACT(YEAR FROM {name})"
+    return f"{name} is a {column.type} column without bounds; SUM, AVG and quantiles need a bounded number"
+
+
+def _is_date_literal(node: exp.Expression) -> bool:
+    """``DATE '2024-01-31'`` (sqlglot reads it as a cast of a string)."""
+    return (
+        isinstance(node, exp.Cast)
+        and node.to.is_type(exp.DataType.Type.DATE)
+        and isinstance(node.this, exp.Literal)
+        and node.this.is_string
+    )
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return parse_date(text)
+    except ValueError as error:
+        raise InvalidSQL(str(error)) from None
+
+
+def _dated(expr: ir.RowExpr, value_type: ir.ValueType, other: ir.ValueType) -> tuple[ir.RowExpr, ir.ValueType]:
+    """A text literal compared with a date is read as a date (``d >= '2024-01-01'``)."""
+    if other is ir.ValueType.DATE and isinstance(expr, ir.Lit) and isinstance(expr.value, str):
+        return ir.Lit(_date(expr.value)), ir.ValueType.DATE
+    return expr, value_type
+
+
+def _date_bounds(column: ColumnPolicy) -> tuple[dt.date, dt.date]:
+    low, high = column.bounds or (None, None)
+    assert isinstance(low, dt.date) and isinstance(high, dt.date), "a date column's policy always has a range"
+    return low, high
 
 
 def _literal_sides(*exprs: ir.RowExpr) -> bool:

@@ -7,6 +7,7 @@ field is required. Errors name the file, the key and the problem.
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import math
 import re
@@ -17,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.dates import parse_date
 from engine.errors import PolicyError
 
 ROW_UNIT = "row"
@@ -29,10 +31,16 @@ class ColumnType(StrEnum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    DATE = "date"
+    DATETIME = "datetime"
 
     @property
     def is_numeric(self) -> bool:
         return self in (ColumnType.INT, ColumnType.FLOAT)
+
+    @property
+    def is_temporal(self) -> bool:
+        return self in (ColumnType.DATE, ColumnType.DATETIME)
 
 
 class _Strict(BaseModel):
@@ -43,14 +51,28 @@ class ColumnPolicy(_Strict):
     """One column of the pool: its type, value bounds or public keys."""
 
     type: ColumnType
-    bounds: tuple[float, float] | None = None
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = None
+    """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns."""
     values: tuple[str, ...] | None = None
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _dates_as_written(cls, bounds: object) -> object:
+        """Dates are ISO text or TOML dates; text is never parsed as a number, nor a number as a date."""
+        if isinstance(bounds, list | tuple) and all(isinstance(bound, str) for bound in bounds):
+            return tuple(parse_date(bound) for bound in bounds)
+        return bounds
 
     @model_validator(mode="after")
     def _check(self) -> ColumnPolicy:
-        if self.type.is_numeric:
-            if self.bounds is None:
-                raise ValueError(f"a {self.type} column needs bounds = [low, high]")
+        if self.type.is_temporal:
+            if self.bounds is None or not all(isinstance(bound, dt.date) for bound in self.bounds):
+                raise ValueError(f'a {self.type} column needs bounds = ["YYYY-MM-DD", "YYYY-MM-DD"] (its date range)')
+            if self.bounds[0] > self.bounds[1]:
+                raise ValueError(f"bounds are inverted: {self.bounds[0]} is after {self.bounds[1]}")
+        elif self.type.is_numeric:
+            if self.bounds is None or not all(isinstance(bound, float) for bound in self.bounds):
+                raise ValueError(f"a {self.type} column needs bounds = [low, high] (numbers)")
             low, high = self.bounds
             if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("bounds must be finite numbers")

@@ -7,6 +7,7 @@ into their column's bounds; an average whose noisy count is below one is NULL.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import operator
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def build_table(
         aggregates = [
             _aggregate(aggregate, [noisy[part][group] for part in aggregate.parts]) for aggregate in plan.aggregates
         ]
-        keys_by_name = dict(zip(key_names, key, strict=True))
+        keys_by_name = {name: _json_key(value) for name, value in zip(key_names, key, strict=True)}
         if plan.having is not None and not _holds(plan.having, aggregates, keys_by_name):
             continue
         rows.append(
@@ -94,6 +95,11 @@ def build_table(
     if plan.limit is not None:
         selected = selected[: plan.limit]
     return Table([column.name for column in plan.output], selected, accuracy(plan, noise, noisy))
+
+
+def _json_key(value: object) -> object:
+    """Date keys are released as ISO text (``2024-03-01``), which sorts and compares as the dates do."""
+    return value.isoformat() if isinstance(value, dt.date) else value
 
 
 def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
