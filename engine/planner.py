@@ -19,6 +19,7 @@ from engine import plan as ir
 from engine.dates import FIELD_ALIASES, DateField, TruncUnit, parse_date
 from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
 from engine.inline import inline_derived_tables
+from engine.lookup import AttributeType, PublicTable, Scalar
 from engine.policy import ColumnPolicy, ColumnType, Policy
 from engine.sql import default_name, fragment
 
@@ -116,10 +117,54 @@ _DATE_FUNCTIONS: dict[type[exp.Expression], DateField] = {
 """Function spellings of EXTRACT's parts: YEAR(d), MONTH(d), DAYOFWEEK(d) (0 = Sunday, as EXTRACT(DOW …))."""
 _REFUSED = {
     exp.Window: "window functions are not supported: they compute per-row values; aggregate with GROUP BY instead",
-    exp.Join: "joins are not supported yet: query one dataset at a time",
     exp.Subquery: "subqueries are not supported yet",
     exp.With: "WITH (common table expressions) is not supported yet",
 }
+
+
+_ATTRIBUTE_KINDS = {
+    AttributeType.TEXT: (ir.ColumnKind.TEXT, ir.ValueType.STRING),
+    AttributeType.INT: (ir.ColumnKind.INT, ir.ValueType.NUMBER),
+    AttributeType.FLOAT: (ir.ColumnKind.FLOAT, ir.ValueType.NUMBER),
+    AttributeType.BOOL: (ir.ColumnKind.BOOL, ir.ValueType.BOOL),
+    AttributeType.DATE: (ir.ColumnKind.DATE, ir.ValueType.DATE),
+}
+_KEY_TYPES = {
+    ir.ColumnKind.TEXT: ir.ValueType.STRING,
+    ir.ColumnKind.DATE: ir.ValueType.STRING,  # released as ISO text
+    ir.ColumnKind.INT: ir.ValueType.NUMBER,
+    ir.ColumnKind.FLOAT: ir.ValueType.NUMBER,
+    ir.ColumnKind.BOOL: ir.ValueType.BOOL,
+}
+"""How HAVING compares a computed key of each kind."""
+_JOIN_KEY_TYPES = {
+    ColumnType.CATEGORY: AttributeType.TEXT,
+    ColumnType.INT: AttributeType.INT,
+    ColumnType.BOOL: AttributeType.BOOL,
+    ColumnType.DATE: AttributeType.DATE,
+}
+"""Which public-table key type each pool column type joins with (id columns join any key, as text)."""
+
+
+@dataclass(frozen=True)
+class _Join:
+    """A public table joined on its unique key: each pool row matches at most one entry."""
+
+    table: PublicTable
+    key: ir.RowExpr
+    """The pool row's join key, read as the table's keys are."""
+    keys: tuple[Scalar, ...]
+
+
+@dataclass(frozen=True)
+class _Attribute:
+    """A joined table's column, as a per-row lookup."""
+
+    expr: ir.Lookup
+    type: AttributeType
+    identity: str
+    """``alias.column``: the same attribute however the query spells it."""
+    values: tuple[Scalar | None, ...]
 
 
 def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = None) -> ir.QueryPlan:
@@ -146,6 +191,10 @@ class _Planner:
     """GROUP BY expressions (their SQL: CASE labels, FLOOR bins) → the derived key column."""
     key_types: dict[str, ir.ValueType] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    joins: dict[str, _Join] = field(default_factory=dict)
+    """Joined public tables by alias (or name), lower case."""
+    join_filters: list[ir.RowExpr] = field(default_factory=list)
+    """INNER JOINs keep only rows whose key the public table lists."""
 
     def plan(self, select: exp.Select) -> ir.QueryPlan:
         _refuse_constructs(select)
@@ -153,6 +202,8 @@ class _Planner:
         self._resolve_from(select)
         where = select.args.get("where")
         row_filter = self._predicate(where.this) if where is not None else None
+        if self.join_filters:
+            row_filter = ir.And((*self.join_filters, *([row_filter] if row_filter is not None else [])))
         if self.consent_column is not None:
             self.used_columns.add(self.consent_column)
             consent = ir.Compare(ir.CompareOp.EQ, ir.Col(self.consent_column), ir.Lit(True))
@@ -223,6 +274,105 @@ class _Planner:
         self.table_names = {table.name.lower()}
         if table.alias:
             self.table_names.add(table.alias.lower())
+        for join in select.args.get("joins") or []:
+            self._join(join)
+
+    # --- JOINs of public tables ------------------------------------------------------
+
+    def _join(self, join: exp.Join) -> None:
+        """``[INNER | LEFT] JOIN <public table> USING (key)`` or ``ON <pool column> = <table>.<key>``."""
+        target = join.this
+        if not isinstance(target, exp.Table) or not isinstance(target.this, exp.Identifier) or target.args.get("db"):
+            raise Unsupported(f"JOIN {fragment(target)}: join a public table by its name")
+        if target.name.lower() in (self.policy.name.lower(), *self.table_names):
+            raise PolicyViolation(
+                f"{fragment(join)}: joining {self.policy.name} with itself is refused: "
+                "it pairs a member's rows with other rows, multiplying their contribution"
+            )
+        table = self.policy.lookups.get(target.name.lower())
+        if table is None:
+            declared = ", ".join(sorted(self.policy.public_tables)) or "none is declared"
+            raise UnknownTable(
+                f"unknown table {target.name!r}: only the policy's public tables can be joined ({declared})"
+            )
+        side, kind = str(join.args.get("side") or "").upper(), str(join.args.get("kind") or "").upper()
+        if side not in ("", "LEFT") or kind not in ("", "INNER", "OUTER") or join.args.get("method"):
+            raise Unsupported(
+                f"{fragment(join)}: only JOIN (INNER) and LEFT JOIN of a public table on its key are supported"
+            )
+        alias = (target.alias or target.name).lower()
+        if alias in self.joins:
+            raise InvalidSQL(f"{fragment(join)}: the name {alias!r} is used by two joined tables; give one an alias")
+        name, column = self._join_column(join, table, alias)
+        key_type = _JOIN_KEY_TYPES.get(column.type)
+        if column.type is ColumnType.ID:
+            key, keys = ir.Col(name, as_text=True), tuple(str(value) for value in table.keys)
+        elif key_type is table.key_type:
+            key, keys = ir.Col(name), table.keys
+        else:
+            raise InvalidSQL(
+                f"{fragment(join)}: {name} is a {column.type} column but {table.name}.{table.key} holds "
+                f"{table.key_type.value} keys"
+            )
+        self.joins[alias] = _Join(table, key, keys)
+        if side != "LEFT":
+            self.join_filters.append(ir.InList(key, tuple(ir.Lit(value) for value in keys)))
+
+    def _join_column(self, join: exp.Join, table: PublicTable, alias: str) -> tuple[str, ColumnPolicy]:
+        """The pool column a join matches against the public table's key; refuses any other condition."""
+        refusal = (
+            f"{fragment(join)}: join {table.name} with USING ({table.key}) or ON <column> = {alias}.{table.key} "
+            f"(its unique key: any other condition could match a row more than once)"
+        )
+        using = join.args.get("using") or []
+        condition = join.args.get("on")
+        if using and condition is None:
+            if len(using) != 1 or using[0].name.lower() != table.key.lower():
+                raise Unsupported(refusal)
+            return self._column(exp.column(using[0].name))
+        if isinstance(condition, exp.EQ) and not using:
+            sides = [condition.this, condition.expression]
+            if all(isinstance(side, exp.Column) for side in sides):
+                is_key = [
+                    side.table.lower() == alias and side.name.lower() == table.key.lower()
+                    if side.table
+                    else side.name.lower() == table.key.lower() and not self._is_pool_column(side.name)
+                    for side in sides
+                ]
+                if is_key.count(True) == 1:
+                    return self._column(sides[is_key.index(False)])
+        raise Unsupported(refusal)
+
+    def _is_pool_column(self, name: str) -> bool:
+        return any(column.lower() == name.lower() for column in self.policy.columns)
+
+    def _attribute(self, node: exp.Column) -> _Attribute | None:
+        """A joined public table's column named by ``node``; None when it names a pool column."""
+        qualifier = node.table.lower() if node.table else None
+        if qualifier is not None:
+            if qualifier in self.table_names or qualifier not in self.joins:
+                return None  # a pool column, or an unknown table that _column reports
+            matches = [qualifier]
+        else:
+            if self._is_pool_column(node.name):
+                return None  # an unqualified pool column wins, as with USING
+            matches = [alias for alias, join in self.joins.items() if join.table.column(node.name)]
+            if not matches:
+                return None
+            if len(matches) > 1:
+                raise InvalidSQL(f"column {node.name!r} is ambiguous: qualify it with one of {', '.join(matches)}")
+        alias = matches[0]
+        join = self.joins[alias]
+        column = join.table.column(node.name)
+        if column is None:
+            names = ", ".join([join.table.key, *join.table.attributes])
+            raise UnknownColumn(f"unknown column {node.name!r}: {join.table.name} has {names}")
+        if column == join.table.key:
+            attribute_type, values = join.table.key_type, join.table.keys
+        else:
+            attribute_type, values = join.table.attributes[column]
+        expr = ir.Lookup(join.key, tuple(zip(join.keys, values, strict=True)))
+        return _Attribute(expr, attribute_type, f"{alias}.{column}", values)
 
     def _source(self) -> ir.Source:
         paths = self.policy.source_paths
@@ -256,6 +406,9 @@ class _Planner:
         if isinstance(node, exp.Paren):
             return self._row(node.this)
         if isinstance(node, exp.Column):
+            attribute = self._attribute(node)
+            if attribute is not None:
+                return attribute.expr, _ATTRIBUTE_KINDS[attribute.type][1]
             name, column = self._column(node)
             return ir.Col(name, as_text=column.type is ColumnType.ID), _VALUE_TYPES[column.type]
         if isinstance(node, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) and _is_literal(node):
@@ -370,6 +523,10 @@ class _Planner:
                 continue
             if not isinstance(node, exp.Column):
                 raise Unsupported(f"GROUP BY {fragment(node)}: group by columns or CASE WHEN … THEN '<label>' … END")
+            attribute = self._attribute(node)
+            if attribute is not None:
+                keys.append(self._attribute_key(node, attribute))
+                continue
             name, column = self._column(node)
             if name == self.policy.unit_column or column.type is ColumnType.ID:
                 raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
@@ -417,6 +574,12 @@ class _Planner:
                 return ir.Arith(_ARITHMETIC[type(node)], self._bin_expression(left, binned, floored), _integer(right))
             return ir.Arith(_ARITHMETIC[type(node)], _integer(left), self._bin_expression(right, binned, floored))
         raise Unsupported(f"GROUP BY {fragment(node)}: around FLOOR/CEIL use + - * with whole numbers only")
+
+    def _attribute_key(self, node: exp.Column, attribute: _Attribute) -> ir.GroupKey:
+        """A public table's column: its key set is the table's distinct values, all public."""
+        labels = sorted({value for value in attribute.values if value is not None})  # type: ignore[type-var]
+        kind = _ATTRIBUTE_KINDS[attribute.type][0]
+        return self._computed_key(node, attribute.expr, kind, labels, identity=attribute.identity)
 
     def _day_keys(self, node: exp.Expression, name: str, column: ColumnPolicy) -> tuple[dt.date, ...]:
         """GROUP BY a date column: its keys are the days of its declared range."""
@@ -526,14 +689,17 @@ class _Planner:
         node: exp.Expression,
         expression: ir.RowExpr,
         kind: ir.ColumnKind,
-        labels: Sequence[str | int | float | dt.date],
+        labels: Sequence[Scalar],
+        identity: str | None = None,
     ) -> ir.GroupKey:
-        """Register a GROUP BY expression as a derived key column whose public key set is ``labels``."""
+        """Register a GROUP BY expression as a derived key column whose public key set is ``labels``.
+
+        ``identity`` names the key however the SELECT list spells it (a joined column); else its SQL.
+        """
         name = f"__key_{len(self.computed_keys)}"
         self.derived.append(ir.DerivedColumn(name, expression, kind))
-        self.computed_keys[node.sql()] = name
-        textual = kind in (ir.ColumnKind.TEXT, ir.ColumnKind.DATE)  # dates are released as ISO text
-        self.key_types[name] = ir.ValueType.STRING if textual else ir.ValueType.NUMBER
+        self.computed_keys[identity or node.sql()] = name
+        self.key_types[name] = _KEY_TYPES[kind]
         return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
 
     # --- SELECT list and aggregates ------------------------------------------------
@@ -558,6 +724,11 @@ class _Planner:
             return ir.AggRef(self._aggregate(node))
         if node.sql() in self.computed_keys:  # a computed GROUP BY key (CASE labels, FLOOR bins)
             return ir.KeyRef(self.computed_keys[node.sql()])
+        attribute = self._attribute(node) if isinstance(node, exp.Column) else None
+        if attribute is not None:
+            if attribute.identity not in self.computed_keys:
+                raise InvalidSQL(f"column {fragment(node)} must appear in GROUP BY or be inside an aggregate")
+            return ir.KeyRef(self.computed_keys[attribute.identity])
         if isinstance(node, exp.Column):
             name, _ = self._column(node)
             if name not in self.group_columns:
@@ -670,6 +841,9 @@ class _Planner:
     def _count(self, node: exp.Expression, argument: exp.Expression) -> ir.Aggregate:
         if isinstance(argument, exp.Star) or (isinstance(argument, exp.Literal) and not argument.is_string):
             part = ir.Part(ir.PartKind.COUNT_ROWS)
+        elif isinstance(argument, exp.Column) and (attribute := self._attribute(argument)) is not None:
+            name = self._derived_column(attribute.expr, _ATTRIBUTE_KINDS[attribute.type][0])
+            part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
         elif isinstance(argument, exp.Column):
             name, _ = self._column(argument)
             part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
@@ -679,7 +853,7 @@ class _Planner:
         return ir.Aggregate(ir.AggregateKind.COUNT, (self._part(part),))
 
     def _fixed_point(self, node: exp.Expression, argument: exp.Expression) -> ir.FixedPoint:
-        if isinstance(argument, exp.Column):
+        if isinstance(argument, exp.Column) and self._attribute(argument) is None:
             name, column = self._column(argument)
             if not column.type.is_numeric:
                 raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
@@ -714,18 +888,24 @@ class _Planner:
         expr, low, high = self._interval(node)
         return self._derived_column(expr), low, high
 
-    def _derived_column(self, expr: ir.RowExpr) -> str:
+    def _derived_column(self, expr: ir.RowExpr, kind: ir.ColumnKind = ir.ColumnKind.FLOAT) -> str:
         for derived in self.derived:
-            if derived.expr == expr:
+            if derived.expr == expr and derived.kind is kind:
                 return derived.name
         name = f"__derived_{len(self.derived)}"
-        self.derived.append(ir.DerivedColumn(name, expr))
+        self.derived.append(ir.DerivedColumn(name, expr, kind))
         return name
 
     def _interval(self, node: exp.Expression) -> tuple[ir.RowExpr, float, float]:
         """The expression (base columns clamped to their bounds) and bounds no row can leave."""
         if isinstance(node, exp.Paren):
             return self._interval(node.this)
+        attribute = self._attribute(node) if isinstance(node, exp.Column) else None
+        if attribute is not None:
+            numbers = [value for value in attribute.values if value is not None]
+            if not attribute.type.is_numeric or not numbers:
+                raise PolicyViolation(f"{fragment(node)}: {attribute.identity} holds no numbers to aggregate")
+            return attribute.expr, float(min(numbers)), float(max(numbers))  # type: ignore[type-var, arg-type]
         if isinstance(node, exp.Column):
             name, column = self._column(node)
             if not column.type.is_numeric:

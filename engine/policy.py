@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.dates import parse_date
 from engine.errors import PolicyError
+from engine.lookup import PublicTable, load_public_table
 
 ROW_UNIT = "row"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -143,6 +144,15 @@ class PurposePolicy(_Strict):
     """A bool column: rows where it is not true are dropped for buyers with this purpose."""
 
 
+class PublicTableSection(_Strict):
+    """A public lookup table a query may join: a file of non-member data with a unique key."""
+
+    source: str
+    """A .csv or .parquet file, relative to the policy file."""
+    key: str
+    description: str = ""
+
+
 class ReleasesSection(_Strict):
     shared: bool = False
     """Whether any buyer (under the same consent filter) may get another buyer's stored release of the same query."""
@@ -158,7 +168,10 @@ class Policy(_Strict):
     buyers: dict[str, BuyerPolicy] = {}
     purposes: dict[str, PurposePolicy] = {}
     releases: ReleasesSection = ReleasesSection()
+    public_tables: dict[str, PublicTableSection] = {}
     source_paths: tuple[Path, ...] = ()
+    lookups: dict[str, PublicTable] = {}
+    """The public tables, loaded (by lower-case name)."""
 
     @model_validator(mode="after")
     def _check(self) -> Policy:
@@ -183,6 +196,9 @@ class Policy(_Strict):
                 raise ValueError(f'privacy.unit column {unit!r} must have type = "id"')
             if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
                 raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
+        for table in self.public_tables:
+            if not _NAME.match(table) or table.lower() == self.dataset.name.lower():
+                raise ValueError(f"public_tables.{table}: the name must be an identifier other than the dataset's")
         for purpose, rule in self.purposes.items():
             column = self.columns.get(rule.consent_column)
             if column is None or column.type is not ColumnType.BOOL:
@@ -224,7 +240,14 @@ def load_policy(path: Path) -> Policy:
         )
         raise PolicyError(f"{path}: {problems}") from None
     sources = _resolve_source(path, policy.dataset.source)
-    return policy.model_copy(update={"source_paths": sources})
+    lookups = {}
+    for name, table in policy.public_tables.items():
+        source = Path(table.source) if Path(table.source).is_absolute() else path.parent / table.source
+        try:
+            lookups[name.lower()] = load_public_table(name, source.resolve(), table.key)
+        except ValueError as error:
+            raise PolicyError(f"{path}: public_tables.{name}: {error}") from None
+    return policy.model_copy(update={"source_paths": sources, "lookups": lookups})
 
 
 def _resolve_source(policy_path: Path, source: str) -> tuple[Path, ...]:

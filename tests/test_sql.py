@@ -28,7 +28,7 @@ REFUSED = [
     ("SELECT COUNT(*) FROM shifts UNION SELECT COUNT(*) FROM shifts", "unsupported"),
     ("SELECT COUNT(*) FROM shifts INTERSECT SELECT COUNT(*) FROM shifts", "unsupported"),
     ("SELECT COUNT(*) FROM shifts EXCEPT SELECT COUNT(*) FROM shifts", "unsupported"),
-    ("SELECT COUNT(*) FROM shifts a JOIN shifts b ON a.member_id = b.member_id", "unsupported"),
+    ("SELECT COUNT(*) FROM shifts a JOIN shifts b ON a.member_id = b.member_id", "policy_violation"),
     ("SELECT COUNT(*) FROM (SELECT region, COUNT(*) FROM shifts GROUP BY region) t", "unsupported"),
     ("SELECT COUNT(*) FROM (SELECT hours * 2 AS h FROM shifts) t", "unsupported"),
     ("SELECT COUNT(*) FROM (SELECT * FROM shifts LIMIT 10) t", "unsupported"),
