@@ -295,11 +295,17 @@ class Client:
         delta: float | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        weights: dict[str, float] | None = None,
     ) -> QueryResult:
-        """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry)."""
+        """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry).
+
+        ``weights`` split ε across output columns (column → weight, default 1 each).
+        """
         body: dict[str, Any] = {"dataset": dataset, "sql": sql, "epsilon": epsilon, "dry_run": dry_run}
         if delta is not None:
             body["delta"] = delta
+        if weights is not None:
+            body["weights"] = weights
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         return QueryResult.from_dict(self._call("POST", "/v1/queries", json=body, headers=headers))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,13 @@ class QueryRequest(_Input):
     )
     delta: float | None = Field(default=None, strict=True, description="δ, needed by zcdp datasets.")
     dry_run: bool = Field(default=False, description="Cost and accuracy only: reads no data, charges nothing.")
+    weights: dict[Annotated[str, Field(max_length=200)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = (
+        Field(
+            default=None,
+            max_length=100,
+            description="Output column → weight: its share of ε relative to the others (default 1 each).",
+        )
+    )
 
 
 class QueryResult(BaseModel):

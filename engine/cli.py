@@ -88,6 +88,19 @@ def _session(policies: Path, ledger: str | None, output: OutputFormat) -> Iterat
         engine.close()
 
 
+def _weights(pairs: list[str]) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        column, _, number = pair.rpartition("=")
+        try:
+            weights[column] = float(number)
+        except ValueError:
+            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint="--weight") from None
+        if not column:
+            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint="--weight")
+    return weights
+
+
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="One SELECT over the dataset's table.")],
@@ -96,13 +109,24 @@ def query(
     delta: Annotated[float | None, typer.Option("--delta", help="δ (needed by zcdp datasets).")] = None,
     buyer: Annotated[str | None, typer.Option("--buyer", help="Charge this buyer's quota.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Cost and accuracy only; reads no data.")] = False,
+    weight: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--weight",
+            metavar="COLUMN=W",
+            help="Give an output column W shares of ε (default 1 each); repeat for several columns.",
+        ),
+    ] = None,
     output: FormatOption = OutputFormat.TABLE,
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
 ) -> None:
     """Answer an aggregate SQL query with differential privacy."""
+    weights = _weights(weight or [])
     with _session(policies, ledger, output) as engine:
-        result = engine.query(dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run)
+        result = engine.query(
+            dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run, weights=weights or None
+        )
     if output is OutputFormat.JSON:
         print(json.dumps(result.to_dict()))
     else:

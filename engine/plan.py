@@ -473,6 +473,17 @@ class QueryPlan:
     limit: int | None = None
     offset: int = 0
 
+    def parts_of(self, expr: PostExpr) -> set[int]:
+        """The measured parts an output expression reads (through its aggregates)."""
+        match expr:
+            case AggRef(index):
+                return set(self.aggregates[index].parts)
+            case PostArith(_, left, right):
+                return self.parts_of(left) | self.parts_of(right)
+            case PostNeg(operand):
+                return self.parts_of(operand)
+        return set()
+
     @property
     def groups_touched_per_unit(self) -> int:
         """The L0 bound: how many output groups one unit can change."""

@@ -127,6 +127,21 @@ def test_dry_run_is_200_and_charges_nothing(server: LiveServer, buyer: BuyerClie
     assert buyer.releases() == []
 
 
+def test_weights_split_epsilon_across_output_columns(server: LiveServer, buyer: BuyerClient) -> None:
+    even = buyer.query("shifts", GROUPED, epsilon=0.5, dry_run=True).accuracy
+    weighted = buyer.query("shifts", GROUPED, epsilon=0.5, dry_run=True, weights={"n": 6}).accuracy
+    assert weighted["n"] < even["n"] and weighted["h"] > even["h"]
+    for bad in ({"n": -1}, {"n": "many"}, [1, 2]):
+        response = buyer.http.post(
+            "/v1/queries", json={"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "dry_run": True, "weights": bad}
+        )
+        assert _error_of(response) == (422, "invalid_request")
+    response = buyer.http.post(
+        "/v1/queries", json={"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "weights": {"nope": 2}}
+    )
+    assert _error_of(response) == (400, "unknown_column")
+
+
 def test_an_identical_query_is_answered_again_from_the_ledger_for_free(server: LiveServer, buyer: BuyerClient) -> None:
     sql = "SELECT region, COUNT(*) AS n FROM shifts WHERE hours > 5 GROUP BY region"
     first = buyer.query("shifts", sql, epsilon=0.3)
