@@ -60,6 +60,8 @@ class QueryResult:
     dry_run: bool = False
     private_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rank_accuracy: dict[str, int] = field(default_factory=dict)
+    """Quantile columns: rows of rank one cell may be off by (95%), beyond the candidate grid's own step."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -76,6 +78,7 @@ class QueryResult:
             dry_run=bool(data.get("dry_run", False)),
             private_keys=list(data.get("private_keys", [])),
             notes=list(data.get("notes", [])),
+            rank_accuracy=dict(data.get("rank_accuracy", {})),
         )
 
 

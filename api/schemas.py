@@ -50,6 +50,9 @@ class QueryResult(BaseModel):
     dry_run: bool = False
     private_keys: list[str] = Field(default=[], description="GROUP BY columns whose keys passed a DP threshold")
     notes: list[str] = Field(default=[], description="substitutions made, e.g. MIN answered as a DP quantile")
+    rank_accuracy: dict[str, int] = Field(
+        default={}, description="quantile columns: rows of rank a cell may be off by (95%), beyond one grid step"
+    )
 
 
 class ReleaseSummary(BaseModel):

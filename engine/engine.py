@@ -20,7 +20,7 @@ from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
 from engine.mechanisms import calibrate, part_weights, release
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
-from engine.postprocess import accuracy, build_table
+from engine.postprocess import accuracy, build_table, rank_accuracy
 from engine.result import Result
 from engine.sql import normalised, parse
 
@@ -117,6 +117,7 @@ class Engine:
                 dry_run=True,
                 private_keys=list(plan.private_keys),
                 notes=list(plan.notes),
+                rank_accuracy=rank_accuracy(plan, noise),
             )
         self.backend.check_schema(plan)
         normalised_sql = normalised(statement) + (_weights_comment(weights) if weights else "")
@@ -149,6 +150,7 @@ class Engine:
             self.remaining(policy, caller),
             private_keys=list(plan.private_keys),
             notes=list(plan.notes),
+            rank_accuracy=rank_accuracy(plan, noise),
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result

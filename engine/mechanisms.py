@@ -68,6 +68,23 @@ class NoisePlan:
         noise = self.parts[index]
         return _integer_accuracy(self.accounting, noise.scale, alpha) / noise.units_per_value
 
+    def rank_accuracy(self, index: int, alpha: float = ALPHA) -> float:
+        """For a quantile part: rows by which, with probability 1 - alpha, one released cell may miss its quantile.
+
+        OpenDP scores a candidate c by ``|(1 - q)·#{x < c} - q·#{x > c}|``
+        (q the quantile), which is ``|#{x < c} - q·n|`` rows of rank when no
+        value equals c, and picks the least score after noise at ``scale``:
+        exponential noise (permute-and-flip) under pure DP, Gumbel noise (the
+        exponential mechanism) under zCDP. Either way a candidate scoring ``t``
+        worse than the best one wins with probability at most ``exp(-t / scale)``,
+        so a union bound over the candidates gives this half-width. It adds to
+        the best grid point's own miss (the rows within one grid step); it is in
+        rows, not in the column's units, because that conversion needs the data.
+        """
+        noise = self.parts[index]
+        assert noise.part.kind is PartKind.QUANTILE
+        return noise.scale * math.log(len(quantile_candidates(noise.part)) / alpha)
+
 
 def _integer_accuracy(accounting: Accounting, scale: float, alpha: float) -> float:
     if accounting is Accounting.PURE:

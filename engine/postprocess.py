@@ -49,6 +49,17 @@ def accuracy(
     return result
 
 
+def rank_accuracy(plan: ir.QueryPlan, noise: NoisePlan) -> dict[str, int]:
+    """Per quantile output column, the 95% bound on one cell's error in rows of rank (see NoisePlan.rank_accuracy)."""
+    result = {}
+    for column in plan.output:
+        if isinstance(column.expr, ir.AggRef):
+            aggregate = plan.aggregates[column.expr.index]
+            if aggregate.kind is ir.AggregateKind.QUANTILE:
+                result[column.name] = math.ceil(noise.rank_accuracy(aggregate.parts[0]))
+    return result
+
+
 def _average_accuracy(aggregate: ir.Aggregate, noise: NoisePlan, noisy: Sequence[Sequence[int]]) -> float | None:
     """Half-width for ``centred_sum / count`` from each part's interval at α/2 (a union bound).
 
