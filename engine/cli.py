@@ -225,13 +225,16 @@ def _budget_dict(status: BudgetStatus) -> dict[str, Any]:
 
 def _print_result(result: Result) -> None:
     title = "dry run: nothing read, nothing charged" if result.dry_run else f"{result.dataset} · {result.query_id}"
-    table = Table(title=title, caption="± is the half-width of a 95% interval per cell")
+    caption = "± is the half-width of a 95% interval per cell"
+    if result.rank_accuracy:
+        caption += "; for quantiles, in rows of rank"
+    table = Table(title=title, caption=caption)
     for column in result.columns:
         table.add_column(column, justify="right")
     for row in result.rows:
         table.add_row(*(_cell(value) for value in row))
     table.add_section()
-    table.add_row(*(_accuracy_cell(result.accuracy, column) for column in result.columns), style="dim")
+    table.add_row(*(_accuracy_cell(result, column) for column in result.columns), style="dim")
     console.print(table)
     console.print(
         f"cost ε={result.cost.epsilon} δ={result.cost.delta} · "
@@ -250,8 +253,10 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _accuracy_cell(accuracy: dict[str, float | None], column: str) -> str:
-    if column not in accuracy:
+def _accuracy_cell(result: Result, column: str) -> str:
+    if column in result.rank_accuracy:
+        return f"± {result.rank_accuracy[column]:,} rows"
+    if column not in result.accuracy:
         return ""
-    value = accuracy[column]
+    value = result.accuracy[column]
     return "± n/a" if value is None else f"± {value:,.2f}"

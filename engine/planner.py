@@ -953,11 +953,12 @@ class _Planner:
             low, high = left_low - right_high, left_high - right_low
         else:
             if op is ir.ArithOp.DIV:
-                if not isinstance(right, ir.Lit) or right_low == 0:
+                if right_low <= 0 <= right_high:
                     raise Unsupported(
-                        f"{fragment(node)}: dividing by a column (or by 0) has no bound; divide by a number"
+                        f"{fragment(node)}: the divisor's bounds [{right_low:g}, {right_high:g}] include 0, so the "
+                        "quotient has no bound; divide by a number, or by a column whose bounds exclude 0"
                     )
-                right_low = right_high = 1 / right_low
+                right_low, right_high = 1 / right_high, 1 / right_low
             corners = [a * b for a in (left_low, left_high) for b in (right_low, right_high)]
             low, high = min(corners), max(corners)
         if not (math.isfinite(low) and math.isfinite(high)):

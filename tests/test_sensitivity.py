@@ -52,7 +52,7 @@ JOINS = (
     "shifts JOIN zones z USING (region)",
     "shifts s LEFT JOIN zones z ON s.region = z.region",
 )
-JOIN_AGGREGATES = ("SUM(hours * z.weight)", "COUNT(z.zone)", "AVG(COALESCE(weight, 1) + age)")
+JOIN_AGGREGATES = ("SUM(hours * z.weight)", "COUNT(z.zone)", "AVG(COALESCE(weight, 1) + age)", "SUM(age / z.weight)")
 JOIN_GROUPINGS = (("z.zone",), ("zone", "member_flag"))
 
 AGGREGATES = (
@@ -75,6 +75,7 @@ AGGREGATES = (
     "QUANTILE(age - hours, 0.9)",
     "STDDEV(age - hours)",
     "AVG(EXTRACT(YEAR FROM day))",
+    "SUM(hours / age)",
     "SUM(MONTH(day) * hours)",
     "COUNT(day)",
 )
