@@ -86,7 +86,8 @@ class QueryResult:
 class ColumnInfo:
     name: str
     type: str
-    bounds: tuple[float, float] | None
+    bounds: tuple[float, float] | tuple[str, str] | None
+    """Numbers; ISO dates (text) for date and datetime columns."""
     public_keys: list[str | bool] | None
 
     @classmethod
@@ -108,6 +109,8 @@ class DatasetInfo:
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
     remaining: Cost
+    public_tables: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Public lookup tables a query may JOIN: name → {column: type}."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetInfo:
@@ -121,6 +124,7 @@ class DatasetInfo:
             max_epsilon_per_query=float(data["max_epsilon_per_query"]),
             columns=[ColumnInfo.from_dict(column) for column in data["columns"]],
             remaining=Cost.from_dict(data["remaining"]),
+            public_tables={table["name"]: dict(table["columns"]) for table in data.get("public_tables", [])},
         )
 
 

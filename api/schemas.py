@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,8 +67,19 @@ class ReleaseSummary(BaseModel):
 class ColumnInfo(BaseModel):
     name: str
     type: str
-    bounds: tuple[float, float] | None
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = Field(
+        description="numbers; for date and datetime columns, the declared range as ISO dates"
+    )
     public_keys: list[str | bool] | None
+
+
+class PublicTableInfo(BaseModel):
+    """A public lookup table a query may JOIN on its key."""
+
+    name: str
+    key: str
+    description: str
+    columns: dict[str, str] = Field(description="column → type (text, int, float, bool, date)")
 
 
 class DatasetInfo(BaseModel):
@@ -81,6 +93,7 @@ class DatasetInfo(BaseModel):
     columns: list[ColumnInfo]
     remaining: CostBody
     """What the caller may still spend here."""
+    public_tables: list[PublicTableInfo] = []
 
 
 class BudgetUpdate(_Input):

@@ -34,11 +34,29 @@ class DateField(Enum):
     def needs_time(self) -> bool:
         return self in (DateField.HOUR, DateField.MINUTE)
 
-    def range(self, low: dt.date, high: dt.date) -> tuple[int, int]:
-        """The smallest and largest value this part takes on dates in [low, high]."""
+    def values(self, low: dt.date, high: dt.date) -> list[int]:
+        """Every value this part takes on dates in [low, high], in order (all of a day's, for hours and minutes)."""
         if self is DateField.YEAR:
-            return low.year, high.year
-        return _FIXED_RANGES[self]
+            return list(range(low.year, high.year + 1))
+        first, last = _FIXED_RANGES[self]
+        if self.needs_time or (high - low).days >= _SHORT_RANGE_DAYS:
+            return list(range(first, last + 1))
+        days = (low + dt.timedelta(days=offset) for offset in range((high - low).days + 1))
+        return sorted({self.of(day) for day in days})
+
+    def of(self, day: dt.date) -> int:
+        """This part of ``day`` (a date part only: not for hours or minutes)."""
+        iso = day.isocalendar()
+        return {
+            DateField.YEAR: day.year,
+            DateField.QUARTER: (day.month - 1) // 3 + 1,
+            DateField.MONTH: day.month,
+            DateField.WEEK: iso.week,
+            DateField.DAY: day.day,
+            DateField.DOW: iso.weekday % 7,
+            DateField.ISODOW: iso.weekday,
+            DateField.DOY: day.timetuple().tm_yday,
+        }[self]
 
 
 _FIXED_RANGES = {
@@ -52,6 +70,8 @@ _FIXED_RANGES = {
     DateField.HOUR: (0, 23),
     DateField.MINUTE: (0, 59),
 }
+_SHORT_RANGE_DAYS = 800
+"""Ranges shorter than this are walked day by day to find which values a part can take (a longer one takes all)."""
 FIELD_ALIASES: dict[str, DateField] = {
     **{field.value: field for field in DateField},
     "years": DateField.YEAR,

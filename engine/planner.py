@@ -599,8 +599,7 @@ class _Planner:
         part = self._date_part(node, clamped=False)
         if part is not None:
             expr, column = part
-            low, high = expr.field.range(*_date_bounds(column))
-            return self._computed_key(node, expr, ir.ColumnKind.INT, range(low, high + 1))
+            return self._computed_key(node, expr, ir.ColumnKind.INT, expr.field.values(*_date_bounds(column)))
         truncated = self._date_trunc(node)
         if truncated is None:
             return None
@@ -925,8 +924,8 @@ class _Planner:
         date_part = self._date_part(node, clamped=True)
         if date_part is not None:
             part, column = date_part
-            first, last = part.field.range(*_date_bounds(column))
-            return part, float(first), float(last)
+            values = part.field.values(*_date_bounds(column))
+            return part, float(values[0]), float(values[-1])
         if isinstance(node, exp.Case):
             return self._case_interval(node)
         if isinstance(node, exp.Round | exp.Cast):

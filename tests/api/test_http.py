@@ -74,6 +74,13 @@ def test_datasets_describe_the_public_policy_never_the_source(server: LiveServer
     assert columns["region"].public_keys == ["north", "south", "east", "west"]
     assert columns["member_flag"].public_keys == [False, True]
     assert columns["city"].public_keys is None  # private keys are not listed
+    dated = alice.dataset("dated")
+    assert {column.name: column.bounds for column in dated.columns}["day"] == ("2024-01-01", "2024-03-31")
+    assert dated.public_tables == {"zones": {"region": "text", "zone": "text", "rate": "float"}}
+    answer = alice.query(
+        "dated", "SELECT MONTH(day) AS m, zone, COUNT(*) FROM dated JOIN zones USING (region) GROUP BY 1, 2", 1.0
+    )
+    assert [row[:2] for row in answer.rows] == [[m, z] for m in (1, 2, 3) for z in ("N", "S")]
 
 
 def test_dataset_remaining_is_the_callers(server: LiveServer, steward: Client, fresh_buyer: BuyerFactory) -> None:
