@@ -10,17 +10,16 @@ attributes NULL (LEFT), never multiply it, so no contribution bound changes.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import polars as pl
 
+from engine.plan import Scalar
+
 MAX_LOOKUP_ROWS = 100_000
 """A public table is read whole into every plan that joins it; larger tables are refused at load."""
-
-Scalar = str | int | float | bool | dt.date
 
 
 class AttributeType(Enum):

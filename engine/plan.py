@@ -30,6 +30,10 @@ class ValueType(Enum):
     NULL = "null"
 
 
+Scalar = str | int | float | bool | dt.date
+"""A value a query may name: a literal, a key, a public table's entry."""
+
+
 @dataclass(frozen=True)
 class Col:
     name: str
@@ -39,7 +43,7 @@ class Col:
 
 @dataclass(frozen=True)
 class Lit:
-    value: str | int | float | bool | dt.date | None
+    value: Scalar | None
 
 
 class CompareOp(Enum):
@@ -186,7 +190,7 @@ class Lookup:
     """A public table's attribute for the row's join key (JOIN … USING): NULL where the key has no entry."""
 
     key: RowExpr
-    entries: tuple[tuple[str | int | float | bool, str | int | float | bool | None], ...]
+    entries: tuple[tuple[Scalar, Scalar | None], ...]
     """(key, attribute value) pairs; keys are unique."""
 
 
@@ -434,7 +438,7 @@ class OrderItem:
 @dataclass(frozen=True)
 class GroupKey:
     column: str
-    values: tuple[str | bool | int | float | dt.date, ...] | None
+    values: tuple[Scalar, ...] | None
     """The public key set: every key is in the output, empty groups included.
 
     None for private keys: only keys that pass a DP threshold are released.

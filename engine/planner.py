@@ -19,7 +19,7 @@ from engine import plan as ir
 from engine.dates import FIELD_ALIASES, DateField, TruncUnit, parse_date
 from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
 from engine.inline import inline_derived_tables
-from engine.lookup import AttributeType, PublicTable, Scalar
+from engine.lookup import AttributeType, PublicTable
 from engine.policy import ColumnPolicy, ColumnType, Policy
 from engine.sql import default_name, fragment
 
@@ -153,7 +153,7 @@ class _Join:
     table: PublicTable
     key: ir.RowExpr
     """The pool row's join key, read as the table's keys are."""
-    keys: tuple[Scalar, ...]
+    keys: tuple[ir.Scalar, ...]
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class _Attribute:
     type: AttributeType
     identity: str
     """``alias.column``: the same attribute however the query spells it."""
-    values: tuple[Scalar | None, ...]
+    values: tuple[ir.Scalar | None, ...]
 
 
 def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = None) -> ir.QueryPlan:
@@ -306,7 +306,8 @@ class _Planner:
         name, column = self._join_column(join, table, alias)
         key_type = _JOIN_KEY_TYPES.get(column.type)
         if column.type is ColumnType.ID:
-            key, keys = ir.Col(name, as_text=True), tuple(str(value) for value in table.keys)
+            key: ir.RowExpr = ir.Col(name, as_text=True)
+            keys: tuple[ir.Scalar, ...] = tuple(str(value) for value in table.keys)
         elif key_type is table.key_type:
             key, keys = ir.Col(name), table.keys
         else:
@@ -368,7 +369,8 @@ class _Planner:
             names = ", ".join([join.table.key, *join.table.attributes])
             raise UnknownColumn(f"unknown column {node.name!r}: {join.table.name} has {names}")
         if column == join.table.key:
-            attribute_type, values = join.table.key_type, join.table.keys
+            attribute_type = join.table.key_type
+            values: tuple[ir.Scalar | None, ...] = join.table.keys
         else:
             attribute_type, values = join.table.attributes[column]
         expr = ir.Lookup(join.key, tuple(zip(join.keys, values, strict=True)))
@@ -483,9 +485,10 @@ class _Planner:
                 raise Unsupported(f"IN needs a list of literal values: {fragment(item)}")
             written, written_type = self._row(item)
             literal, literal_type = _dated(written, written_type, operand_type)
+            assert isinstance(literal, ir.Lit)
             _check_comparable(node, operand_type, literal_type, literal=True)
             values.append(_as_text(literal) if operand_type is ir.ValueType.ID else literal)
-        return ir.InList(operand, tuple(values))
+        return ir.InList(operand, tuple(values))  # type: ignore[arg-type]  # _as_text keeps a literal a literal
 
     def _like(self, node: exp.Like | exp.ILike) -> ir.RowExpr:
         if node.args.get("escape"):
@@ -530,7 +533,7 @@ class _Planner:
             name, column = self._column(node)
             if name == self.policy.unit_column or column.type is ColumnType.ID:
                 raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
-            public_keys = column.public_keys
+            public_keys: tuple[ir.Scalar, ...] | None = column.public_keys
             if column.type.is_temporal:
                 public_keys = self._day_keys(node, name, column)
             elif public_keys is None and column.type is not ColumnType.CATEGORY:
@@ -577,7 +580,8 @@ class _Planner:
 
     def _attribute_key(self, node: exp.Column, attribute: _Attribute) -> ir.GroupKey:
         """A public table's column: its key set is the table's distinct values, all public."""
-        labels = sorted({value for value in attribute.values if value is not None})  # type: ignore[type-var]
+        present: set[ir.Scalar] = {value for value in attribute.values if value is not None}
+        labels = sorted(present)  # type: ignore[type-var]  # one type per column, so they compare
         kind = _ATTRIBUTE_KINDS[attribute.type][0]
         return self._computed_key(node, attribute.expr, kind, labels, identity=attribute.identity)
 
@@ -588,7 +592,7 @@ class _Planner:
                 f"GROUP BY {fragment(node)} is refused: timestamps have no public key set; "
                 f"group by DATE_TRUNC('day', {name}) or EXTRACT(HOUR FROM {name})"
             )
-        days = TruncUnit.DAY.periods(*_date_bounds(column))
+        days = TruncUnit.DAY.periods(*column.date_range)
         if len(days) > MAX_OUTPUT_GROUPS:
             raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} days: truncate to months")
         self.key_types[name] = ir.ValueType.STRING  # released as ISO text
@@ -599,12 +603,12 @@ class _Planner:
         part = self._date_part(node, clamped=False)
         if part is not None:
             expr, column = part
-            return self._computed_key(node, expr, ir.ColumnKind.INT, expr.field.values(*_date_bounds(column)))
+            return self._computed_key(node, expr, ir.ColumnKind.INT, expr.field.values(*column.date_range))
         truncated = self._date_trunc(node)
         if truncated is None:
             return None
         trunc, column = truncated
-        periods = trunc.unit.periods(*_date_bounds(column))
+        periods = trunc.unit.periods(*column.date_range)
         if len(periods) > MAX_OUTPUT_GROUPS:
             raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} groups")
         return self._computed_key(node, trunc, ir.ColumnKind.DATE, periods)
@@ -636,7 +640,7 @@ class _Planner:
             raise InvalidSQL(f"{fragment(node)}: {name} is a date, which has no {field.value}")
         value: ir.RowExpr = ir.Col(name)
         if clamped:
-            low, high = _date_bounds(column)
+            low, high = column.date_range
             if column.type is ColumnType.DATETIME:
                 low, high = dt.datetime.combine(low, dt.time.min), dt.datetime.combine(high, dt.time.max)
             value = ir.Clamp(value, low, high)
@@ -663,19 +667,22 @@ class _Planner:
         """A computed key whose key set is public: the literal labels of its branches."""
         if node.this is not None:
             raise Unsupported(f"{fragment(node)}: write CASE WHEN <condition> THEN … (CASE x WHEN … is not supported)")
-        branches, labels = [], []
+        branches, labels = [], list[ir.Scalar]()
         for branch in node.args.get("ifs") or []:
             label = branch.args["true"]
             if not _is_literal(label) or isinstance(label, exp.Null):
                 raise Unsupported(f"GROUP BY {fragment(node)}: each THEN of a grouping CASE must be a literal label")
-            branches.append((self._predicate(branch.this), _literal(label)))
-            labels.append(_literal(label).value)
+            literal = _literal(label)
+            assert literal.value is not None
+            branches.append((self._predicate(branch.this), literal))
+            labels.append(literal.value)
         default_node = node.args.get("default")
         default = None
         if default_node is not None and not isinstance(default_node, exp.Null):
             if not _is_literal(default_node):
                 raise Unsupported(f"GROUP BY {fragment(node)}: the ELSE of a grouping CASE must be a literal label")
             default = _literal(default_node)
+            assert default.value is not None
             labels.append(default.value)
         types = {type(label) for label in labels}
         if len(types) != 1 or bool in types:
@@ -688,7 +695,7 @@ class _Planner:
         node: exp.Expression,
         expression: ir.RowExpr,
         kind: ir.ColumnKind,
-        labels: Sequence[Scalar],
+        labels: Sequence[ir.Scalar],
         identity: str | None = None,
     ) -> ir.GroupKey:
         """Register a GROUP BY expression as a derived key column whose public key set is ``labels``.
@@ -856,7 +863,7 @@ class _Planner:
             name, column = self._column(argument)
             if not column.type.is_numeric:
                 raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
-            low, high = column.bounds
+            low, high = column.number_bounds
             integer = column.type is ColumnType.INT
         else:
             name, low, high = self._derived(argument)
@@ -909,7 +916,7 @@ class _Planner:
             name, column = self._column(node)
             if not column.type.is_numeric:
                 raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
-            low, high = column.bounds
+            low, high = column.number_bounds
             return ir.Clamp(ir.Col(name), low, high), low, high
         if _is_literal(node):
             literal = _literal(node)
@@ -924,7 +931,7 @@ class _Planner:
         date_part = self._date_part(node, clamped=True)
         if date_part is not None:
             part, column = date_part
-            values = part.field.values(*_date_bounds(column))
+            values = part.field.values(*column.date_range)
             return part, float(values[0]), float(values[-1])
         if isinstance(node, exp.Case):
             return self._case_interval(node)
@@ -1251,12 +1258,6 @@ def _dated(expr: ir.RowExpr, value_type: ir.ValueType, other: ir.ValueType) -> t
     if other is ir.ValueType.DATE and isinstance(expr, ir.Lit) and isinstance(expr.value, str):
         return ir.Lit(_date(expr.value)), ir.ValueType.DATE
     return expr, value_type
-
-
-def _date_bounds(column: ColumnPolicy) -> tuple[dt.date, dt.date]:
-    low, high = column.bounds or (None, None)
-    assert isinstance(low, dt.date) and isinstance(high, dt.date), "a date column's policy always has a range"
-    return low, high
 
 
 def _literal_sides(*exprs: ir.RowExpr) -> bool:

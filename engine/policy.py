@@ -66,20 +66,20 @@ class ColumnPolicy(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ColumnPolicy:
+        low, high = self.bounds or (None, None)
         if self.type.is_temporal:
-            if self.bounds is None or not all(isinstance(bound, dt.date) for bound in self.bounds):
+            if not (isinstance(low, dt.date) and isinstance(high, dt.date)):
                 raise ValueError(f'a {self.type} column needs bounds = ["YYYY-MM-DD", "YYYY-MM-DD"] (its date range)')
-            if self.bounds[0] > self.bounds[1]:
-                raise ValueError(f"bounds are inverted: {self.bounds[0]} is after {self.bounds[1]}")
+            if low > high:
+                raise ValueError(f"bounds are inverted: {low} is after {high}")
         elif self.type.is_numeric:
-            if self.bounds is None or not all(isinstance(bound, float) for bound in self.bounds):
+            if not (isinstance(low, float) and isinstance(high, float)):
                 raise ValueError(f"a {self.type} column needs bounds = [low, high] (numbers)")
-            low, high = self.bounds
             if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("bounds must be finite numbers")
             if low >= high:
                 raise ValueError(f"bounds are inverted or empty: low {low} must be below high {high}")
-            if self.type is ColumnType.INT and not (float(low).is_integer() and float(high).is_integer()):
+            if self.type is ColumnType.INT and not (low.is_integer() and high.is_integer()):
                 raise ValueError("an int column needs integer bounds")
         elif self.bounds is not None:
             raise ValueError(f"a {self.type} column takes no bounds")
@@ -91,6 +91,20 @@ class ColumnPolicy(_Strict):
             if len(set(self.values)) != len(self.values):
                 raise ValueError("values must not repeat")
         return self
+
+    @property
+    def number_bounds(self) -> tuple[float, float]:
+        """A numeric column's bounds (validation guarantees them)."""
+        low, high = self.bounds or (None, None)
+        assert isinstance(low, float) and isinstance(high, float), "only int and float columns have number bounds"
+        return low, high
+
+    @property
+    def date_range(self) -> tuple[dt.date, dt.date]:
+        """A date or datetime column's declared range (validation guarantees it)."""
+        low, high = self.bounds or (None, None)
+        assert isinstance(low, dt.date) and isinstance(high, dt.date), "only date columns have a date range"
+        return low, high
 
     @property
     def public_keys(self) -> tuple[str | bool, ...] | None:

@@ -17,6 +17,7 @@ from engine import plan as ir
 from engine.mechanisms import ALPHA, NoisePlan
 
 Value = str | int | float | bool | None
+"""A released cell (dates are released as ISO text)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _evaluate(expr: ir.PostExpr, aggregates: list[Value], keys: dict[str, object
         case ir.KeyRef(name):
             return keys[name]  # type: ignore[return-value]
         case ir.Lit(value):
-            return value
+            return value.isoformat() if isinstance(value, dt.date) else value
         case ir.PostNeg(operand):
             inner = _evaluate(operand, aggregates, keys)
             return None if inner is None else -_number(inner)
