@@ -316,8 +316,9 @@ class _Planner:
                 f"{table.key_type.value} keys"
             )
         self.joins[alias] = _Join(table, key, keys)
-        if side != "LEFT":
-            self.join_filters.append(ir.InList(key, tuple(ir.Lit(value) for value in keys)))
+        if side != "LEFT":  # keep rows whose key the table lists: a lookup that finds them, unlike IN, scales
+            listed = ir.Lookup(key, tuple((value, True) for value in keys))
+            self.join_filters.append(ir.Not(ir.IsNull(listed)))
 
     def _join_column(self, join: exp.Join, table: PublicTable, alias: str) -> tuple[str, ColumnPolicy]:
         """The pool column a join matches against the public table's key; refuses any other condition."""
