@@ -12,6 +12,7 @@ is a hash of member, group and seed, so the other members keep their choices.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import tempfile
 from collections import Counter
@@ -38,7 +39,21 @@ SCHEMA = {
     "hours": pl.Float64,
     "age": pl.Int64,
     "member_flag": pl.Boolean,
+    "day": pl.Date,
 }
+DAY_COLUMN = '\n[columns.day]\ntype = "date"\nbounds = ["2024-01-01", "2024-12-31"]\n'
+"""A date column; the strategies also draw days outside its declared range."""
+ZONES = '\n[public_tables.zones]\nsource = "../data/zones.csv"\nkey = "region"\n'
+"""A public lookup table: two regions share a zone, one region has none."""
+ZONES_TABLE = pl.DataFrame(
+    {"region": ["north", "south", "east"], "zone": ["NS", "NS", "E"], "weight": [0.5, 2.0, None]}
+)
+JOINS = (
+    "shifts JOIN zones z USING (region)",
+    "shifts s LEFT JOIN zones z ON s.region = z.region",
+)
+JOIN_AGGREGATES = ("SUM(hours * z.weight)", "COUNT(z.zone)", "AVG(COALESCE(weight, 1) + age)", "SUM(age / z.weight)")
+JOIN_GROUPINGS = (("z.zone",), ("zone", "member_flag"))
 
 AGGREGATES = (
     "COUNT(*)",
@@ -59,6 +74,10 @@ AGGREGATES = (
     "SUM(ROUND(hours / 7, 1) + CAST(age * 0.5 AS INT))",
     "QUANTILE(age - hours, 0.9)",
     "STDDEV(age - hours)",
+    "AVG(EXTRACT(YEAR FROM day))",
+    "SUM(hours / age)",
+    "SUM(MONTH(day) * hours)",
+    "COUNT(day)",
 )
 MEMBER_ONLY = {"COUNT(DISTINCT member_id)": "COUNT(member_id)"}
 """Aggregates only a member-level dataset answers, and their row-level stand-ins."""
@@ -74,6 +93,8 @@ FILTERS = (
     "city LIKE 'a%'",
     "hours * 2 > age",
     "member_id IN (1, 2, 5)",
+    "day >= '2024-06-01'",
+    "EXTRACT(DOW FROM day) IN (0, 6)",
 )
 GROUPINGS = (
     (),
@@ -83,6 +104,8 @@ GROUPINGS = (
     ("CASE WHEN age < 40 THEN 'younger' WHEN hours > 5 THEN 'busy' ELSE 'other' END", "region"),
     ("FLOOR(age / 20) * 20",),
     ("CEIL(hours / 15) - 1", "member_flag"),
+    ("DATE_TRUNC('month', day)",),
+    ("EXTRACT(QUARTER FROM day)", "region"),
 )
 
 
@@ -119,6 +142,7 @@ def row_strategy(regions: st.SearchStrategy) -> st.SearchStrategy:
             "hours": hours_values,
             "age": age_values,
             "member_flag": st.one_of(st.booleans(), st.none()),
+            "day": st.one_of(st.none(), st.dates(min_value=dt.date(2023, 10, 1), max_value=dt.date(2025, 3, 31))),
         }
     )
 
@@ -135,8 +159,12 @@ def queries(draw: st.DrawFn) -> str:
     aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=4, unique=True))
     where = draw(st.sampled_from(FILTERS))
     keys = draw(st.sampled_from(GROUPINGS))
+    source = draw(st.sampled_from(("shifts", *JOINS)))
+    if source != "shifts":
+        aggregates += draw(st.lists(st.sampled_from(JOIN_AGGREGATES), max_size=2, unique=True))
+        keys = draw(st.sampled_from((keys, *JOIN_GROUPINGS)))
     select = ", ".join([*keys, *aggregates])
-    sql = f"SELECT {select} FROM shifts"
+    sql = f"SELECT {select} FROM {source}"
     if where:
         sql += f" WHERE {where}"
     if keys:
@@ -147,13 +175,20 @@ def queries(draw: st.DrawFn) -> str:
 # --- helpers ---------------------------------------------------------------------
 
 
+def write_pool(root: Path, frame: pl.DataFrame, privacy: str) -> Path:
+    """The pool, its policy (with a date column and the public table ``zones``) and that table."""
+    policies = write_dataset(root, frame, privacy=privacy, extra=DAY_COLUMN + ZONES)
+    ZONES_TABLE.write_csv(root / "data" / "zones.csv")
+    return policies
+
+
 def frame_of(pool: list[dict[str, object]]) -> pl.DataFrame:
     return pl.DataFrame(pool, schema=SCHEMA)
 
 
 def exact_parts(root: Path, pool: list[dict[str, object]], privacy: str, sql: str) -> tuple[QueryPlan, dict]:
     """Plan ``sql`` on a fresh pool under ``root``; return the plan and ``{key: [part values]}``."""
-    policies = write_dataset(root, frame_of(pool), privacy=privacy)
+    policies = write_pool(root, frame_of(pool), privacy)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
     exact = PolarsBackend().execute(plan, seed=SEED)
     assert len(exact.parts) == len(plan.parts)
@@ -254,7 +289,7 @@ def test_adding_a_heavy_member_spread_over_groups_is_bounded(
 
 
 def _execute(root: Path, frame: pl.DataFrame, privacy: str, sql: str) -> tuple[QueryPlan, dict]:
-    policies = write_dataset(root, frame, privacy=privacy)
+    policies = write_pool(root, frame, privacy)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
     exact = PolarsBackend().execute(plan, seed=SEED)
     return plan, {key: [values[i] for values in exact.parts] for i, key in enumerate(exact.keys)}

@@ -14,6 +14,8 @@ read as the declared type become NULL (casts never fail on data).
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import re
 import secrets
 from collections.abc import Callable
@@ -23,6 +25,7 @@ import polars as pl
 
 from engine import plan as ir
 from engine.backends.base import ExactAggregates
+from engine.dates import DateField, TruncUnit
 from engine.errors import PolicyError
 
 _KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
@@ -31,6 +34,27 @@ _KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
     ir.ColumnKind.INT: pl.Int64(),
     ir.ColumnKind.FLOAT: pl.Float64(),
     ir.ColumnKind.BOOL: pl.Boolean(),
+    ir.ColumnKind.DATE: pl.Date(),
+    ir.ColumnKind.DATETIME: pl.Datetime("us"),
+}
+_DATE_FIELDS: dict[DateField, Callable[[pl.Expr], pl.Expr]] = {
+    DateField.YEAR: lambda d: d.dt.year(),
+    DateField.QUARTER: lambda d: d.dt.quarter(),
+    DateField.MONTH: lambda d: d.dt.month(),
+    DateField.WEEK: lambda d: d.dt.week(),
+    DateField.DAY: lambda d: d.dt.day(),
+    DateField.DOW: lambda d: d.dt.weekday() % 7,
+    DateField.ISODOW: lambda d: d.dt.weekday(),
+    DateField.DOY: lambda d: d.dt.ordinal_day(),
+    DateField.HOUR: lambda d: d.dt.hour(),
+    DateField.MINUTE: lambda d: d.dt.minute(),
+}
+_TRUNC_EVERY = {
+    TruncUnit.YEAR: "1y",
+    TruncUnit.QUARTER: "1q",
+    TruncUnit.MONTH: "1mo",
+    TruncUnit.WEEK: "1w",
+    TruncUnit.DAY: "1d",
 }
 _COMPARE: dict[ir.CompareOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     ir.CompareOp.EQ: lambda a, b: a == b,
@@ -128,6 +152,8 @@ def _readable(stored: pl.DataType, kind: ir.ColumnKind) -> bool:
     if kind is ir.ColumnKind.NATIVE or stored == _KINDS[kind]:
         return True
     scalar = stored.is_numeric() or stored == pl.Boolean()
+    if kind in (ir.ColumnKind.DATE, ir.ColumnKind.DATETIME):
+        return isinstance(stored, (pl.Date, pl.Datetime, pl.String))
     if kind is ir.ColumnKind.BOOL:
         return scalar
     if kind is ir.ColumnKind.TEXT:
@@ -139,7 +165,11 @@ def _read(name: str, kind: ir.ColumnKind, stored: pl.DataType) -> pl.Expr:
     """Read a column as its declared kind; casts that change nothing are skipped (they stop filter pushdown)."""
     dtype = _KINDS[kind]
     column = pl.col(name)
-    if dtype is not None and stored != dtype:
+    if kind is ir.ColumnKind.DATE and isinstance(stored, pl.String):
+        column = column.str.to_date("%Y-%m-%d", strict=False)
+    elif kind is ir.ColumnKind.DATETIME and isinstance(stored, pl.String):
+        column = column.str.to_datetime(time_unit="us", strict=False)
+    elif dtype is not None and stored != dtype:
         column = column.cast(dtype, strict=False)
     if kind is ir.ColumnKind.FLOAT and stored.is_float():
         column = column.fill_nan(None)
@@ -288,14 +318,14 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
         return bounded.with_columns(filled)
     if plan.private_keys:
         return bounded.with_columns(filled).sort([key.column for key in plan.group_keys])
-    grid: pl.LazyFrame | None = None
-    for key in plan.group_keys:
-        assert key.values is not None
-        dtype = _key_dtype(key.values)
-        values = pl.LazyFrame({key.column: pl.Series(key.column, list(key.values), dtype=dtype)})
-        grid = values if grid is None else grid.join(values, how="cross")
-    assert grid is not None
-    grid = grid.with_row_index(_ORDER)
+    key_sets = [key.values or () for key in plan.group_keys]
+    combinations = list(zip(*itertools.product(*key_sets), strict=True))  # the first key varies slowest
+    grid = pl.LazyFrame(
+        [
+            pl.Series(key.column, list(values), dtype=_key_dtype(key_set))
+            for key, key_set, values in zip(plan.group_keys, key_sets, combinations, strict=True)
+        ]
+    ).with_row_index(_ORDER)
     joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left").sort(_ORDER).drop(_ORDER)
     return joined.with_columns(filled)
 
@@ -307,6 +337,8 @@ def _key_dtype(values: tuple[object, ...]) -> pl.DataType:
         return pl.Int64()
     if all(isinstance(value, int | float) for value in values):
         return pl.Float64()
+    if all(isinstance(value, dt.date) for value in values):
+        return pl.Date()
     return pl.String()
 
 
@@ -362,6 +394,13 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return combine(_row_expr(operand) for operand in operands)
         case ir.Coalesce(operands):
             return pl.coalesce(_row_expr(operand) for operand in operands)
+        case ir.DatePart(operand, field):
+            return _DATE_FIELDS[field](_row_expr(operand)).cast(pl.Int64)
+        case ir.DateTrunc(operand, unit):
+            return _row_expr(operand).dt.truncate(_TRUNC_EVERY[unit]).cast(pl.Date)
+        case ir.Lookup(key, entries):
+            keys, values = zip(*entries, strict=True)
+            return _row_expr(key).replace_strict(list(keys), list(values), default=None)
     raise AssertionError(f"unknown row expression {expr!r}")
 
 
