@@ -70,12 +70,19 @@ PLANTED_DATASETS: dict[str, dict[str, object]] = {
 """``shifts`` (pure DP, a large budget), ``dirty`` (its NaN/inf twin), ``tiny`` (ε = 1 in all), ``zshifts`` (zCDP)."""
 
 
+PUBLIC_REGIONS = pl.DataFrame(
+    {"region": ["north", "south", "east", "west"], "label": ["N", "S", "E", "W"], "population": [10, 20, 30, 40]}
+)
+JOINED_EXTRA = EXTRA_COLUMNS + '\n[public_tables.regions]\nsource = "../data/regions.csv"\nkey = "region"\n'
+"""The dataset ``joined``: the planted pool with a public lookup table ``regions`` (unique key ``region``)."""
+
+
 def write_planted(root: Path) -> Path:
-    """Every pool of ``PLANTED_DATASETS`` under ``root``; returns the policies directory."""
-    policies = root / "policies"
+    """Every pool of ``PLANTED_DATASETS``, and ``joined``, under ``root``; returns the policies directory."""
     for name, options in PLANTED_DATASETS.items():
         keywords = dict(options)
         frame = keywords.pop("frame")
         assert isinstance(frame, pl.DataFrame)
-        policies = write_dataset(root, frame, name=name, **keywords)  # type: ignore[arg-type]
-    return policies
+        write_dataset(root, frame, name=name, **keywords)  # type: ignore[arg-type]
+    PUBLIC_REGIONS.write_csv(root / "data" / "regions.csv")
+    return write_dataset(root, planted_pool(), name="joined", epsilon=1000.0, delta=1e-3, extra=JOINED_EXTRA)
