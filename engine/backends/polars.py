@@ -4,8 +4,10 @@ Member-level bounding is done by aggregating each member's rows per group
 first (row count, non-NULL count and integer sum of the clamped values), then
 capping: counts at ``max_rows_per_group`` and sums at the member's (floored)
 mean times that capped count. Groups beyond ``max_groups`` per member are
-dropped at random (a per-query seeded hash). This two-level aggregation is
-the least work any member-level bound needs, and it streams.
+dropped at random: the smallest draws of the per-query seeded hash of
+``engine.backends.draw``, which the Spark backend computes bit for bit the
+same. This two-level aggregation is the least work any member-level bound
+needs, and it streams.
 
 NULL and NaN values of a numeric column are NULL: COUNT(col), SUM and AVG
 skip them, as SQL does. ±inf are clamped to the bounds. Values that cannot be
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +25,9 @@ from typing import Any
 import polars as pl
 
 from engine import plan as ir
+from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
+from engine.backends.shared import key_type, like_regex
 from engine.dates import DateField, TruncUnit
 from engine.errors import PolicyError
 
@@ -72,6 +75,13 @@ _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
 }
 _ROWS = "__rows"
 _ORDER = "__order"
+_KEY_DTYPES: dict[type, pl.DataType] = {
+    bool: pl.Boolean(),
+    int: pl.Int64(),
+    float: pl.Float64(),
+    dt.date: pl.Date(),
+    str: pl.String(),
+}
 
 
 class PolarsBackend:
@@ -129,10 +139,16 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     if unit is None:
         bounded = _aggregate(frame, keys, _row_level_parts(plan))
     else:
-        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns, seed))
+        unit_dtype = stored.get(unit, pl.String())
+        frame = _with_sample_draws(frame, plan, unit_dtype, seed)
+        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
         per_member = per_member.with_columns(_member_level_parts(plan))
         if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
-            per_member = _keep_random_groups(per_member, unit, keys, plan.contribution.max_groups, seed)
+            per_member = _with_word(per_member, unit, unit_dtype, _UNIT_WORD)
+            per_member = _with_key_words(per_member, plan)
+            words = [_UNIT_WORD, *(_key_word_name(i) for i in range(len(keys)))]
+            per_member = _with_draw(per_member, seed, words, _GROUP_DRAW)
+            per_member = _keep_random_groups(per_member, unit, pl.col(_GROUP_DRAW), plan.contribution.max_groups)
         bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
 
@@ -229,18 +245,47 @@ def _counted_columns(plan: ir.QueryPlan) -> list[str]:
     return sorted(set(names))
 
 
-def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint], seed: int) -> list[pl.Expr]:
+def _sample_draw_name(index: int) -> str:
+    return f"__draw_{index}"
+
+
+def _with_sample_draws(frame: pl.LazyFrame, plan: ir.QueryPlan, unit_dtype: pl.DataType, seed: int) -> pl.LazyFrame:
+    """Per row, for each quantile part: the draw that orders a member's values in a group (smallest kept).
+
+    The draw hashes the seed, the member, the value and which copy of that
+    value it is (1st, 2nd, … within the member and group), so equal values
+    are drawn independently and the kept values are a uniform sample.
+    """
+    quantiles = [(index, part) for index, part in enumerate(plan.parts) if part.kind is ir.PartKind.QUANTILE]
+    unit = plan.contribution.unit_column
+    if not quantiles or unit is None:
+        return frame
+    keys = [key.column for key in plan.group_keys]
+    frame = _with_word(frame, unit, unit_dtype, _UNIT_WORD)
+    for index, part in quantiles:
+        assert part.value is not None
+        fixed = _fixed_name(part.value.column)
+        frame = frame.with_columns(
+            pl.col(fixed).reinterpret(signed=False).alias(_VALUE_WORD),
+            pl.int_range(pl.len(), dtype=pl.UInt64).over([unit, *keys, fixed]).alias(_COPY_WORD),
+        )
+        frame = _with_draw(frame, seed, [_UNIT_WORD, _VALUE_WORD, _COPY_WORD], _sample_draw_name(index))
+    return frame
+
+
+def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[pl.Expr]:
     """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum.
 
-    For a quantile, up to ``max_rows_per_group`` of the member's values, drawn at random.
+    For a quantile, up to ``max_rows_per_group`` of the member's values: those with the smallest draws.
     """
     statistics = [pl.len().cast(pl.Int64).alias(_ROWS)]
     cap = plan.contribution.max_rows_per_group
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            values = pl.col(_fixed_name(part.value.column)).drop_nulls()
-            statistics.append(values.shuffle(seed).head(cap).alias(_part_name(index)))
+            fixed = pl.col(_fixed_name(part.value.column))
+            sampled = fixed.sort_by(pl.col(_sample_draw_name(index))).drop_nulls().head(cap)
+            statistics.append(sampled.alias(_part_name(index)))
     statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in _counted_columns(plan)]
     statistics += [pl.col(_fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
     return statistics
@@ -291,9 +336,8 @@ def _possible_groups(plan: ir.QueryPlan) -> int:
     return possible
 
 
-def _keep_random_groups(frame: pl.LazyFrame, unit: str, keys: list[str], max_groups: int, seed: int) -> pl.LazyFrame:
-    """Keep at most ``max_groups`` groups per member, chosen by a hash seeded afresh for every query."""
-    draw = pl.struct([unit, *keys]).hash(seed)
+def _keep_random_groups(frame: pl.LazyFrame, unit: str, draw: pl.Expr, max_groups: int) -> pl.LazyFrame:
+    """Keep at most ``max_groups`` groups per member: those with the smallest draws (the seed is new every query)."""
     if max_groups == 1:  # the common case: a minimum per member is far cheaper than a rank
         return frame.filter(draw == draw.min().over(unit)).filter(pl.col(unit).is_first_distinct())
     return frame.filter(draw.rank("ordinal").over(unit) <= max_groups)
@@ -322,7 +366,7 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     combinations = list(zip(*itertools.product(*key_sets), strict=True))  # the first key varies slowest
     grid = pl.LazyFrame(
         [
-            pl.Series(key.column, list(values), dtype=_key_dtype(key_set))
+            pl.Series(key.column, list(values), dtype=_KEY_DTYPES[key_type(key_set)])
             for key, key_set, values in zip(plan.group_keys, key_sets, combinations, strict=True)
         ]
     ).with_row_index(_ORDER)
@@ -330,16 +374,78 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     return joined.with_columns(filled)
 
 
-def _key_dtype(values: tuple[object, ...]) -> pl.DataType:
-    if all(isinstance(value, bool) for value in values):
-        return pl.Boolean()
-    if all(isinstance(value, int) for value in values):
-        return pl.Int64()
-    if all(isinstance(value, int | float) for value in values):
-        return pl.Float64()
-    if all(isinstance(value, dt.date) for value in values):
-        return pl.Date()
-    return pl.String()
+class _UInt64Words:
+    """``draw.Arithmetic`` over Polars ``UInt64`` expressions (Polars integer arithmetic wraps)."""
+
+    def constant(self, value: int) -> pl.Expr:
+        return pl.lit(value, dtype=pl.UInt64)
+
+    def xor(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left.xor(right)
+
+    def add(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left + right
+
+    def times(self, word: pl.Expr, constant: int) -> pl.Expr:
+        return word * pl.lit(constant, dtype=pl.UInt64)
+
+    def shift_right(self, word: pl.Expr, bits: int) -> pl.Expr:
+        return word // pl.lit(2**bits, dtype=pl.UInt64)
+
+
+_UINT64 = _UInt64Words()
+_UNIT_WORD = "__word_unit"
+_VALUE_WORD = "__word_value"
+_COPY_WORD = "__word_copy"
+_GROUP_DRAW = "__draw_group"
+
+
+def _with_word(frame: pl.LazyFrame, column: str, stored: pl.DataType, name: str) -> pl.LazyFrame:
+    """Add ``name``: the column's words (``draw.reference_word``): integers as themselves, else by their text.
+
+    Every step is its own column, as ``draw.mix`` asks.
+    """
+    null_word = pl.lit(hashing.NULL_WORD, dtype=pl.UInt64)
+    if stored.is_integer():
+        return frame.with_columns(
+            pl.col(column).cast(pl.Int64).reinterpret(signed=False).fill_null(null_word).alias(name)
+        )
+    text = pl.col(column).cast(pl.String)
+    chunks = text.str.encode("hex").str.extract_all(f".{{1,{hashing.HEX_DIGITS_PER_CHUNK}}}")
+    chunk = pl.element().str.to_integer(base=16).cast(pl.UInt64)
+    inputs = chunks.list.eval(hashing.chunk_input(chunk, pl.int_range(pl.len(), dtype=pl.UInt64), _UINT64))
+    frame = frame.with_columns(inputs.alias(name))
+    frame = frame.with_columns(pl.col(name).list.eval(hashing.mix(pl.element(), _UINT64)).list.sum().alias(name))
+    frame = frame.with_columns(
+        hashing.text_input(pl.col(name), text.str.len_bytes().cast(pl.UInt64), _UINT64).alias(name)
+    )
+    return frame.with_columns(hashing.mix(pl.col(name), _UINT64).fill_null(null_word).alias(name))
+
+
+def _with_draw(frame: pl.LazyFrame, seed: int, words: list[str], name: str) -> pl.LazyFrame:
+    """Add ``name``: the draw of the word columns ``words``, one column step per word."""
+    frame = frame.with_columns(hashing.draw_start(seed, _UINT64).alias(name))
+    for word in words:
+        frame = frame.with_columns(
+            hashing.mix(hashing.draw_step(pl.col(name), pl.col(word), _UINT64), _UINT64).alias(name)
+        )
+    return frame.with_columns(hashing.draw_end(pl.col(name), _UINT64).alias(name))
+
+
+def _key_word_name(index: int) -> str:
+    return f"__word_key_{index}"
+
+
+def _with_key_words(frame: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
+    """Per group key, its word: a public key's position in the policy's key set; a private key's text word."""
+    for index, key in enumerate(plan.group_keys):
+        if key.values is None:
+            frame = _with_word(frame, key.column, pl.String(), _key_word_name(index))
+        else:
+            positions = list(range(len(key.values)))
+            word = pl.col(key.column).replace_strict(list(key.values), positions, return_dtype=pl.UInt64)
+            frame = frame.with_columns(word.alias(_key_word_name(index)))
+    return frame
 
 
 def _row_expr(expr: ir.RowExpr) -> pl.Expr:
@@ -375,7 +481,7 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
         case ir.IsNull(operand):
             return _row_expr(operand).is_null()
         case ir.Like(operand, pattern, case_sensitive):
-            return _row_expr(operand).str.contains(_like_regex(pattern, case_sensitive))
+            return _row_expr(operand).str.contains(like_regex(pattern, case_sensitive))
         case ir.Clamp(operand, low, high):
             return _row_expr(operand).clip(low, high)
         case ir.Round(operand, decimals):
@@ -402,9 +508,3 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             keys, values = zip(*entries, strict=True)
             return _row_expr(key).replace_strict(list(keys), list(values), default=None)
     raise AssertionError(f"unknown row expression {expr!r}")
-
-
-def _like_regex(pattern: str, case_sensitive: bool) -> str:
-    """SQL LIKE as an anchored regex; everything but ``%`` and ``_`` is literal."""
-    pieces = [".*" if char == "%" else "." if char == "_" else re.escape(char) for char in pattern]
-    return ("(?s)" if case_sensitive else "(?si)") + "^" + "".join(pieces) + "$"

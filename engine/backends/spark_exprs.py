@@ -1,0 +1,199 @@
+"""QueryPlan row expressions → Spark Columns, with Polars' semantics where Spark's differ.
+
+The Polars backend is the reference; each place where Spark SQL would
+silently answer differently is spelled out here:
+
+* division by zero gives ±inf or NaN (IEEE, as Polars), not NULL;
+* FLOOR and CEIL stay floating point (Spark's return BIGINT, which saturates);
+* ROUND scales, rounds half away from zero and scales back (as Polars), which
+  is not Spark's decimal rounding of the shortest printed form (1.005 → 1.0);
+* LEAST and GREATEST skip NaN like NULL (Spark orders NaN above everything);
+* clamping leaves NaN alone (Spark would compare NaN above the upper bound);
+* a NaN that must become an integer fails the query, as Polars' strict cast does.
+
+Every function here needs pyspark; the module is only imported once a
+dataset asks for Spark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import reduce
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+
+from engine import plan as ir
+from engine.backends import draw as hashing
+from engine.backends.shared import like_regex
+
+_COMPARE: dict[ir.CompareOp, Callable[[Column, Column], Column]] = {
+    ir.CompareOp.EQ: lambda a, b: a == b,
+    ir.CompareOp.NEQ: lambda a, b: a != b,
+    ir.CompareOp.LT: lambda a, b: a < b,
+    ir.CompareOp.LTE: lambda a, b: a <= b,
+    ir.CompareOp.GT: lambda a, b: a > b,
+    ir.CompareOp.GTE: lambda a, b: a >= b,
+}
+_ARITH: dict[ir.ArithOp, Callable[[Column, Column], Column]] = {
+    ir.ArithOp.ADD: lambda a, b: a + b,
+    ir.ArithOp.SUB: lambda a, b: a - b,
+    ir.ArithOp.MUL: lambda a, b: a * b,
+    ir.ArithOp.DIV: lambda a, b: ieee_divide(a.cast("double"), b.cast("double")),
+}
+EXACT_INTEGERS = 2.0**52
+"""Doubles at least this large are whole numbers already."""
+LONG_RANGE = 2.0**63
+
+
+def row_expr(expr: ir.RowExpr) -> Column:
+    """Compile one row expression; SQL's three-valued logic is Spark's own."""
+    match expr:
+        case ir.Col(name, as_text):
+            return F.col(name).cast("string") if as_text else F.col(name)
+        case ir.Lit(value):
+            return F.lit(value)
+        case ir.Compare(op, left, right):
+            return _COMPARE[op](row_expr(left), row_expr(right))
+        case ir.Arith(op, left, right):
+            return _ARITH[op](row_expr(left), row_expr(right))
+        case ir.Neg(operand):
+            return -row_expr(operand)
+        case ir.And(operands):
+            return reduce(lambda a, b: a & b, (row_expr(operand) for operand in operands))
+        case ir.Or(operands):
+            return reduce(lambda a, b: a | b, (row_expr(operand) for operand in operands))
+        case ir.Not(operand):
+            return ~row_expr(operand)
+        case ir.InList(operand, values):
+            return _in_list(row_expr(operand), values)
+        case ir.Between(operand, low, high):
+            compared = row_expr(operand)
+            return (compared >= row_expr(low)) & (compared <= row_expr(high))
+        case ir.IsNull(operand):
+            return row_expr(operand).isNull()
+        case ir.Like(operand, pattern, case_sensitive):
+            return row_expr(operand).rlike(like_regex(pattern, case_sensitive))
+        case ir.Clamp(operand, low, high):
+            return clamp(row_expr(operand), low, high)
+        case ir.Round(operand, decimals):
+            return _round(row_expr(operand).cast("double"), decimals)
+        case ir.Floor(operand, ceiling):
+            return _floor(row_expr(operand).cast("double"), ceiling)
+        case ir.Case(branches, default):
+            (first_condition, first_value), *rest = branches
+            chained = F.when(row_expr(first_condition), row_expr(first_value))
+            for condition, label in rest:
+                chained = chained.when(row_expr(condition), row_expr(label))
+            return chained.otherwise(row_expr(default)) if default is not None else chained
+        case ir.Extreme(operands, greatest):
+            return _extreme([row_expr(operand) for operand in operands], greatest)
+        case ir.Coalesce(operands):
+            return F.coalesce(*(row_expr(operand) for operand in operands))
+    raise AssertionError(f"unknown row expression {expr!r}")
+
+
+def ieee_divide(numerator: Column, divisor: Column) -> Column:
+    """``a / b`` on doubles with IEEE results for a zero divisor (Spark's is NULL)."""
+    negative_zero = F.when(divisor == 0, divisor.cast("string").startswith("-"))
+    signed = F.when(negative_zero, -numerator).otherwise(numerator)
+    nan, inf = F.lit(float("nan")), F.lit(float("inf"))
+    by_zero = F.when(F.isnan(signed) | (signed == 0), nan).when(signed > 0, inf).otherwise(-inf)
+    return F.when(divisor.isNull() | numerator.isNull(), F.lit(None).cast("double")).when(
+        divisor == 0, by_zero
+    ).otherwise(numerator / divisor)
+
+
+def clamp(value: Column, low: float, high: float) -> Column:
+    """Force into ``[low, high]``; NULL and NaN pass through unchanged."""
+    return F.when(F.isnan(value), value).when(value < low, F.lit(low)).when(value > high, F.lit(high)).otherwise(value)
+
+
+def to_long(value: Column, what: str) -> Column:
+    """Truncate a double to BIGINT, failing the query on NaN or out of range (Polars' strict cast)."""
+    invalid = F.isnan(value) | (F.abs(value) >= LONG_RANGE)
+    return F.when(invalid, F.raise_error(F.lit(f"{what}: a value is NaN or out of the integer range"))).otherwise(
+        value.cast("long")
+    )
+
+
+def _in_list(operand: Column, values: tuple[ir.Lit, ...]) -> Column:
+    present = [lit.value for lit in values if lit.value is not None]
+    matched = operand.isin(present) if present else F.lit(False)
+    if len(present) < len(values):  # x IN (…, NULL) is NULL, not false, where x matches nothing
+        matched = F.when(matched, F.lit(True))
+    return F.when(operand.isNull(), F.lit(None).cast("boolean")).otherwise(matched)
+
+
+def _floor(number: Column, ceiling: bool) -> Column:
+    whole = F.ceil(number) if ceiling else F.floor(number)
+    keep = F.isnan(number) | (F.abs(number) >= EXACT_INTEGERS)
+    return F.when(keep, number).otherwise(whole.cast("double"))
+
+
+def _round(number: Column, decimals: int) -> Column:
+    """Half away from zero at ``decimals`` places, computed as Polars does: scale, round, scale back."""
+    scale = 10.0**decimals
+    scaled = number * scale
+    rounded = F.when(F.abs(scaled) >= EXACT_INTEGERS, scaled).otherwise(F.round(scaled, 0)) / scale
+    finite = ~F.isnan(rounded) & (F.abs(rounded) != float("inf"))
+    return F.when(finite, rounded).otherwise(number)
+
+
+def _extreme(operands: list[Column], greatest: bool) -> Column:
+    """LEAST/GREATEST ignoring NULL and NaN; NaN only when nothing else is there."""
+    without_nan = [F.when(~F.isnan(operand), operand) for operand in operands]
+    combined = F.greatest(*without_nan) if greatest else F.least(*without_nan)
+    any_nan = reduce(lambda a, b: a | b, (F.coalesce(F.isnan(operand), F.lit(False)) for operand in operands))
+    return F.when(combined.isNull() & any_nan, F.lit(float("nan"))).otherwise(combined)
+
+
+# --- the shared hash, over signed BIGINT -----------------------------------------
+
+
+def _signed(word: int) -> int:
+    word %= hashing.WORD
+    return word - hashing.WORD if word >= 2**63 else word
+
+
+class LongWords:
+    """``draw.Arithmetic`` over Spark BIGINT columns: two's complement wraps like unsigned words (non-ANSI)."""
+
+    def constant(self, value: int) -> Column:
+        return F.lit(_signed(value)).cast("long")
+
+    def xor(self, left: Column, right: Column) -> Column:
+        return left.bitwiseXOR(right)
+
+    def add(self, left: Column, right: Column) -> Column:
+        return left + right
+
+    def times(self, word: Column, constant: int) -> Column:
+        return word * self.constant(constant)
+
+    def shift_right(self, word: Column, bits: int) -> Column:
+        return F.shiftrightunsigned(word, bits)
+
+
+LONG_WORDS = LongWords()
+
+
+def word(column: Column, is_integer: bool) -> Column:
+    """A value's word (``draw.reference_word``): integers as themselves, text by its UTF-8 chunks; NULL fixed."""
+    if is_integer:
+        value = column.cast("long")
+    else:
+        text = column.cast("string")
+        digits = F.lower(F.hex(text))
+        chunks = F.regexp_extract_all(digits, F.lit(f"(.{{1,{hashing.HEX_DIGITS_PER_CHUNK}}})"), 1)
+        shares = F.transform(
+            chunks, lambda chunk, position: hashing.chunk_word(_hex_long(chunk), position.cast("long"), LONG_WORDS)
+        )
+        total = F.aggregate(shares, F.lit(0).cast("long"), lambda sum_, share: sum_ + share)
+        value = hashing.text_word(total, F.octet_length(text).cast("long"), LONG_WORDS)
+    return F.coalesce(value, LONG_WORDS.constant(hashing.NULL_WORD))
+
+
+def _hex_long(digits: Column) -> Column:
+    """At most 14 hex digits (56 bits) as a non-negative BIGINT."""
+    return F.conv(digits, 16, 10).cast("long")
