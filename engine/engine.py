@@ -61,15 +61,25 @@ class Engine:
     [[301877]]
     """
 
-    def __init__(self, policies: dict[str, Policy], ledger: Ledger, backend: Backend | None = None) -> None:
+    def __init__(self, policies: dict[str, Policy], ledger: Ledger, backends: dict[str, Backend] | None = None) -> None:
         self.policies = policies
         self.ledger = ledger
-        self.backend = backend or BACKENDS["polars"]()
+        self.backends: dict[str, Backend] = dict(backends or {})
+        """Built on first use, one per name, shared by every dataset that names it (a Spark session is costly)."""
 
     @classmethod
-    def from_policies(cls, directory: str | Path, ledger: str | None = None) -> Engine:
+    def from_policies(
+        cls, directory: str | Path, ledger: str | None = None, backends: dict[str, Backend] | None = None
+    ) -> Engine:
         directory = Path(directory)
-        return cls(load_policies(directory), open_ledger(ledger or default_ledger_url(directory)))
+        return cls(load_policies(directory), open_ledger(ledger or default_ledger_url(directory)), backends)
+
+    def backend(self, policy: Policy) -> Backend:
+        """The backend the dataset's policy names (``[dataset] backend``), built the first time it is needed."""
+        name = policy.dataset.backend
+        if name not in self.backends:
+            self.backends[name] = BACKENDS[name]()
+        return self.backends[name]
 
     def policy(self, dataset: str) -> Policy:
         try:
@@ -119,7 +129,8 @@ class Engine:
                 notes=list(plan.notes),
                 rank_accuracy=rank_accuracy(plan, noise),
             )
-        self.backend.check_schema(plan)
+        backend = self.backend(policy)
+        backend.check_schema(plan)
         normalised_sql = normalised(statement) + (_weights_comment(weights) if weights else "")
         charge = self.ledger.charge(
             ChargeRequest(
@@ -136,7 +147,7 @@ class Engine:
         )
         if isinstance(charge, StoredRelease):
             return self._stored(charge, policy, caller)
-        exact_aggregates = self.backend.execute(plan)
+        exact_aggregates = backend.execute(plan)
         noisy = release(noise, exact_aggregates, charge)
         table = build_table(plan, noise, noisy.keys, noisy.parts)
         result = Result(

@@ -255,6 +255,8 @@ class Source:
     format: SourceFormat
     columns: tuple[tuple[str, ColumnKind], ...]
     """The columns the query reads, each cast (never failing: bad values become NULL) to its kind."""
+    uri: str | None = None
+    """A location only a cluster backend reads (``s3a://…``, ``hdfs://…``), as given; ``paths`` is then empty."""
 
 
 @dataclass(frozen=True)

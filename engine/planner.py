@@ -378,10 +378,11 @@ class _Planner:
         return _Attribute(expr, attribute_type, f"{alias}.{column}", values)
 
     def _source(self) -> ir.Source:
-        paths = self.policy.source_paths
-        source_format = ir.SourceFormat.CSV if paths[0].suffix.lower() == ".csv" else ir.SourceFormat.PARQUET
+        paths, uri = self.policy.source_paths, self.policy.source_uri
+        location = uri.rstrip("/") if uri else paths[0].name
+        source_format = ir.SourceFormat.CSV if location.lower().endswith(".csv") else ir.SourceFormat.PARQUET
         columns = tuple((name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns))
-        return ir.Source(paths=paths, format=source_format, columns=columns)
+        return ir.Source(paths=paths, format=source_format, columns=columns, uri=uri)
 
     # --- names ---------------------------------------------------------------------
 

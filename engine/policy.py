@@ -114,10 +114,30 @@ class ColumnPolicy(_Strict):
         return self.values
 
 
+BACKEND_NAMES = ("polars", "spark")
+"""The engines a dataset may run on (``engine.backends.BACKENDS`` registers one for each)."""
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+"""A source such as ``s3a://bucket/pool/`` or ``hdfs://…``: read by the cluster, not resolved here."""
+
+
 class DatasetSection(_Strict):
     name: str
     source: str
     description: str = ""
+    backend: str = "polars"
+    """Which engine computes the bounded aggregates: "polars" (this machine) or "spark" (a cluster)."""
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"must be one of {', '.join(BACKEND_NAMES)}")
+        return backend
+
+    @property
+    def remote(self) -> bool:
+        """Whether the source is a URI for the cluster to read (only the Spark backend reads those)."""
+        return bool(_URI.match(self.source)) and not self.source.lower().startswith("file://")
 
     @field_validator("name")
     @classmethod
@@ -184,6 +204,8 @@ class Policy(_Strict):
     releases: ReleasesSection = ReleasesSection()
     public_tables: dict[str, PublicTableSection] = {}
     source_paths: tuple[Path, ...] = ()
+    source_uri: str | None = None
+    """The source as given, when it is a URI for the cluster (``source_paths`` is then empty)."""
     lookups: dict[str, PublicTable] = {}
     """The public tables, loaded (by lower-case name)."""
 
@@ -253,7 +275,11 @@ def load_policy(path: Path) -> Policy:
             for issue in error.errors()
         )
         raise PolicyError(f"{path}: {problems}") from None
-    sources = _resolve_source(path, policy.dataset.source)
+    sources: tuple[Path, ...] = ()
+    if not policy.dataset.remote:
+        sources = _resolve_source(path, policy.dataset.source)
+    elif policy.dataset.backend != "spark":
+        raise PolicyError(f'{path}: dataset.source: a URI source (s3a://, hdfs://, …) needs backend = "spark"')
     lookups = {}
     for name, table in policy.public_tables.items():
         source = Path(table.source) if Path(table.source).is_absolute() else path.parent / table.source
@@ -261,7 +287,8 @@ def load_policy(path: Path) -> Policy:
             lookups[name.lower()] = load_public_table(name, source.resolve(), table.key)
         except ValueError as error:
             raise PolicyError(f"{path}: public_tables.{name}: {error}") from None
-    return policy.model_copy(update={"source_paths": sources, "lookups": lookups})
+    uri = policy.dataset.source if policy.dataset.remote else None
+    return policy.model_copy(update={"source_paths": sources, "source_uri": uri, "lookups": lookups})
 
 
 def _resolve_source(policy_path: Path, source: str) -> tuple[Path, ...]:

@@ -26,7 +26,6 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from engine import plan as ir
-from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
 from engine.backends.shared import key_type
 from engine.backends.spark_session import SparkSettings, get_session
@@ -38,6 +37,9 @@ if TYPE_CHECKING:
 
 _ROWS = "__rows"
 _DRAW = "__draw"
+_UNIT_WORD = "__word_unit"
+_VALUE_WORD = "__word_value"
+_COPY_WORD = "__word_copy"
 _INTEGRAL = ("byte", "short", "integer", "long")
 _FRACTIONAL = ("float", "double")
 
@@ -88,7 +90,7 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
     """One row per observed group (ungrouped: exactly one row), one BIGINT (or sample array) column per part."""
     from pyspark.sql import functions as F
 
-    from engine.backends.spark_exprs import row_expr, word
+    from engine.backends.spark_exprs import row_expr
 
     scan = _scan(session, plan.source)
     stored = _stored_types(scan)
@@ -109,13 +111,13 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
     unit = plan.contribution.unit_column
     if unit is None:
         return _aggregate(frame, keys, _row_level_parts(plan))
-    unit_word = word(F.col(unit), stored[unit].typeName() in _INTEGRAL)
-    frame = frame.select("*", *_sample_draws(plan, unit_word, seed))
+    integer_unit = stored[unit].typeName() in _INTEGRAL
+    frame = _with_sample_draws(frame, plan, integer_unit, seed)
     per_member = frame.groupBy(unit, *keys).agg(*_member_statistics(plan, columns))
     per_member = per_member.select(unit, *keys, *_member_level_parts(plan))
     if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
-        group_draw = hashing.draw(seed, [unit_word, *_key_words(plan)], _long_words())
-        per_member = _keep_random_groups(per_member, unit, group_draw, plan.contribution.max_groups)
+        per_member = _with_group_draw(per_member, plan, integer_unit, seed)
+        per_member = _keep_random_groups(per_member, unit, plan.contribution.max_groups)
     return _aggregate(per_member, keys, [_combine(plan, index) for index in range(len(plan.parts))])
 
 
@@ -142,6 +144,8 @@ def _readable(stored: DataType, kind: ir.ColumnKind) -> bool:
         return name in (*_INTEGRAL, "string", "boolean")
     if kind is ir.ColumnKind.FLOAT:
         return numeric or name in ("boolean", "decimal")
+    if kind in (ir.ColumnKind.DATE, ir.ColumnKind.DATETIME):
+        return name in ("date", "timestamp", "timestamp_ntz")  # dates as text parse differently on each engine
     return numeric or name == "boolean"  # INT, BOOL
 
 
@@ -159,7 +163,13 @@ def _read(name: str, kind: ir.ColumnKind, stored: DataType) -> Column:
     if kind is ir.ColumnKind.INT and source in _FRACTIONAL:
         number = column.cast("double")
         return F.when(~F.isnan(number) & (F.abs(number) < LONG_RANGE), number.cast("long")).alias(name)
-    casts = {ir.ColumnKind.INT: "long", ir.ColumnKind.TEXT: "string", ir.ColumnKind.BOOL: "boolean"}
+    casts = {
+        ir.ColumnKind.INT: "long",
+        ir.ColumnKind.TEXT: "string",
+        ir.ColumnKind.BOOL: "boolean",
+        ir.ColumnKind.DATE: "date",
+        ir.ColumnKind.DATETIME: "timestamp_ntz",  # a zoned timestamp reads as its UTC wall clock (session zone UTC)
+    }
     return column.cast(casts[kind]).alias(name) if kind in casts else column
 
 
@@ -169,7 +179,8 @@ def _derived(derived: ir.DerivedColumn) -> Column:
     value = row_expr(derived.expr)
     if derived.kind is ir.ColumnKind.INT:
         return to_long(value.cast("double"), f"computed key {derived.name}")
-    return value.cast({ir.ColumnKind.FLOAT: "double", ir.ColumnKind.TEXT: "string"}[derived.kind])
+    kinds = {ir.ColumnKind.FLOAT: "double", ir.ColumnKind.TEXT: "string", ir.ColumnKind.DATE: "date"}
+    return value.cast(kinds[derived.kind])
 
 
 def _value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
@@ -228,22 +239,26 @@ def _counted_columns(plan: ir.QueryPlan) -> list[str]:
     return sorted(set(names))
 
 
-def _sample_draws(plan: ir.QueryPlan, unit_word: Column, seed: int) -> list[Column]:
+def _with_sample_draws(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, seed: int) -> DataFrame:
     """Per row, for each quantile part, the draw ordering a member's values in a group (as the Polars backend)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    from engine.backends.spark_exprs import with_draw, with_word
+
+    quantiles = [(index, part) for index, part in enumerate(plan.parts) if part.kind is ir.PartKind.QUANTILE]
+    unit = plan.contribution.unit_column
+    if not quantiles or unit is None:
+        return frame
     keys = [key.column for key in plan.group_keys]
-    draws = []
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.QUANTILE:
-            assert part.value is not None and plan.contribution.unit_column is not None
-            fixed = _fixed_name(part.value.column)
-            copies = Window.partitionBy(plan.contribution.unit_column, *keys, fixed).orderBy(fixed)
-            copy = (F.row_number().over(copies) - 1).cast("long")
-            value_draw = hashing.draw(seed, [unit_word, F.col(fixed), copy], _long_words())
-            draws.append(value_draw.alias(f"{_DRAW}_{index}"))
-    return draws
+    frame = with_word(frame, unit, integer_unit, _UNIT_WORD)
+    for index, part in quantiles:
+        assert part.value is not None
+        fixed = _fixed_name(part.value.column)
+        copies = Window.partitionBy(unit, *keys, fixed).orderBy(fixed)
+        frame = frame.withColumn(_VALUE_WORD, F.col(fixed)).withColumn(_COPY_WORD, F.row_number().over(copies) - 1)
+        frame = with_draw(frame, seed, [_UNIT_WORD, _VALUE_WORD, _COPY_WORD], f"{_DRAW}_{index}")
+    return frame
 
 
 def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[Column]:
@@ -256,7 +271,9 @@ def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) ->
         if part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
             fixed = F.col(_fixed_name(part.value.column))
-            drawn = F.collect_list(F.when(fixed.isNotNull(), F.struct(F.col(f"{_DRAW}_{index}").alias("d"), fixed.alias("v"))))
+            drawn = F.collect_list(
+                F.when(fixed.isNotNull(), F.struct(F.col(f"{_DRAW}_{index}").alias("d"), fixed.alias("v")))
+            )
             sampled = F.slice(F.array_sort(drawn), 1, cap)
             statistics.append(F.transform(sampled, lambda pair: pair["v"]).alias(_part_name(index)))
     statistics += [F.count(F.col(name)).alias(f"__n_{name}") for name in _counted_columns(plan)]
@@ -299,29 +316,34 @@ def _possible_groups(plan: ir.QueryPlan) -> int:
     return possible
 
 
-def _key_words(plan: ir.QueryPlan) -> list[Column]:
-    """Per group key: a public key's position in the policy's key set; a private key's text word."""
+def _with_group_draw(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, seed: int) -> DataFrame:
+    """Add the draw of each member's group: member, then per key a public key's position or a private key's text."""
     from pyspark.sql import functions as F
 
-    from engine.backends.spark_exprs import word
+    from engine.backends.spark_exprs import with_draw, with_word
 
-    words = []
-    for key in plan.group_keys:
+    unit = plan.contribution.unit_column
+    assert unit is not None
+    frame = with_word(frame, unit, integer_unit, _UNIT_WORD)
+    words = [_UNIT_WORD]
+    for index, key in enumerate(plan.group_keys):
+        name = f"__word_key_{index}"
         if key.values is None:
-            words.append(word(F.col(key.column), is_integer=False))
+            frame = with_word(frame, key.column, False, name)
         else:
-            positions = F.create_map(*itertools.chain.from_iterable((F.lit(v), F.lit(i)) for i, v in enumerate(key.values)))
-            words.append(F.element_at(positions, F.col(key.column)).cast("long"))
-    return words
+            pairs = itertools.chain.from_iterable((F.lit(value), F.lit(at)) for at, value in enumerate(key.values))
+            frame = frame.withColumn(name, F.element_at(F.create_map(*pairs), F.col(key.column)).cast("long"))
+        words.append(name)
+    return with_draw(frame, seed, words, _DRAW)
 
 
-def _keep_random_groups(frame: DataFrame, unit: str, draw: Column, max_groups: int) -> DataFrame:
+def _keep_random_groups(frame: DataFrame, unit: str, max_groups: int) -> DataFrame:
     """Keep at most ``max_groups`` groups per member: those with the smallest draws."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ranked = frame.withColumn(_DRAW, draw).withColumn("__rank", F.row_number().over(Window.partitionBy(unit).orderBy(_DRAW)))
-    return ranked.filter(F.col("__rank") <= max_groups).drop(_DRAW, "__rank")
+    ranked = frame.withColumn("__rank", F.row_number().over(Window.partitionBy(unit).orderBy(_DRAW)))
+    return ranked.filter(F.col("__rank") <= max_groups)
 
 
 def _combine(plan: ir.QueryPlan, index: int) -> Column:
@@ -338,12 +360,6 @@ def _aggregate(frame: DataFrame, keys: list[str], expressions: list[Column]) -> 
     return frame.groupBy(*keys).agg(*expressions) if keys else frame.agg(*expressions)
 
 
-def _long_words() -> Any:
-    from engine.backends.spark_exprs import LONG_WORDS
-
-    return LONG_WORDS
-
-
 # --- back on the driver ------------------------------------------------------------
 
 
@@ -354,7 +370,10 @@ def _laid_out(plan: ir.QueryPlan, rows: list[Any]) -> ExactAggregates:
     """
     empty = [[] if part.kind is ir.PartKind.QUANTILE else 0 for part in plan.parts]
     names = [key.column for key in plan.group_keys]
-    observed = {tuple(row[name] for name in names): [_part_value(row[_part_name(i)], empty[i]) for i in range(len(plan.parts))] for row in rows}
+    observed = {
+        tuple(row[name] for name in names): [_part_value(row[_part_name(i)], empty[i]) for i in range(len(plan.parts))]
+        for row in rows
+    }
     if not plan.group_keys:
         keys: list[tuple[object, ...]] = [()]
     elif plan.private_keys:

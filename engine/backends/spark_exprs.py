@@ -17,15 +17,17 @@ dataset asks for Spark.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from functools import reduce
 
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from engine import plan as ir
 from engine.backends import draw as hashing
 from engine.backends.shared import like_regex
+from engine.dates import DateField, TruncUnit
 
 _COMPARE: dict[ir.CompareOp, Callable[[Column, Column], Column]] = {
     ir.CompareOp.EQ: lambda a, b: a == b,
@@ -40,6 +42,25 @@ _ARITH: dict[ir.ArithOp, Callable[[Column, Column], Column]] = {
     ir.ArithOp.SUB: lambda a, b: a - b,
     ir.ArithOp.MUL: lambda a, b: a * b,
     ir.ArithOp.DIV: lambda a, b: ieee_divide(a.cast("double"), b.cast("double")),
+}
+_DATE_FIELDS: dict[DateField, Callable[[Column], Column]] = {
+    DateField.YEAR: F.year,
+    DateField.QUARTER: F.quarter,
+    DateField.MONTH: F.month,
+    DateField.WEEK: F.weekofyear,  # ISO 8601, as Polars' dt.week()
+    DateField.DAY: F.dayofmonth,
+    DateField.DOW: lambda d: F.dayofweek(d) - 1,  # Spark: Sunday = 1
+    DateField.ISODOW: lambda d: F.weekday(d) + 1,  # Spark: Monday = 0
+    DateField.DOY: F.dayofyear,
+    DateField.HOUR: F.hour,
+    DateField.MINUTE: F.minute,
+}
+_TRUNC_UNITS = {
+    TruncUnit.YEAR: "year",
+    TruncUnit.QUARTER: "quarter",
+    TruncUnit.MONTH: "month",
+    TruncUnit.WEEK: "week",  # to Monday, as Polars' "1w"
+    TruncUnit.DAY: "day",
 }
 EXACT_INTEGERS = 2.0**52
 """Doubles at least this large are whole numbers already."""
@@ -90,6 +111,13 @@ def row_expr(expr: ir.RowExpr) -> Column:
             return _extreme([row_expr(operand) for operand in operands], greatest)
         case ir.Coalesce(operands):
             return F.coalesce(*(row_expr(operand) for operand in operands))
+        case ir.DatePart(operand, field):
+            return _DATE_FIELDS[field](row_expr(operand)).cast("long")
+        case ir.DateTrunc(operand, unit):
+            return F.date_trunc(_TRUNC_UNITS[unit], row_expr(operand)).cast("date")
+        case ir.Lookup(key, entries):
+            table = F.create_map(*(F.lit(item) for entry in entries for item in entry))
+            return F.element_at(table, row_expr(key))  # NULL where the key has no entry (non-ANSI)
     raise AssertionError(f"unknown row expression {expr!r}")
 
 
@@ -99,14 +127,17 @@ def ieee_divide(numerator: Column, divisor: Column) -> Column:
     signed = F.when(negative_zero, -numerator).otherwise(numerator)
     nan, inf = F.lit(float("nan")), F.lit(float("inf"))
     by_zero = F.when(F.isnan(signed) | (signed == 0), nan).when(signed > 0, inf).otherwise(-inf)
-    return F.when(divisor.isNull() | numerator.isNull(), F.lit(None).cast("double")).when(
-        divisor == 0, by_zero
-    ).otherwise(numerator / divisor)
+    return (
+        F.when(divisor.isNull() | numerator.isNull(), F.lit(None).cast("double"))
+        .when(divisor == 0, by_zero)
+        .otherwise(numerator / divisor)
+    )
 
 
-def clamp(value: Column, low: float, high: float) -> Column:
+def clamp(value: Column, low: float | dt.date, high: float | dt.date) -> Column:
     """Force into ``[low, high]``; NULL and NaN pass through unchanged."""
-    return F.when(F.isnan(value), value).when(value < low, F.lit(low)).when(value > high, F.lit(high)).otherwise(value)
+    clamped = F.when(value < low, F.lit(low)).when(value > high, F.lit(high)).otherwise(value)
+    return clamped if isinstance(low, dt.date) else F.when(F.isnan(value), value).otherwise(clamped)
 
 
 def to_long(value: Column, what: str) -> Column:
@@ -178,20 +209,33 @@ class LongWords:
 LONG_WORDS = LongWords()
 
 
-def word(column: Column, is_integer: bool) -> Column:
-    """A value's word (``draw.reference_word``): integers as themselves, text by its UTF-8 chunks; NULL fixed."""
+def with_word(frame: DataFrame, column: str, is_integer: bool, name: str) -> DataFrame:
+    """Add ``name``: the column's words (``draw.reference_word``): integers as themselves, text by its UTF-8 chunks.
+
+    Every step is its own column, as ``draw.mix`` asks.
+    """
+    null_word = LONG_WORDS.constant(hashing.NULL_WORD)
     if is_integer:
-        value = column.cast("long")
-    else:
-        text = column.cast("string")
-        digits = F.lower(F.hex(text))
-        chunks = F.regexp_extract_all(digits, F.lit(f"(.{{1,{hashing.HEX_DIGITS_PER_CHUNK}}})"), 1)
-        shares = F.transform(
-            chunks, lambda chunk, position: hashing.chunk_word(_hex_long(chunk), position.cast("long"), LONG_WORDS)
-        )
-        total = F.aggregate(shares, F.lit(0).cast("long"), lambda sum_, share: sum_ + share)
-        value = hashing.text_word(total, F.octet_length(text).cast("long"), LONG_WORDS)
-    return F.coalesce(value, LONG_WORDS.constant(hashing.NULL_WORD))
+        return frame.withColumn(name, F.coalesce(F.col(column).cast("long"), null_word))
+    text = F.col(column).cast("string")
+    digits = F.lower(F.hex(text))
+    chunks = F.regexp_extract_all(digits, F.lit(f"(.{{1,{hashing.HEX_DIGITS_PER_CHUNK}}})"), 1)
+    frame = frame.withColumn(
+        name,
+        F.transform(chunks, lambda chunk, at: hashing.chunk_input(_hex_long(chunk), at.cast("long"), LONG_WORDS)),
+    )
+    mixed = F.transform(F.col(name), lambda chunk: hashing.mix(chunk, LONG_WORDS))
+    frame = frame.withColumn(name, F.aggregate(mixed, F.lit(0).cast("long"), lambda total, share: total + share))
+    frame = frame.withColumn(name, hashing.text_input(F.col(name), F.octet_length(text).cast("long"), LONG_WORDS))
+    return frame.withColumn(name, F.coalesce(hashing.mix(F.col(name), LONG_WORDS), null_word))
+
+
+def with_draw(frame: DataFrame, seed: int, words: list[str], name: str) -> DataFrame:
+    """Add ``name``: the draw of the word columns ``words``, one column step per word."""
+    frame = frame.withColumn(name, hashing.draw_start(seed, LONG_WORDS))
+    for word in words:
+        frame = frame.withColumn(name, hashing.mix(hashing.draw_step(F.col(name), F.col(word), LONG_WORDS), LONG_WORDS))
+    return frame.withColumn(name, hashing.draw_end(F.col(name), LONG_WORDS))
 
 
 def _hex_long(digits: Column) -> Column:

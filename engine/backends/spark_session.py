@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 MASTER_VARIABLE = "COOPDP_SPARK_MASTER"
 CONF_VARIABLE = "COOPDP_SPARK_CONF"
 DEFAULT_MASTER = "local[*]"
-REQUIRED_CONF = {"spark.sql.ansi.enabled": "false"}
-"""The backend relies on non-ANSI semantics: failed casts give NULL and 64-bit integer arithmetic wraps (the hash)."""
+REQUIRED_CONF = {"spark.sql.ansi.enabled": "false", "spark.sql.session.timeZone": "UTC"}
+"""Non-ANSI: failed casts and missing map keys give NULL, 64-bit arithmetic wraps (the hash); UTC: a zoned
+timestamp reads as its UTC wall clock, as Polars reads it."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class SparkSettings:
         if not isinstance(conf, dict):
             raise PolicyError(f'{CONF_VARIABLE} must be a JSON object such as {{"spark.executor.memory": "4g"}}')
         for key, value in REQUIRED_CONF.items():
-            if str(conf.get(key, value)).lower() != value:
+            if str(conf.get(key, value)).lower() != value.lower():
                 raise PolicyError(f"{CONF_VARIABLE} may not set {key}: the Spark backend needs {key}={value}")
         return cls(os.environ.get(MASTER_VARIABLE, DEFAULT_MASTER), {str(k): str(v) for k, v in conf.items()})
 
