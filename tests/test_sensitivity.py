@@ -1,8 +1,9 @@
 """Property tests of the privacy claim: one unit moves the exact bounded aggregates by at most the planned sensitivity.
 
 For random small pools and a random unit (a member, with ALL its rows, at
-member level; one row at row level), the exact bounded aggregates the Polars
-backend computes before any noise are compared on the two neighbouring pools.
+member level; one row at row level), the exact bounded aggregates a backend
+(Polars; and Spark, with fewer examples) computes before any noise are
+compared on the two neighbouring pools.
 For every measured part, the difference vector over the public groups must
 satisfy ``‖Δ‖₁ ≤ l1``, ``‖Δ‖₂ ≤ l2`` (what the noise is calibrated to) and
 change at most ``groups_touched_per_unit`` groups (the L0 bound both rely on).
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from engine.backends.base import Backend
 from engine.backends.polars import PolarsBackend
 from engine.plan import PartKind, QueryPlan
 from engine.planner import plan_query
@@ -186,11 +188,13 @@ def frame_of(pool: list[dict[str, object]]) -> pl.DataFrame:
     return pl.DataFrame(pool, schema=SCHEMA)
 
 
-def exact_parts(root: Path, pool: list[dict[str, object]], privacy: str, sql: str) -> tuple[QueryPlan, dict]:
+def exact_parts(
+    root: Path, pool: list[dict[str, object]], privacy: str, sql: str, backend: Backend
+) -> tuple[QueryPlan, dict]:
     """Plan ``sql`` on a fresh pool under ``root``; return the plan and ``{key: [part values]}``."""
     policies = write_pool(root, frame_of(pool), privacy)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
-    exact = PolarsBackend().execute(plan, seed=SEED)
+    exact = backend.execute(plan, seed=SEED)
     assert len(exact.parts) == len(plan.parts)
     assert all(len(values) == len(exact.keys) for values in exact.parts)
     assert len(set(exact.keys)) == len(exact.keys), "a group appears twice"
@@ -204,13 +208,16 @@ def _multiset_distance(larger: list[int], smaller: list[int]) -> int:
     return sum(((a - b) + (b - a)).values())
 
 
-def assert_neighbours_within_sensitivity(privacy: str, sql: str, larger: list[dict], smaller: list[dict]) -> None:
+def assert_neighbours_within_sensitivity(
+    privacy: str, sql: str, larger: list[dict], smaller: list[dict], backend: Backend | None = None
+) -> None:
+    backend = backend or PolarsBackend()
     if privacy == ROW_LEVEL:
         for member_only, stand_in in MEMBER_ONLY.items():
             sql = sql.replace(member_only, stand_in)
     with tempfile.TemporaryDirectory() as directory:
-        plan, with_unit = exact_parts(Path(directory) / "with", larger, privacy, sql)
-        plan_without, without_unit = exact_parts(Path(directory) / "without", smaller, privacy, sql)
+        plan, with_unit = exact_parts(Path(directory) / "with", larger, privacy, sql, backend)
+        plan_without, without_unit = exact_parts(Path(directory) / "without", smaller, privacy, sql, backend)
     assert plan_without.parts == plan.parts
     assert set(with_unit) == set(without_unit), "both neighbours must release the same public keys"
     expected_groups = math.prod(len(key.values) for key in plan.group_keys)
@@ -249,12 +256,39 @@ _SETTINGS = settings(
 )
 
 
+_SPARK_SETTINGS = settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: every step costs Spark jobs
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+"""The same properties on Spark: few examples (each costs two Spark jobs); tests/test_spark.py checks equality."""
+SPARK_PRIVACY = [pytest.param(member_level(2, 3), id="member-g2-r3"), pytest.param(ROW_LEVEL, id="row")]
+
+
 @pytest.mark.parametrize("privacy", PRIVACY)
 @_SETTINGS
 @given(pool=pools, sql=queries(), data=st.data())
 def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity(
     privacy: str, pool: list[dict], sql: str, data: st.DataObject
 ) -> None:
+    one_unit_moves_aggregates_within_sensitivity(PolarsBackend(), privacy, pool, sql, data)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("privacy", SPARK_PRIVACY)
+@_SPARK_SETTINGS
+@given(pool=pools, sql=queries(), data=st.data())
+def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity_on_spark(
+    spark_backend: Backend, privacy: str, pool: list[dict], sql: str, data: st.DataObject
+) -> None:
+    one_unit_moves_aggregates_within_sensitivity(spark_backend, privacy, pool, sql, data)
+
+
+def one_unit_moves_aggregates_within_sensitivity(
+    backend: Backend, privacy: str, pool: list[dict], sql: str, data: st.DataObject
+) -> None:
+    """Remove one unit (a row, or a member with all its rows) from ``pool``: the aggregates move within bounds."""
     if privacy == ROW_LEVEL:
         removed = data.draw(st.integers(min_value=0, max_value=len(pool) - 1), label="removed row")
         smaller = pool[:removed] + pool[removed + 1 :]
@@ -262,7 +296,7 @@ def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity(
         members = sorted({row["member_id"] for row in pool})
         member = data.draw(st.sampled_from(members), label="removed member")
         smaller = [row for row in pool if row["member_id"] != member]
-    assert_neighbours_within_sensitivity(privacy, sql, pool, smaller)
+    assert_neighbours_within_sensitivity(privacy, sql, pool, smaller, backend)
 
 
 @pytest.mark.parametrize(
@@ -285,6 +319,23 @@ def test_adding_a_heavy_member_spread_over_groups_is_bounded(
     assert_neighbours_within_sensitivity(privacy, sql, others + added, others)
 
 
+@pytest.mark.spark
+@_SPARK_SETTINGS
+@given(
+    others=st.lists(stray_rows, max_size=25),
+    member_rows=st.lists(stray_rows, min_size=1, max_size=30),
+    member=st.integers(min_value=1, max_value=9),
+    sql=queries(),
+)
+def test_adding_a_heavy_member_spread_over_groups_is_bounded_on_spark(
+    spark_backend: Backend, others: list[dict], member_rows: list[dict], member: int, sql: str
+) -> None:
+    """As above, on Spark, under one member-level policy."""
+    others = [row for row in others if row["member_id"] != member]
+    added = [{**row, "member_id": member} for row in member_rows]
+    assert_neighbours_within_sensitivity(member_level(1, 3), sql, others + added, others, spark_backend)
+
+
 # --- contribution bounds, directly ------------------------------------------------
 
 
@@ -301,6 +352,20 @@ def _execute(root: Path, frame: pl.DataFrame, privacy: str, sql: str) -> tuple[Q
 def test_one_member_over_every_region_is_capped(
     tmp_path: Path, max_groups: int, max_rows_per_group: int, seed: int
 ) -> None:
+    assert_one_member_over_every_region_is_capped(PolarsBackend(), tmp_path, max_groups, max_rows_per_group, seed)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("max_groups", [1, 3])
+def test_one_member_over_every_region_is_capped_on_spark(
+    spark_backend: Backend, tmp_path: Path, max_groups: int
+) -> None:
+    assert_one_member_over_every_region_is_capped(spark_backend, tmp_path, max_groups, 3, seed=0)
+
+
+def assert_one_member_over_every_region_is_capped(
+    backend: Backend, tmp_path: Path, max_groups: int, max_rows_per_group: int, seed: int
+) -> None:
     """One member with 25 rows in each of the 4 regions: at most max_groups regions, max_rows_per_group rows each."""
     frame = frame_of(
         [
@@ -312,7 +377,7 @@ def test_one_member_over_every_region_is_capped(
     sql = "SELECT region, COUNT(*), COUNT(hours), SUM(hours), SUM(age), AVG(hours) FROM shifts GROUP BY region"
     policies = write_dataset(tmp_path, frame, privacy=member_level(max_groups, max_rows_per_group))
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
-    exact = PolarsBackend().execute(plan, seed=seed)
+    exact = backend.execute(plan, seed=seed)
     counts = exact.parts[0]
     touched = [count for count in counts if count]
     assert len(touched) == max_groups, "the member keeps exactly max_groups of its regions"

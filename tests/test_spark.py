@@ -119,7 +119,9 @@ def test_engine_runs_each_dataset_on_the_backend_its_policy_names(spark_backend:
     write_dataset(tmp_path, many_members(), name="on_spark")
     spark_policy = policies / "on_spark.toml"
     spark_policy.write_text(spark_policy.read_text().replace("[dataset]\n", '[dataset]\nbackend = "spark"\n', 1))
-    engine = Engine.from_policies(policies, ledger=f"sqlite:///{tmp_path / 'ledger.db'}", backends={"spark": spark_backend})
+    engine = Engine.from_policies(
+        policies, ledger=f"sqlite:///{tmp_path / 'ledger.db'}", backends={"spark": spark_backend}
+    )
     try:
         sql = "SELECT region, COUNT(*) AS n, AVG(hours) AS h FROM {} GROUP BY region"
         on_polars = engine.query("on_polars", sql.format("on_polars"), epsilon=1.0)
@@ -127,7 +129,11 @@ def test_engine_runs_each_dataset_on_the_backend_its_policy_names(spark_backend:
         assert engine.backend(engine.policy("on_spark")) is spark_backend
         assert isinstance(engine.backend(engine.policy("on_polars")), PolarsBackend)
         assert on_spark.columns == on_polars.columns == ["region", "n", "h"]
-        assert [row[0] for row in on_spark.rows] == [row[0] for row in on_polars.rows] == ["north", "south", "east", "west"]
+        assert (
+            [row[0] for row in on_spark.rows]
+            == [row[0] for row in on_polars.rows]
+            == ["north", "south", "east", "west"]
+        )
         assert on_spark.accuracy == on_polars.accuracy and on_spark.cost == on_polars.cost
     finally:
         engine.close()
@@ -148,3 +154,24 @@ def test_spark_refuses_what_it_cannot_read_like_polars_before_any_charge(spark_b
     plan = plan_query(parse("SELECT SUM(hours) FROM shifts"), load_policy(policies / "shifts.toml"))
     with pytest.raises(PolicyError, match="has no column hours"):
         spark_backend.check_schema(plan)
+
+
+def test_spark_draws_what_the_reference_draws(spark_session: Any) -> None:
+    """The shared hash on Spark's signed BIGINTs: bit for bit the reference's words and draws."""
+    from engine.backends import draw as hashing
+    from engine.backends.spark_exprs import with_draw, with_word
+
+    texts = ["", "a", "member-0001", "héllo wörld, a somewhat longer text", None, "日本"]
+    numbers = [0, -1, 2**62, -(2**63), None, 7]
+    frame = spark_session.createDataFrame(list(zip(texts, numbers, strict=True)), "text string, number long")
+    frame = with_word(frame, "text", False, "text_word")
+    frame = with_word(frame, "number", True, "number_word")
+    frame = with_draw(frame, 2**62 + 12345, ["text_word", "number_word"], "draw")
+    unsigned = [
+        tuple(value % 2**64 for value in row) for row in frame.select("text_word", "number_word", "draw").collect()
+    ]
+    expected = [
+        (hashing.reference_word(t), hashing.reference_word(n), hashing.reference_draw(2**62 + 12345, [t, n]))
+        for t, n in zip(texts, numbers, strict=True)
+    ]
+    assert unsigned == expected

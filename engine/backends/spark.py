@@ -393,4 +393,4 @@ def _part_value(value: Any, empty: Any) -> Any:
 def _typed(values: tuple[object, ...]) -> list[object]:
     """Public keys as the Polars backend returns them: one Python type per key (ints widened to float if mixed)."""
     cast = key_type(values)
-    return [cast(value) for value in values]
+    return [value if isinstance(value, cast) else cast(value) for value in values]
