@@ -29,7 +29,7 @@ from engine.planner import plan_query
 from engine.policy import load_policy
 from engine.sql import parse
 
-SPARK_CONF = {"spark.driver.memory": "12g", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
+SPARK_CONF = {"spark.driver.memory": "8g", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
 
 
 def build_partitioned_pool(folder: Path, rows: int) -> Path:
