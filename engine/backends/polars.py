@@ -27,7 +27,21 @@ import polars as pl
 from engine import plan as ir
 from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
-from engine.backends.shared import key_type, like_regex
+from engine.backends.shared import (
+    COPY_WORD,
+    GROUP_DRAW,
+    ROWS,
+    UNIT_WORD,
+    VALUE_WORD,
+    chooses_groups,
+    counted_columns,
+    fixed_name,
+    key_type,
+    like_regex,
+    part_name,
+    sample_draw_name,
+    value_columns,
+)
 from engine.dates import DateField, TruncUnit
 from engine.errors import PolicyError
 
@@ -73,7 +87,6 @@ _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     ir.ArithOp.MUL: lambda a, b: a * b,
     ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
 }
-_ROWS = "__rows"
 _ORDER = "__order"
 _KEY_DTYPES: dict[type, pl.DataType] = {
     bool: pl.Boolean(),
@@ -111,7 +124,7 @@ class PolarsBackend:
             keys = [tuple(row) for row in result.select([key.column for key in plan.group_keys]).iter_rows()]
         else:
             keys = [()] * result.height
-        parts = [result.get_column(_part_name(index)).to_list() for index in range(len(plan.parts))]
+        parts = [result.get_column(part_name(index)).to_list() for index in range(len(plan.parts))]
         return ExactAggregates(keys=keys, parts=parts)
 
 
@@ -129,7 +142,7 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     for key in plan.group_keys:
         keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
         frame = frame.filter(keep)
-    columns = _value_columns(plan)
+    columns = value_columns(plan)
     kinds = dict(plan.source.columns)
     frame = frame.with_columns(
         _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items()
@@ -143,12 +156,12 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
         frame = _with_sample_draws(frame, plan, unit_dtype, seed)
         per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
         per_member = per_member.with_columns(_member_level_parts(plan))
-        if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
-            per_member = _with_word(per_member, unit, unit_dtype, _UNIT_WORD)
+        if chooses_groups(plan):
+            per_member = _with_word(per_member, unit, unit_dtype, UNIT_WORD)
             per_member = _with_key_words(per_member, plan)
-            words = [_UNIT_WORD, *(_key_word_name(i) for i in range(len(keys)))]
-            per_member = _with_draw(per_member, seed, words, _GROUP_DRAW)
-            per_member = _keep_random_groups(per_member, unit, pl.col(_GROUP_DRAW), plan.contribution.max_groups)
+            words = [UNIT_WORD, *(_key_word_name(i) for i in range(len(keys)))]
+            per_member = _with_draw(per_member, seed, words, GROUP_DRAW)
+            per_member = _keep_random_groups(per_member, unit, pl.col(GROUP_DRAW), plan.contribution.max_groups)
         bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
 
@@ -192,18 +205,6 @@ def _read(name: str, kind: ir.ColumnKind, stored: pl.DataType) -> pl.Expr:
     return column
 
 
-def _value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
-    return {part.value.column: part.value for part in plan.parts if part.value is not None}
-
-
-def _fixed_name(column: str) -> str:
-    return f"__fixed_{column}"
-
-
-def _part_name(index: int) -> str:
-    return f"__part_{index}"
-
-
 def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:
     """Clamp to the bounds in integer fixed-point units (NULL stays NULL).
 
@@ -212,9 +213,9 @@ def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:
     """
     column = pl.col(value.column)
     if kind is ir.ColumnKind.INT and value.scale == 1:
-        return column.clip(value.lower, value.upper).alias(_fixed_name(value.column))
+        return column.clip(value.lower, value.upper).alias(fixed_name(value.column))
     scaled = column.cast(pl.Float64) * value.scale
-    return scaled.clip(value.lower, value.upper).cast(pl.Int64).alias(_fixed_name(value.column))
+    return scaled.clip(value.lower, value.upper).cast(pl.Int64).alias(fixed_name(value.column))
 
 
 def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
@@ -227,26 +228,16 @@ def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
             expression = pl.col(part.counted_column).count().cast(pl.Int64)
         elif part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            values = pl.col(_fixed_name(part.value.column)).drop_nulls()
+            values = pl.col(fixed_name(part.value.column)).drop_nulls()
             expression = values if plan.group_keys else values.implode()
         else:
             assert part.value is not None
-            fixed = pl.col(_fixed_name(part.value.column))
+            fixed = pl.col(fixed_name(part.value.column))
             if part.kind is ir.PartKind.CENTERED_SUM:
                 fixed = fixed - part.value.center
             expression = fixed.sum()
-        expressions.append(expression.alias(_part_name(index)))
+        expressions.append(expression.alias(part_name(index)))
     return expressions
-
-
-def _counted_columns(plan: ir.QueryPlan) -> list[str]:
-    """Columns whose non-NULL rows a part counts, or whose values a part sums."""
-    names = [part.counted_column or part.value.column for part in plan.parts if part.counted_column or part.value]
-    return sorted(set(names))
-
-
-def _sample_draw_name(index: int) -> str:
-    return f"__draw_{index}"
 
 
 def _with_sample_draws(frame: pl.LazyFrame, plan: ir.QueryPlan, unit_dtype: pl.DataType, seed: int) -> pl.LazyFrame:
@@ -261,15 +252,15 @@ def _with_sample_draws(frame: pl.LazyFrame, plan: ir.QueryPlan, unit_dtype: pl.D
     if not quantiles or unit is None:
         return frame
     keys = [key.column for key in plan.group_keys]
-    frame = _with_word(frame, unit, unit_dtype, _UNIT_WORD)
+    frame = _with_word(frame, unit, unit_dtype, UNIT_WORD)
     for index, part in quantiles:
         assert part.value is not None
-        fixed = _fixed_name(part.value.column)
+        fixed = fixed_name(part.value.column)
         frame = frame.with_columns(
-            pl.col(fixed).reinterpret(signed=False).alias(_VALUE_WORD),
-            pl.int_range(pl.len(), dtype=pl.UInt64).over([unit, *keys, fixed]).alias(_COPY_WORD),
+            pl.col(fixed).reinterpret(signed=False).alias(VALUE_WORD),
+            pl.int_range(pl.len(), dtype=pl.UInt64).over([unit, *keys, fixed]).alias(COPY_WORD),
         )
-        frame = _with_draw(frame, seed, [_UNIT_WORD, _VALUE_WORD, _COPY_WORD], _sample_draw_name(index))
+        frame = _with_draw(frame, seed, [UNIT_WORD, VALUE_WORD, COPY_WORD], sample_draw_name(index))
     return frame
 
 
@@ -278,16 +269,16 @@ def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) ->
 
     For a quantile, up to ``max_rows_per_group`` of the member's values: those with the smallest draws.
     """
-    statistics = [pl.len().cast(pl.Int64).alias(_ROWS)]
+    statistics = [pl.len().cast(pl.Int64).alias(ROWS)]
     cap = plan.contribution.max_rows_per_group
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            fixed = pl.col(_fixed_name(part.value.column))
-            sampled = fixed.sort_by(pl.col(_sample_draw_name(index))).drop_nulls().head(cap)
-            statistics.append(sampled.alias(_part_name(index)))
-    statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in _counted_columns(plan)]
-    statistics += [pl.col(_fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
+            fixed = pl.col(fixed_name(part.value.column))
+            sampled = fixed.sort_by(pl.col(sample_draw_name(index))).drop_nulls().head(cap)
+            statistics.append(sampled.alias(part_name(index)))
+    statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in counted_columns(plan)]
+    statistics += [pl.col(fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
     return statistics
 
 
@@ -303,7 +294,7 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
         if part.kind is ir.PartKind.QUANTILE:
             continue  # already bounded: the member's sampled values
         if part.kind is ir.PartKind.COUNT_ROWS:
-            expression = pl.min_horizontal(pl.col(_ROWS), cap)
+            expression = pl.min_horizontal(pl.col(ROWS), cap)
         elif part.kind is ir.PartKind.COUNT_UNITS:
             expression = pl.lit(1)  # this member, in this group
         elif part.kind is ir.PartKind.COUNT_VALUES:
@@ -315,25 +306,17 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
             center = part.value.center if part.kind is ir.PartKind.CENTERED_SUM else 0
             mean = pl.col(f"__s_{column}") // count - center
             expression = pl.when(count > 0).then(mean * pl.min_horizontal(count, cap)).otherwise(0)
-        expressions.append(expression.cast(pl.Int64).alias(_part_name(index)))
+        expressions.append(expression.cast(pl.Int64).alias(part_name(index)))
     return expressions
 
 
 def _combine(plan: ir.QueryPlan, index: int) -> pl.Expr:
     """Members' bounded contributions to a group: summed, or (quantiles) pooled into one list."""
-    column = pl.col(_part_name(index))
+    column = pl.col(part_name(index))
     if plan.parts[index].kind is not ir.PartKind.QUANTILE:
         return column.sum()
     pooled = column.explode().drop_nulls()
     return pooled if plan.group_keys else pooled.implode()
-
-
-def _possible_groups(plan: ir.QueryPlan) -> int:
-    """How many groups the public keys make (only called when every key is public)."""
-    possible = 1
-    for key in plan.group_keys:
-        possible *= len(key.values or ())
-    return possible
 
 
 def _keep_random_groups(frame: pl.LazyFrame, unit: str, draw: pl.Expr, max_groups: int) -> pl.LazyFrame:
@@ -355,7 +338,7 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     observed groups come back (sorted); the threshold decides which are released.
     """
     filled = [
-        pl.col(_part_name(i)).fill_null(pl.lit([], dtype=pl.List(pl.Int64)) if part.kind is ir.PartKind.QUANTILE else 0)
+        pl.col(part_name(i)).fill_null(pl.lit([], dtype=pl.List(pl.Int64)) if part.kind is ir.PartKind.QUANTILE else 0)
         for i, part in enumerate(plan.parts)
     ]
     if not plan.group_keys:
@@ -394,10 +377,6 @@ class _UInt64Words:
 
 
 _UINT64 = _UInt64Words()
-_UNIT_WORD = "__word_unit"
-_VALUE_WORD = "__word_value"
-_COPY_WORD = "__word_copy"
-_GROUP_DRAW = "__draw_group"
 
 
 def _with_word(frame: pl.LazyFrame, column: str, stored: pl.DataType, name: str) -> pl.LazyFrame:

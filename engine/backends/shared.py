@@ -1,9 +1,11 @@
-"""Rules every backend applies the same way, written once: LIKE patterns and the Python type of public keys."""
+"""What every backend does the same way, written once: LIKE patterns, key types, internal names, plan facts."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+
+from engine import plan as ir
 
 
 def like_regex(pattern: str, case_sensitive: bool) -> str:
@@ -28,3 +30,45 @@ def key_type(values: tuple[object, ...]) -> type:
     if all(isinstance(value, dt.date) for value in values):
         return dt.date
     return str
+
+
+# --- names and plan facts both backends use ----------------------------------------
+
+ROWS = "__rows"
+UNIT_WORD = "__word_unit"
+VALUE_WORD = "__word_value"
+COPY_WORD = "__word_copy"
+GROUP_DRAW = "__draw_group"
+
+
+def fixed_name(column: str) -> str:
+    """The column holding ``column`` clamped to fixed point."""
+    return f"__fixed_{column}"
+
+
+def part_name(index: int) -> str:
+    return f"__part_{index}"
+
+
+def sample_draw_name(index: int) -> str:
+    """The column of draws ordering a member's values for quantile part ``index``."""
+    return f"__draw_{index}"
+
+
+def value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
+    """The columns a part sums or samples, with their fixed-point bounds."""
+    return {part.value.column: part.value for part in plan.parts if part.value is not None}
+
+
+def counted_columns(plan: ir.QueryPlan) -> list[str]:
+    """Columns whose non-NULL rows a part counts, or whose values a part sums."""
+    names = [part.counted_column or part.value.column for part in plan.parts if part.counted_column or part.value]
+    return sorted(set(names))
+
+
+def chooses_groups(plan: ir.QueryPlan) -> bool:
+    """Whether a member can touch more groups than ``max_groups``, so that each member's groups must be chosen."""
+    possible = 1
+    for key in plan.group_keys:
+        possible *= len(key.values or ())
+    return bool(plan.group_keys) and (bool(plan.private_keys) or plan.contribution.max_groups < possible)

@@ -27,7 +27,20 @@ from typing import TYPE_CHECKING, Any
 
 from engine import plan as ir
 from engine.backends.base import ExactAggregates
-from engine.backends.shared import key_type
+from engine.backends.shared import (
+    COPY_WORD,
+    GROUP_DRAW,
+    ROWS,
+    UNIT_WORD,
+    VALUE_WORD,
+    chooses_groups,
+    counted_columns,
+    fixed_name,
+    key_type,
+    part_name,
+    sample_draw_name,
+    value_columns,
+)
 from engine.backends.spark_session import SparkSettings, get_session
 from engine.errors import PolicyError
 
@@ -35,11 +48,6 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import DataType
 
-_ROWS = "__rows"
-_DRAW = "__draw"
-_UNIT_WORD = "__word_unit"
-_VALUE_WORD = "__word_value"
-_COPY_WORD = "__word_copy"
 _INTEGRAL = ("byte", "short", "integer", "long")
 _FRACTIONAL = ("float", "double")
 
@@ -102,7 +110,7 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
     for key in plan.group_keys:
         column = F.col(key.column)
         frame = frame.filter(column.isNotNull() if key.values is None else column.isin(list(key.values)))
-    columns = _value_columns(plan)
+    columns = value_columns(plan)
     kinds = dict(plan.source.columns)
     frame = frame.select(
         "*", *(_fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items())
@@ -115,7 +123,7 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
     frame = _with_sample_draws(frame, plan, integer_unit, seed)
     per_member = frame.groupBy(unit, *keys).agg(*_member_statistics(plan, columns))
     per_member = per_member.select(unit, *keys, *_member_level_parts(plan))
-    if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
+    if chooses_groups(plan):
         per_member = _with_group_draw(per_member, plan, integer_unit, seed)
         per_member = _keep_random_groups(per_member, unit, plan.contribution.max_groups)
     return _aggregate(per_member, keys, [_combine(plan, index) for index in range(len(plan.parts))])
@@ -183,18 +191,6 @@ def _derived(derived: ir.DerivedColumn) -> Column:
     return value.cast(kinds[derived.kind])
 
 
-def _value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
-    return {part.value.column: part.value for part in plan.parts if part.value is not None}
-
-
-def _fixed_name(column: str) -> str:
-    return f"__fixed_{column}"
-
-
-def _part_name(index: int) -> str:
-    return f"__part_{index}"
-
-
 def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> Column:
     """Clamp to the bounds in integer fixed-point units (NULL stays NULL), exactly as the Polars backend."""
     from pyspark.sql import functions as F
@@ -203,9 +199,9 @@ def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> Column:
 
     column = F.col(value.column)
     if kind is ir.ColumnKind.INT and value.scale == 1:
-        return clamp(column, value.lower, value.upper).cast("long").alias(_fixed_name(value.column))
+        return clamp(column, value.lower, value.upper).cast("long").alias(fixed_name(value.column))
     scaled = clamp(column.cast("double") * value.scale, value.lower, value.upper)
-    return to_long(scaled, f"value of {value.column}").alias(_fixed_name(value.column))
+    return to_long(scaled, f"value of {value.column}").alias(fixed_name(value.column))
 
 
 # --- bounding ----------------------------------------------------------------------
@@ -223,20 +219,15 @@ def _row_level_parts(plan: ir.QueryPlan) -> list[Column]:
             expression = F.count(F.col(part.counted_column))
         elif part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            expression = F.collect_list(F.col(_fixed_name(part.value.column)))
+            expression = F.collect_list(F.col(fixed_name(part.value.column)))
         else:
             assert part.value is not None
-            fixed = F.col(_fixed_name(part.value.column))
+            fixed = F.col(fixed_name(part.value.column))
             if part.kind is ir.PartKind.CENTERED_SUM:
                 fixed = fixed - part.value.center
             expression = F.coalesce(F.sum(fixed), F.lit(0).cast("long"))
-        expressions.append(expression.alias(_part_name(index)))
+        expressions.append(expression.alias(part_name(index)))
     return expressions
-
-
-def _counted_columns(plan: ir.QueryPlan) -> list[str]:
-    names = [part.counted_column or part.value.column for part in plan.parts if part.counted_column or part.value]
-    return sorted(set(names))
 
 
 def _with_sample_draws(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, seed: int) -> DataFrame:
@@ -251,13 +242,13 @@ def _with_sample_draws(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool,
     if not quantiles or unit is None:
         return frame
     keys = [key.column for key in plan.group_keys]
-    frame = with_word(frame, unit, integer_unit, _UNIT_WORD)
+    frame = with_word(frame, unit, integer_unit, UNIT_WORD)
     for index, part in quantiles:
         assert part.value is not None
-        fixed = _fixed_name(part.value.column)
+        fixed = fixed_name(part.value.column)
         copies = Window.partitionBy(unit, *keys, fixed).orderBy(fixed)
-        frame = frame.withColumn(_VALUE_WORD, F.col(fixed)).withColumn(_COPY_WORD, F.row_number().over(copies) - 1)
-        frame = with_draw(frame, seed, [_UNIT_WORD, _VALUE_WORD, _COPY_WORD], f"{_DRAW}_{index}")
+        frame = frame.withColumn(VALUE_WORD, F.col(fixed)).withColumn(COPY_WORD, F.row_number().over(copies) - 1)
+        frame = with_draw(frame, seed, [UNIT_WORD, VALUE_WORD, COPY_WORD], sample_draw_name(index))
     return frame
 
 
@@ -265,19 +256,19 @@ def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) ->
     """Per member and group: rows; non-NULL rows per column a part reads; sums; quantile samples (smallest draws)."""
     from pyspark.sql import functions as F
 
-    statistics = [F.count(F.lit(1)).alias(_ROWS)]
+    statistics = [F.count(F.lit(1)).alias(ROWS)]
     cap = plan.contribution.max_rows_per_group
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            fixed = F.col(_fixed_name(part.value.column))
+            fixed = F.col(fixed_name(part.value.column))
             drawn = F.collect_list(
-                F.when(fixed.isNotNull(), F.struct(F.col(f"{_DRAW}_{index}").alias("d"), fixed.alias("v")))
+                F.when(fixed.isNotNull(), F.struct(F.col(sample_draw_name(index)).alias("d"), fixed.alias("v")))
             )
             sampled = F.slice(F.array_sort(drawn), 1, cap)
-            statistics.append(F.transform(sampled, lambda pair: pair["v"]).alias(_part_name(index)))
-    statistics += [F.count(F.col(name)).alias(f"__n_{name}") for name in _counted_columns(plan)]
-    statistics += [F.sum(F.col(_fixed_name(name))).alias(f"__s_{name}") for name in columns]
+            statistics.append(F.transform(sampled, lambda pair: pair["v"]).alias(part_name(index)))
+    statistics += [F.count(F.col(name)).alias(f"__n_{name}") for name in counted_columns(plan)]
+    statistics += [F.sum(F.col(fixed_name(name))).alias(f"__s_{name}") for name in columns]
     return statistics
 
 
@@ -289,9 +280,9 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[Column]:
     expressions = []
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.QUANTILE:
-            expression = F.col(_part_name(index))
+            expression = F.col(part_name(index))
         elif part.kind is ir.PartKind.COUNT_ROWS:
-            expression = F.least(F.col(_ROWS), cap)
+            expression = F.least(F.col(ROWS), cap)
         elif part.kind is ir.PartKind.COUNT_UNITS:
             expression = F.lit(1).cast("long")
         elif part.kind is ir.PartKind.COUNT_VALUES:
@@ -305,15 +296,8 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[Column]:
             mean = floored_mean - F.lit(center).cast("long")
             expression = F.when((count > 0) & total.isNotNull(), mean * F.least(count, cap)).otherwise(F.lit(0))
             expression = expression.cast("long")
-        expressions.append(expression.alias(_part_name(index)))
+        expressions.append(expression.alias(part_name(index)))
     return expressions
-
-
-def _possible_groups(plan: ir.QueryPlan) -> int:
-    possible = 1
-    for key in plan.group_keys:
-        possible *= len(key.values or ())
-    return possible
 
 
 def _with_group_draw(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, seed: int) -> DataFrame:
@@ -324,8 +308,8 @@ def _with_group_draw(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, s
 
     unit = plan.contribution.unit_column
     assert unit is not None
-    frame = with_word(frame, unit, integer_unit, _UNIT_WORD)
-    words = [_UNIT_WORD]
+    frame = with_word(frame, unit, integer_unit, UNIT_WORD)
+    words = [UNIT_WORD]
     for index, key in enumerate(plan.group_keys):
         name = f"__word_key_{index}"
         if key.values is None:
@@ -334,7 +318,7 @@ def _with_group_draw(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, s
             pairs = itertools.chain.from_iterable((F.lit(value), F.lit(at)) for at, value in enumerate(key.values))
             frame = frame.withColumn(name, F.element_at(F.create_map(*pairs), F.col(key.column)).cast("long"))
         words.append(name)
-    return with_draw(frame, seed, words, _DRAW)
+    return with_draw(frame, seed, words, GROUP_DRAW)
 
 
 def _keep_random_groups(frame: DataFrame, unit: str, max_groups: int) -> DataFrame:
@@ -342,7 +326,7 @@ def _keep_random_groups(frame: DataFrame, unit: str, max_groups: int) -> DataFra
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ranked = frame.withColumn("__rank", F.row_number().over(Window.partitionBy(unit).orderBy(_DRAW)))
+    ranked = frame.withColumn("__rank", F.row_number().over(Window.partitionBy(unit).orderBy(GROUP_DRAW)))
     return ranked.filter(F.col("__rank") <= max_groups)
 
 
@@ -350,10 +334,10 @@ def _combine(plan: ir.QueryPlan, index: int) -> Column:
     """Members' bounded contributions to a group: summed, or (quantiles) pooled."""
     from pyspark.sql import functions as F
 
-    column = F.col(_part_name(index))
+    column = F.col(part_name(index))
     if plan.parts[index].kind is ir.PartKind.QUANTILE:
-        return F.flatten(F.collect_list(column)).alias(_part_name(index))
-    return F.coalesce(F.sum(column), F.lit(0).cast("long")).alias(_part_name(index))
+        return F.flatten(F.collect_list(column)).alias(part_name(index))
+    return F.coalesce(F.sum(column), F.lit(0).cast("long")).alias(part_name(index))
 
 
 def _aggregate(frame: DataFrame, keys: list[str], expressions: list[Column]) -> DataFrame:
@@ -371,7 +355,7 @@ def _laid_out(plan: ir.QueryPlan, rows: list[Any]) -> ExactAggregates:
     empty = [[] if part.kind is ir.PartKind.QUANTILE else 0 for part in plan.parts]
     names = [key.column for key in plan.group_keys]
     observed = {
-        tuple(row[name] for name in names): [_part_value(row[_part_name(i)], empty[i]) for i in range(len(plan.parts))]
+        tuple(row[name] for name in names): [_part_value(row[part_name(i)], empty[i]) for i in range(len(plan.parts))]
         for row in rows
     }
     if not plan.group_keys:
