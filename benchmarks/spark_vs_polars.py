@@ -13,15 +13,13 @@ the backend, so they are left out.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from benchmarks.core import CHUNK_ROWS, MEMBER_LEVEL, SEED, SQL, _chunk, interleaved, machine, write_policies
+from benchmarks.core import MEMBER_LEVEL, SQL, interleaved, machine, write_part_files, write_policies
 from engine.backends.polars import PolarsBackend
 from engine.backends.spark import SparkBackend
 from engine.backends.spark_session import SparkSettings, get_session
@@ -33,20 +31,11 @@ SPARK_CONF = {"spark.driver.memory": "8g", "spark.ui.enabled": "false", "spark.u
 
 
 def build_partitioned_pool(folder: Path, rows: int) -> Path:
-    """``rows`` rows of whole members as ``part-*.parquet`` files of about one chunk each, unless already there."""
+    """``rows`` rows of whole members as Parquet part files of one chunk each, unless already there."""
     done = folder / "_SUCCESS"
-    if done.exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(SEED)
-    written, member = 0, 1
-    while written < rows:
-        frame = _chunk(rng, member, min(CHUNK_ROWS, rows - written)).head(rows - written)
-        frame.write_parquet(folder / f"part-{written:012d}.parquet")
-        written += frame.height
-        member = int(frame["member_id"].max()) + 1
-    done.touch()
+    if not done.exists():
+        write_part_files(folder, rows)
+        done.touch()
     return folder
 
 
