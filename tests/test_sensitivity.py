@@ -299,41 +299,39 @@ def one_unit_moves_aggregates_within_sensitivity(
     assert_neighbours_within_sensitivity(privacy, sql, pool, smaller, backend)
 
 
+heavy_members = st.fixed_dictionaries(
+    {
+        "others": st.lists(stray_rows, max_size=25),
+        "member_rows": st.lists(stray_rows, min_size=1, max_size=30),
+        "member": st.integers(min_value=1, max_value=9),
+    }
+)
+"""A member with many rows over many groups, and a pool of others (maybe empty) to add them to."""
+
+
+def assert_heavy_member_bounded(backend: Backend, privacy: str, heavy: dict, sql: str) -> None:
+    others = [row for row in heavy["others"] if row["member_id"] != heavy["member"]]
+    added = [{**row, "member_id": heavy["member"]} for row in heavy["member_rows"]]
+    assert_neighbours_within_sensitivity(privacy, sql, others + added, others, backend)
+
+
 @pytest.mark.parametrize(
     "privacy",
     [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)],
 )
 @_SETTINGS
-@given(
-    others=st.lists(stray_rows, max_size=25),
-    member_rows=st.lists(stray_rows, min_size=1, max_size=30),
-    member=st.integers(min_value=1, max_value=9),
-    sql=queries(),
-)
-def test_adding_a_heavy_member_spread_over_groups_is_bounded(
-    privacy: str, others: list[dict], member_rows: list[dict], member: int, sql: str
-) -> None:
-    """A member with many rows over many groups, added to a pool of others (or to an empty pool)."""
-    others = [row for row in others if row["member_id"] != member]
-    added = [{**row, "member_id": member} for row in member_rows]
-    assert_neighbours_within_sensitivity(privacy, sql, others + added, others)
+@given(heavy=heavy_members, sql=queries())
+def test_adding_a_heavy_member_spread_over_groups_is_bounded(privacy: str, heavy: dict, sql: str) -> None:
+    assert_heavy_member_bounded(PolarsBackend(), privacy, heavy, sql)
 
 
 @pytest.mark.spark
 @_SPARK_SETTINGS
-@given(
-    others=st.lists(stray_rows, max_size=25),
-    member_rows=st.lists(stray_rows, min_size=1, max_size=30),
-    member=st.integers(min_value=1, max_value=9),
-    sql=queries(),
-)
+@given(heavy=heavy_members, sql=queries())
 def test_adding_a_heavy_member_spread_over_groups_is_bounded_on_spark(
-    spark_backend: Backend, others: list[dict], member_rows: list[dict], member: int, sql: str
+    spark_backend: Backend, heavy: dict, sql: str
 ) -> None:
-    """As above, on Spark, under one member-level policy."""
-    others = [row for row in others if row["member_id"] != member]
-    added = [{**row, "member_id": member} for row in member_rows]
-    assert_neighbours_within_sensitivity(member_level(1, 3), sql, others + added, others, spark_backend)
+    assert_heavy_member_bounded(spark_backend, member_level(1, 3), heavy, sql)
 
 
 # --- contribution bounds, directly ------------------------------------------------

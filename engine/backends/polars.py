@@ -33,6 +33,7 @@ from engine.backends.shared import (
     ROWS,
     UNIT_WORD,
     VALUE_WORD,
+    check_columns,
     chooses_groups,
     counted_columns,
     fixed_name,
@@ -43,7 +44,6 @@ from engine.backends.shared import (
     value_columns,
 )
 from engine.dates import DateField, TruncUnit
-from engine.errors import PolicyError
 
 _KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
     ir.ColumnKind.NATIVE: None,
@@ -107,15 +107,7 @@ class PolarsBackend:
         cast to its declared kind (text cannot be read as bool, say), so that no
         cast can fail once the budget is charged.
         """
-        stored = _scan(plan.source).collect_schema()
-        missing = [name for name, _ in plan.source.columns if name not in stored]
-        if missing:
-            raise PolicyError(f"the pool of {plan.dataset} has no column {', '.join(missing)} declared in its policy")
-        for name, kind in plan.source.columns:
-            if not _readable(stored[name], kind):
-                raise PolicyError(
-                    f"column {name} of {plan.dataset} is stored as {stored[name]}, which cannot be read as {kind.value}"
-                )
+        check_columns(plan, _scan(plan.source).collect_schema(), _readable)
 
     def execute(self, plan: ir.QueryPlan, seed: int | None = None) -> ExactAggregates:
         frame = bounded_aggregates(plan, secrets.randbits(63) if seed is None else seed)

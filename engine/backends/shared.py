@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from engine import plan as ir
+from engine.errors import PolicyError
 
 
 def like_regex(pattern: str, case_sensitive: bool) -> str:
@@ -30,6 +33,25 @@ def key_type(values: tuple[object, ...]) -> type:
     if all(isinstance(value, dt.date) for value in values):
         return dt.date
     return str
+
+
+T = TypeVar("T")
+
+
+def check_columns(plan: ir.QueryPlan, stored: Mapping[str, T], readable: Callable[[T, ir.ColumnKind], bool]) -> None:
+    """Every column the plan reads exists (by its exact name) and its stored type ``T`` reads as its declared kind.
+
+    Raises before anything is charged, naming the column and never a value.
+    """
+    missing = [name for name, _ in plan.source.columns if name not in stored]
+    if missing:
+        raise PolicyError(f"the pool of {plan.dataset} has no column {', '.join(missing)} declared in its policy")
+    for name, kind in plan.source.columns:
+        if not readable(stored[name], kind):
+            raise PolicyError(
+                f"column {name} of {plan.dataset} is stored as {stored[name]}, which cannot be read as {kind.value}"
+                " on this dataset's backend"
+            )
 
 
 # --- names and plan facts both backends use ----------------------------------------

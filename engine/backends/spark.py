@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine import plan as ir
@@ -33,6 +34,7 @@ from engine.backends.shared import (
     ROWS,
     UNIT_WORD,
     VALUE_WORD,
+    check_columns,
     chooses_groups,
     counted_columns,
     fixed_name,
@@ -73,15 +75,7 @@ class SparkBackend:
                 "(CSV type inference differs between engines; convert the pool to Parquet)"
             )
         stored = _stored_types(_scan(self.session, plan.source))
-        missing = [name for name, _ in plan.source.columns if name not in stored]
-        if missing:
-            raise PolicyError(f"the pool of {plan.dataset} has no column {', '.join(missing)} declared in its policy")
-        for name, kind in plan.source.columns:
-            if not _readable(stored[name], kind):
-                raise PolicyError(
-                    f"column {name} of {plan.dataset} is stored as {stored[name].simpleString()}, which the Spark "
-                    f"backend cannot read as {kind.value} the way the Polars backend does"
-                )
+        check_columns(plan, {name: _StoredType(type_) for name, type_ in stored.items()}, _readable)
         unit = plan.contribution.unit_column
         if unit is not None and stored[unit].typeName() not in (*_INTEGRAL, "string"):
             raise PolicyError(
@@ -142,9 +136,19 @@ def _stored_types(frame: DataFrame) -> dict[str, DataType]:
     return {field.name: field.dataType for field in frame.schema.fields}
 
 
-def _readable(stored: DataType, kind: ir.ColumnKind) -> bool:
+@dataclass(frozen=True)
+class _StoredType:
+    """A Spark type as error messages name it (``string``, ``bigint``)."""
+
+    type: DataType
+
+    def __str__(self) -> str:
+        return self.type.simpleString()
+
+
+def _readable(stored: _StoredType, kind: ir.ColumnKind) -> bool:
     """Whether Spark's cast from ``stored`` to ``kind`` gives what Polars' non-strict cast gives, for every value."""
-    name = stored.typeName()
+    name = stored.type.typeName()
     numeric = name in _INTEGRAL or name in _FRACTIONAL
     if kind is ir.ColumnKind.NATIVE:
         return name in (*_INTEGRAL, "string", "boolean")
