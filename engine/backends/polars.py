@@ -28,9 +28,11 @@ from engine import plan as ir
 from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
 from engine.backends.shared import (
+    COMPARISONS,
     COPY_WORD,
     GROUP_DRAW,
     ROWS,
+    SAME_TYPE_ARITHMETIC,
     UNIT_WORD,
     VALUE_WORD,
     check_columns,
@@ -73,18 +75,8 @@ _TRUNC_EVERY = {
     TruncUnit.WEEK: "1w",
     TruncUnit.DAY: "1d",
 }
-_COMPARE: dict[ir.CompareOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
-    ir.CompareOp.EQ: lambda a, b: a == b,
-    ir.CompareOp.NEQ: lambda a, b: a != b,
-    ir.CompareOp.LT: lambda a, b: a < b,
-    ir.CompareOp.LTE: lambda a, b: a <= b,
-    ir.CompareOp.GT: lambda a, b: a > b,
-    ir.CompareOp.GTE: lambda a, b: a >= b,
-}
 _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
-    ir.ArithOp.ADD: lambda a, b: a + b,
-    ir.ArithOp.SUB: lambda a, b: a - b,
-    ir.ArithOp.MUL: lambda a, b: a * b,
+    **SAME_TYPE_ARITHMETIC,
     ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
 }
 _ORDER = "__order"
@@ -427,7 +419,7 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
         case ir.Lit(value):
             return pl.lit(value)
         case ir.Compare(op, left, right):
-            return _COMPARE[op](_row_expr(left), _row_expr(right))
+            return COMPARISONS[op](_row_expr(left), _row_expr(right))
         case ir.Arith(op, left, right):
             return _ARITH[op](_row_expr(left), _row_expr(right))
         case ir.Neg(operand):

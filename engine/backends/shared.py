@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import re
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine import plan as ir
 from engine.errors import PolicyError
@@ -34,6 +35,22 @@ def key_type(values: tuple[object, ...]) -> type:
         return dt.date
     return str
 
+
+COMPARISONS: dict[ir.CompareOp, Callable[[Any, Any], Any]] = {
+    ir.CompareOp.EQ: operator.eq,
+    ir.CompareOp.NEQ: operator.ne,
+    ir.CompareOp.LT: operator.lt,
+    ir.CompareOp.LTE: operator.le,
+    ir.CompareOp.GT: operator.gt,
+    ir.CompareOp.GTE: operator.ge,
+}
+"""SQL comparisons as Python operators, which Polars expressions and Spark columns both overload."""
+SAME_TYPE_ARITHMETIC: dict[ir.ArithOp, Callable[[Any, Any], Any]] = {
+    ir.ArithOp.ADD: operator.add,
+    ir.ArithOp.SUB: operator.sub,
+    ir.ArithOp.MUL: operator.mul,
+}
+"""+, -, × as Python operators; division differs between engines, each backend adds its own."""
 
 T = TypeVar("T")
 

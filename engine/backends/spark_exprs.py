@@ -26,21 +26,11 @@ from pyspark.sql import functions as F
 
 from engine import plan as ir
 from engine.backends import draw as hashing
-from engine.backends.shared import like_regex
+from engine.backends.shared import COMPARISONS, SAME_TYPE_ARITHMETIC, like_regex
 from engine.dates import DateField, TruncUnit
 
-_COMPARE: dict[ir.CompareOp, Callable[[Column, Column], Column]] = {
-    ir.CompareOp.EQ: lambda a, b: a == b,
-    ir.CompareOp.NEQ: lambda a, b: a != b,
-    ir.CompareOp.LT: lambda a, b: a < b,
-    ir.CompareOp.LTE: lambda a, b: a <= b,
-    ir.CompareOp.GT: lambda a, b: a > b,
-    ir.CompareOp.GTE: lambda a, b: a >= b,
-}
 _ARITH: dict[ir.ArithOp, Callable[[Column, Column], Column]] = {
-    ir.ArithOp.ADD: lambda a, b: a + b,
-    ir.ArithOp.SUB: lambda a, b: a - b,
-    ir.ArithOp.MUL: lambda a, b: a * b,
+    **SAME_TYPE_ARITHMETIC,
     ir.ArithOp.DIV: lambda a, b: ieee_divide(a.cast("double"), b.cast("double")),
 }
 _DATE_FIELDS: dict[DateField, Callable[[Column], Column]] = {
@@ -75,7 +65,7 @@ def row_expr(expr: ir.RowExpr) -> Column:
         case ir.Lit(value):
             return F.lit(value)
         case ir.Compare(op, left, right):
-            return _COMPARE[op](row_expr(left), row_expr(right))
+            return COMPARISONS[op](row_expr(left), row_expr(right))
         case ir.Arith(op, left, right):
             return _ARITH[op](row_expr(left), row_expr(right))
         case ir.Neg(operand):
