@@ -19,7 +19,7 @@ chunk parses to a non-negative signed 64-bit integer on every engine).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, TypeVar
 
 WORD = 2**64
@@ -73,6 +73,18 @@ def chunk_input(chunk: E, position: E, ops: Arithmetic[E]) -> E:
 def text_input(chunk_sum: E, byte_length: E, ops: Arithmetic[E]) -> E:
     """What is mixed into a text's word: the wrapping sum of its chunks' mixes, and its length in bytes."""
     return ops.add(chunk_sum, ops.times(byte_length, GOLDEN))
+
+
+def draw_steps(seed: int, words: Sequence[E], state: E, ops: Arithmetic[E]) -> Iterator[E]:
+    """The expressions computing a draw, one per word: bind each to the column ``state`` refers to before the next.
+
+    The first mixes the seed with the first word; the last also keeps the top 63 bits (``draw_end``).
+    """
+    current = draw_start(seed, ops)
+    for position, word in enumerate(words):
+        mixed = mix(draw_step(current, word, ops), ops)
+        yield draw_end(mixed, ops) if position == len(words) - 1 else mixed
+        current = state
 
 
 def draw_start(seed: int, ops: Arithmetic[E]) -> E:

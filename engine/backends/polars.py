@@ -387,12 +387,9 @@ def _with_word(frame: pl.LazyFrame, column: str, stored: pl.DataType, name: str)
 
 def _with_draw(frame: pl.LazyFrame, seed: int, words: list[str], name: str) -> pl.LazyFrame:
     """Add ``name``: the draw of the word columns ``words``, one column step per word."""
-    frame = frame.with_columns(hashing.draw_start(seed, _UINT64).alias(name))
-    for word in words:
-        frame = frame.with_columns(
-            hashing.mix(hashing.draw_step(pl.col(name), pl.col(word), _UINT64), _UINT64).alias(name)
-        )
-    return frame.with_columns(hashing.draw_end(pl.col(name), _UINT64).alias(name))
+    for step in hashing.draw_steps(seed, [pl.col(word) for word in words], pl.col(name), _UINT64):
+        frame = frame.with_columns(step.alias(name))
+    return frame
 
 
 def _key_word_name(index: int) -> str:

@@ -222,10 +222,9 @@ def with_word(frame: DataFrame, column: str, is_integer: bool, name: str) -> Dat
 
 def with_draw(frame: DataFrame, seed: int, words: list[str], name: str) -> DataFrame:
     """Add ``name``: the draw of the word columns ``words``, one column step per word."""
-    frame = frame.withColumn(name, hashing.draw_start(seed, LONG_WORDS))
-    for word in words:
-        frame = frame.withColumn(name, hashing.mix(hashing.draw_step(F.col(name), F.col(word), LONG_WORDS), LONG_WORDS))
-    return frame.withColumn(name, hashing.draw_end(F.col(name), LONG_WORDS))
+    for step in hashing.draw_steps(seed, [F.col(word) for word in words], F.col(name), LONG_WORDS):
+        frame = frame.withColumn(name, step)
+    return frame
 
 
 def _hex_long(digits: Column) -> Column:
