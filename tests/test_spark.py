@@ -95,7 +95,7 @@ def test_consent_purpose_filters_alike(spark_backend: Any, tmp_path: Path) -> No
 
 
 @settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: each step costs two Spark jobs
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
