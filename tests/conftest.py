@@ -49,6 +49,7 @@ type = "bool"
 {extra}
 """
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """``--audit-full``: the empirical privacy audits (tests/privacy) draw many more samples."""
     parser.addoption(

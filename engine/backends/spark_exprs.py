@@ -140,7 +140,8 @@ def to_long(value: Column, what: str) -> Column:
 
 def _in_list(operand: Column, values: tuple[ir.Lit, ...]) -> Column:
     present = [lit.value for lit in values if lit.value is not None]
-    matched = operand.isin(present) if present else F.lit(False)
+    # One equality per value, as the Polars backend (numbers of different kinds compare by value).
+    matched = reduce(lambda a, b: a | b, (operand == value for value in present)) if present else F.lit(False)
     if len(present) < len(values):  # x IN (…, NULL) is NULL, not false, where x matches nothing
         matched = F.when(matched, F.lit(True))
     return F.when(operand.isNull(), F.lit(None).cast("boolean")).otherwise(matched)
