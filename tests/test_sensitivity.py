@@ -189,12 +189,12 @@ def frame_of(pool: list[dict[str, object]]) -> pl.DataFrame:
 
 
 def exact_parts(
-    root: Path, pool: list[dict[str, object]], privacy: str, sql: str, backend: Backend
+    root: Path, pool: list[dict[str, object]], privacy: str, sql: str, backend: Backend | None = None
 ) -> tuple[QueryPlan, dict]:
     """Plan ``sql`` on a fresh pool under ``root``; return the plan and ``{key: [part values]}``."""
     policies = write_pool(root, frame_of(pool), privacy)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
-    exact = backend.execute(plan, seed=SEED)
+    exact = (backend or PolarsBackend()).execute(plan, seed=SEED)
     assert len(exact.parts) == len(plan.parts)
     assert all(len(values) == len(exact.keys) for values in exact.parts)
     assert len(set(exact.keys)) == len(exact.keys), "a group appears twice"

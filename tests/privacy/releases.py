@@ -91,13 +91,14 @@ class RepeatedRelease:
             raise AssertionError(f"the ledger charged {self.charged}, the noise was calibrated for {self.noise.cost}")
         assert first.query_id is not None
         self.receipt = ChargeReceipt(first.query_id, self.noise.cost)
+        self.backend = self.engine.backend(policy)
 
     def __call__(self, draws: int) -> np.ndarray:
         observed = np.empty(draws)
-        exact = self.engine.backend.execute(self.plan)
+        exact = self.backend.execute(self.plan)
         for draw in range(draws):
             if draw and draw % self.rebound_every == 0:
-                exact = self.engine.backend.execute(self.plan)
+                exact = self.backend.execute(self.plan)
             noisy = release(self.noise, exact, self.receipt)
             table = build_table(self.plan, self.noise, noisy.keys, noisy.parts)
             observed[draw] = self.query.observe(table.rows)

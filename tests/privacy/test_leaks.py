@@ -66,7 +66,7 @@ def exact_strings(policies: Path) -> list[str]:
     """The backend's exact (bounded, un-noised) sum of hours, as a leak would print it."""
     probe = Engine.from_policies(policies, ledger="sqlite:///:memory:")
     plan = plan_query(parse(EXACT_SQL), probe.policy("shifts"))
-    exact = probe.backend.execute(plan)
+    exact = probe.backend(probe.policy("shifts")).execute(plan)
     probe.close()
     (sum_part,) = [index for index, part in enumerate(plan.parts) if part.value is not None]
     units = int(exact.parts[sum_part][0])
