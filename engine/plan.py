@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from engine.dates import DateField, TruncUnit
 
@@ -53,6 +56,18 @@ class CompareOp(Enum):
     LTE = "<="
     GT = ">"
     GTE = ">="
+
+
+COMPARISONS: dict[CompareOp, Callable[[Any, Any], Any]] = {
+    CompareOp.EQ: operator.eq,
+    CompareOp.NEQ: operator.ne,
+    CompareOp.LT: operator.lt,
+    CompareOp.LTE: operator.le,
+    CompareOp.GT: operator.gt,
+    CompareOp.GTE: operator.ge,
+}
+"""Each comparison as a Python operator: what post-processing applies to noisy values, and what Polars
+expressions and Spark columns both overload."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -180,7 +179,7 @@ def _truth(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str,
     match predicate:
         case ir.PostCompare(op, left, right):
             a, b = _evaluate(left, aggregates, keys), _evaluate(right, aggregates, keys)
-            return None if a is None or b is None else _COMPARE[op](a, b)
+            return None if a is None or b is None else ir.COMPARISONS[op](a, b)
         case ir.PostAnd(operands):
             values = [_truth(operand, aggregates, keys) for operand in operands]
             return False if False in values else (None if None in values else True)
@@ -191,16 +190,6 @@ def _truth(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str,
             value = _truth(operand, aggregates, keys)
             return None if value is None else not value
     raise AssertionError(f"unknown HAVING condition {predicate!r}")
-
-
-_COMPARE = {
-    ir.CompareOp.EQ: operator.eq,
-    ir.CompareOp.NEQ: operator.ne,
-    ir.CompareOp.LT: operator.lt,
-    ir.CompareOp.LTE: operator.le,
-    ir.CompareOp.GT: operator.gt,
-    ir.CompareOp.GTE: operator.ge,
-}
 
 
 def _number(value: Value) -> float:

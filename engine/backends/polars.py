@@ -28,7 +28,6 @@ from engine import plan as ir
 from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
 from engine.backends.shared import (
-    COMPARISONS,
     COPY_WORD,
     GROUP_DRAW,
     ROWS,
@@ -42,6 +41,7 @@ from engine.backends.shared import (
     key_type,
     like_regex,
     part_name,
+    quantile_parts,
     sample_draw_name,
     value_columns,
 )
@@ -231,7 +231,7 @@ def _with_sample_draws(frame: pl.LazyFrame, plan: ir.QueryPlan, unit_dtype: pl.D
     value it is (1st, 2nd, … within the member and group), so equal values
     are drawn independently and the kept values are a uniform sample.
     """
-    quantiles = [(index, part) for index, part in enumerate(plan.parts) if part.kind is ir.PartKind.QUANTILE]
+    quantiles = quantile_parts(plan)
     unit = plan.contribution.unit_column
     if not quantiles or unit is None:
         return frame
@@ -416,7 +416,7 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
         case ir.Lit(value):
             return pl.lit(value)
         case ir.Compare(op, left, right):
-            return COMPARISONS[op](_row_expr(left), _row_expr(right))
+            return ir.COMPARISONS[op](_row_expr(left), _row_expr(right))
         case ir.Arith(op, left, right):
             return _ARITH[op](_row_expr(left), _row_expr(right))
         case ir.Neg(operand):

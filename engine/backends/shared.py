@@ -36,15 +36,6 @@ def key_type(values: tuple[object, ...]) -> type:
     return str
 
 
-COMPARISONS: dict[ir.CompareOp, Callable[[Any, Any], Any]] = {
-    ir.CompareOp.EQ: operator.eq,
-    ir.CompareOp.NEQ: operator.ne,
-    ir.CompareOp.LT: operator.lt,
-    ir.CompareOp.LTE: operator.le,
-    ir.CompareOp.GT: operator.gt,
-    ir.CompareOp.GTE: operator.ge,
-}
-"""SQL comparisons as Python operators, which Polars expressions and Spark columns both overload."""
 SAME_TYPE_ARITHMETIC: dict[ir.ArithOp, Callable[[Any, Any], Any]] = {
     ir.ArithOp.ADD: operator.add,
     ir.ArithOp.SUB: operator.sub,
@@ -92,6 +83,11 @@ def part_name(index: int) -> str:
 def sample_draw_name(index: int) -> str:
     """The column of draws ordering a member's values for quantile part ``index``."""
     return f"__draw_{index}"
+
+
+def quantile_parts(plan: ir.QueryPlan) -> list[tuple[int, ir.Part]]:
+    """The quantile parts and their indices (their inputs are bounded samples, not sums)."""
+    return [(index, part) for index, part in enumerate(plan.parts) if part.kind is ir.PartKind.QUANTILE]
 
 
 def value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:

@@ -40,6 +40,7 @@ from engine.backends.shared import (
     fixed_name,
     key_type,
     part_name,
+    quantile_parts,
     sample_draw_name,
     value_columns,
 )
@@ -241,7 +242,7 @@ def _with_sample_draws(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool,
 
     from engine.backends.spark_exprs import with_draw, with_word
 
-    quantiles = [(index, part) for index, part in enumerate(plan.parts) if part.kind is ir.PartKind.QUANTILE]
+    quantiles = quantile_parts(plan)
     unit = plan.contribution.unit_column
     if not quantiles or unit is None:
         return frame

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from engine import plan as ir
 from engine.backends import draw as hashing
-from engine.backends.shared import COMPARISONS, SAME_TYPE_ARITHMETIC, like_regex
+from engine.backends.shared import SAME_TYPE_ARITHMETIC, like_regex
 from engine.dates import DateField, TruncUnit
 
 _ARITH: dict[ir.ArithOp, Callable[[Column, Column], Column]] = {
@@ -65,7 +65,7 @@ def row_expr(expr: ir.RowExpr) -> Column:
         case ir.Lit(value):
             return F.lit(value)
         case ir.Compare(op, left, right):
-            return COMPARISONS[op](row_expr(left), row_expr(right))
+            return ir.COMPARISONS[op](row_expr(left), row_expr(right))
         case ir.Arith(op, left, right):
             return _ARITH[op](row_expr(left), row_expr(right))
         case ir.Neg(operand):
