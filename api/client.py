@@ -60,6 +60,8 @@ class QueryResult:
     dry_run: bool = False
     private_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rank_accuracy: dict[str, int] = field(default_factory=dict)
+    """Quantile columns: rows of rank one cell may be off by (95%), beyond the candidate grid's own step."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -76,6 +78,7 @@ class QueryResult:
             dry_run=bool(data.get("dry_run", False)),
             private_keys=list(data.get("private_keys", [])),
             notes=list(data.get("notes", [])),
+            rank_accuracy=dict(data.get("rank_accuracy", {})),
         )
 
 
@@ -83,7 +86,8 @@ class QueryResult:
 class ColumnInfo:
     name: str
     type: str
-    bounds: tuple[float, float] | None
+    bounds: tuple[float, float] | tuple[str, str] | None
+    """Numbers; ISO dates (text) for date and datetime columns."""
     public_keys: list[str | bool] | None
 
     @classmethod
@@ -105,6 +109,8 @@ class DatasetInfo:
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
     remaining: Cost
+    public_tables: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Public lookup tables a query may JOIN: name → {column: type}."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetInfo:
@@ -118,6 +124,7 @@ class DatasetInfo:
             max_epsilon_per_query=float(data["max_epsilon_per_query"]),
             columns=[ColumnInfo.from_dict(column) for column in data["columns"]],
             remaining=Cost.from_dict(data["remaining"]),
+            public_tables={table["name"]: dict(table["columns"]) for table in data.get("public_tables", [])},
         )
 
 
@@ -295,11 +302,17 @@ class Client:
         delta: float | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        weights: dict[str, float] | None = None,
     ) -> QueryResult:
-        """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry)."""
+        """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry).
+
+        ``weights`` split ε across output columns (column → weight, default 1 each).
+        """
         body: dict[str, Any] = {"dataset": dataset, "sql": sql, "epsilon": epsilon, "dry_run": dry_run}
         if delta is not None:
             body["delta"] = delta
+        if weights is not None:
+            body["weights"] = weights
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         return QueryResult.from_dict(self._call("POST", "/v1/queries", json=body, headers=headers))
 

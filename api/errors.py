@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from engine.errors import (
+    BackendUnavailable,
     BudgetExhausted,
     Conflict,
     CoopdpError,
@@ -36,6 +37,7 @@ STATUS: dict[type[CoopdpError], int] = {
     Conflict: 409,
     QuotaExhausted: 429,
     LedgerError: 503,
+    BackendUnavailable: 503,
 }
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import datetime as dt
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,13 @@ class QueryRequest(_Input):
     )
     delta: float | None = Field(default=None, strict=True, description="δ, needed by zcdp datasets.")
     dry_run: bool = Field(default=False, description="Cost and accuracy only: reads no data, charges nothing.")
+    weights: dict[Annotated[str, Field(max_length=200)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = (
+        Field(
+            default=None,
+            max_length=100,
+            description="Output column → weight: its share of ε relative to the others (default 1 each).",
+        )
+    )
 
 
 class QueryResult(BaseModel):
@@ -43,6 +51,9 @@ class QueryResult(BaseModel):
     dry_run: bool = False
     private_keys: list[str] = Field(default=[], description="GROUP BY columns whose keys passed a DP threshold")
     notes: list[str] = Field(default=[], description="substitutions made, e.g. MIN answered as a DP quantile")
+    rank_accuracy: dict[str, int] = Field(
+        default={}, description="quantile columns: rows of rank a cell may be off by (95%), beyond one grid step"
+    )
 
 
 class ReleaseSummary(BaseModel):
@@ -56,8 +67,19 @@ class ReleaseSummary(BaseModel):
 class ColumnInfo(BaseModel):
     name: str
     type: str
-    bounds: tuple[float, float] | None
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = Field(
+        description="numbers; for date and datetime columns, the declared range as ISO dates"
+    )
     public_keys: list[str | bool] | None
+
+
+class PublicTableInfo(BaseModel):
+    """A public lookup table a query may JOIN on its key."""
+
+    name: str
+    key: str
+    description: str
+    columns: dict[str, str] = Field(description="column → type (text, int, float, bool, date)")
 
 
 class DatasetInfo(BaseModel):
@@ -71,6 +93,7 @@ class DatasetInfo(BaseModel):
     columns: list[ColumnInfo]
     remaining: CostBody
     """What the caller may still spend here."""
+    public_tables: list[PublicTableInfo] = []
 
 
 class BudgetUpdate(_Input):

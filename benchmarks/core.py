@@ -110,6 +110,19 @@ def _chunk(rng: np.random.Generator, first_member: int, rows: int) -> pl.DataFra
     )
 
 
+def write_part_files(folder: Path, rows: int, seed: int = SEED) -> None:
+    """Exactly ``rows`` rows of whole members into ``folder`` (emptied first), one numbered Parquet file per chunk."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    written, member = 0, 1
+    while written < rows:
+        frame = _chunk(rng, member, min(CHUNK_ROWS, rows - written)).head(rows - written)
+        frame.write_parquet(folder / f"{written:012d}.parquet")
+        written += frame.height
+        member = int(frame["member_id"].max()) + 1
+
+
 def build_pool(path: Path, rows: int, seed: int = SEED) -> Path:
     """Write a deterministic pool of exactly ``rows`` rows to ``path`` unless it exists.
 
@@ -119,15 +132,7 @@ def build_pool(path: Path, rows: int, seed: int = SEED) -> Path:
     if path.exists():
         return path
     parts = path.with_name(path.stem + ".parts")
-    shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    written, member = 0, 1
-    while written < rows:
-        frame = _chunk(rng, member, min(CHUNK_ROWS, rows - written)).head(rows - written)
-        frame.write_parquet(parts / f"{written:012d}.parquet")
-        written += frame.height
-        member = int(frame["member_id"].max()) + 1
+    write_part_files(parts, rows, seed)
     partial = path.with_suffix(".partial")
     pl.scan_parquet(sorted(parts.glob("*.parquet"))).sink_parquet(partial, row_group_size=CHUNK_ROWS // 4)
     partial.rename(path)

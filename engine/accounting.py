@@ -133,6 +133,8 @@ def largest_rho(epsilon: float, delta: float) -> float:
     high = epsilon
     while high - low > 1e-7 * high:
         middle = (low + high) / 2
+        if middle in (low, high):  # no float lies between them (a subnormal ε): as close as it gets
+            break
         if zcdp_to_epsilon(middle, delta) <= epsilon:
             low = middle
         else:

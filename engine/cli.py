@@ -88,6 +88,19 @@ def _session(policies: Path, ledger: str | None, output: OutputFormat) -> Iterat
         engine.close()
 
 
+def _weights(pairs: list[str]) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        column, _, number = pair.rpartition("=")
+        try:
+            weights[column] = float(number)
+        except ValueError:
+            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint="--weight") from None
+        if not column:
+            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint="--weight")
+    return weights
+
+
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="One SELECT over the dataset's table.")],
@@ -96,13 +109,24 @@ def query(
     delta: Annotated[float | None, typer.Option("--delta", help="δ (needed by zcdp datasets).")] = None,
     buyer: Annotated[str | None, typer.Option("--buyer", help="Charge this buyer's quota.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Cost and accuracy only; reads no data.")] = False,
+    weight: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--weight",
+            metavar="COLUMN=W",
+            help="Give an output column W shares of ε (default 1 each); repeat for several columns.",
+        ),
+    ] = None,
     output: FormatOption = OutputFormat.TABLE,
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
 ) -> None:
     """Answer an aggregate SQL query with differential privacy."""
+    weights = _weights(weight or [])
     with _session(policies, ledger, output) as engine:
-        result = engine.query(dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run)
+        result = engine.query(
+            dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run, weights=weights or None
+        )
     if output is OutputFormat.JSON:
         print(json.dumps(result.to_dict()))
     else:
@@ -201,13 +225,16 @@ def _budget_dict(status: BudgetStatus) -> dict[str, Any]:
 
 def _print_result(result: Result) -> None:
     title = "dry run: nothing read, nothing charged" if result.dry_run else f"{result.dataset} · {result.query_id}"
-    table = Table(title=title, caption="± is the half-width of a 95% interval per cell")
+    caption = "± is the half-width of a 95% interval per cell"
+    if result.rank_accuracy:
+        caption += "; for quantiles, in rows of rank"
+    table = Table(title=title, caption=caption)
     for column in result.columns:
         table.add_column(column, justify="right")
     for row in result.rows:
         table.add_row(*(_cell(value) for value in row))
     table.add_section()
-    table.add_row(*(_accuracy_cell(result.accuracy, column) for column in result.columns), style="dim")
+    table.add_row(*(_accuracy_cell(result, column) for column in result.columns), style="dim")
     console.print(table)
     console.print(
         f"cost ε={result.cost.epsilon} δ={result.cost.delta} · "
@@ -226,8 +253,10 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _accuracy_cell(accuracy: dict[str, float | None], column: str) -> str:
-    if column not in accuracy:
+def _accuracy_cell(result: Result, column: str) -> str:
+    if column in result.rank_accuracy:
+        return f"± {result.rank_accuracy[column]:,} rows"
+    if column not in result.accuracy:
         return ""
-    value = accuracy[column]
+    value = result.accuracy[column]
     return "± n/a" if value is None else f"± {value:,.2f}"

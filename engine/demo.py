@@ -2,10 +2,12 @@
 
 Members log skewed numbers of shifts (many log a handful, a few hundreds),
 mostly in one home region; some hours are missing. Deterministic for a seed.
+Beside the pool lies a public lookup table of the regions (no member data).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -15,6 +17,15 @@ import polars as pl
 DATASET = "gig_work"
 REGIONS = ("north", "south", "east", "west")
 CITIES = tuple(f"city_{index:02d}" for index in range(40))
+FIRST_DAY, LAST_DAY = dt.date(2024, 1, 1), dt.date(2025, 12, 31)
+REGIONS_TABLE = pl.DataFrame(
+    {
+        "region": list(REGIONS),
+        "zone": ["highlands", "coast", "coast", "plains"],
+        "living_cost": [0.92, 1.18, 1.05, 0.85],
+    }
+)
+"""A public table a query may join: each region's zone and cost-of-living index."""
 
 POLICY = f"""\
 # The demo cooperative's policy (created by `coopdp demo`; edit freely).
@@ -59,6 +70,15 @@ bounds = [18, 80]
 [columns.consent_commercial]
 type = "bool"
 
+[columns.shift_date]
+type = "date"
+bounds = ["{FIRST_DAY}", "{LAST_DAY}"]
+
+[public_tables.regions]
+source = "../data/regions.csv"
+key = "region"
+description = "Each region's zone and cost-of-living index (public statistics)"
+
 [buyers.uni_lab]
 epsilon = 3.0
 purpose = "research"
@@ -87,6 +107,7 @@ def make_pool(members: int = 30_000, seed: int = 7) -> pl.DataFrame:
             "earnings": pl.Series(earnings).fill_nan(None),
             "age": ages,
             "consent_commercial": np.repeat(rng.random(members) < 0.7, shifts),
+            "shift_date": np.datetime64(FIRST_DAY, "D") + rng.integers(0, (LAST_DAY - FIRST_DAY).days + 1, size=rows),
         }
     )
 
@@ -100,6 +121,10 @@ def ensure_demo(policies: Path) -> list[str]:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         make_pool().write_parquet(data_path)
         created.append(str(data_path))
+    regions_path = data_path.parent / "regions.csv"
+    if not regions_path.exists():
+        REGIONS_TABLE.write_csv(regions_path)
+        created.append(str(regions_path))
     if not policy_path.exists():
         policies.mkdir(parents=True, exist_ok=True)
         policy_path.write_text(POLICY, encoding="utf-8")
@@ -125,6 +150,18 @@ EXAMPLES: tuple[tuple[str, float, str], ...] = (
         0.2,
         "SELECT CASE WHEN age < 30 THEN 'under 30' WHEN age < 50 THEN '30-49' ELSE '50+' END AS band, "
         "COUNT(*) AS shifts, MEDIAN(hours) AS median_hours FROM gig_work GROUP BY band ORDER BY band",
+    ),
+    (
+        "Shifts per quarter of 2025 (a date column; every quarter of its declared range is released)",
+        0.1,
+        "SELECT DATE_TRUNC('quarter', shift_date) AS quarter, COUNT(*) AS shifts FROM gig_work "
+        "GROUP BY quarter HAVING quarter >= '2025-01-01'",
+    ),
+    (
+        "Pay adjusted for living costs, per zone (a public lookup table joined on its key)",
+        0.2,
+        "SELECT r.zone, COUNT(*) AS shifts, AVG(earnings / r.living_cost) AS real_pay "
+        "FROM gig_work g JOIN regions r ON g.region = r.region GROUP BY r.zone",
     ),
     (
         "Refused: rows are never released",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -16,10 +17,10 @@ from engine.accounting import Cost, PrivacyRequest, budget_of, exact
 from engine.backends import BACKENDS, Backend
 from engine.errors import Conflict, Forbidden, NotFound, UnknownTable
 from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
-from engine.mechanisms import calibrate, release
+from engine.mechanisms import calibrate, part_weights, release
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
-from engine.postprocess import accuracy, build_table
+from engine.postprocess import accuracy, build_table, rank_accuracy
 from engine.result import Result
 from engine.sql import normalised, parse
 
@@ -60,15 +61,25 @@ class Engine:
     [[301877]]
     """
 
-    def __init__(self, policies: dict[str, Policy], ledger: Ledger, backend: Backend | None = None) -> None:
+    def __init__(self, policies: dict[str, Policy], ledger: Ledger, backends: dict[str, Backend] | None = None) -> None:
         self.policies = policies
         self.ledger = ledger
-        self.backend = backend or BACKENDS["polars"]()
+        self.backends: dict[str, Backend] = dict(backends or {})
+        """Built on first use, one per name, shared by every dataset that names it (a Spark session is costly)."""
 
     @classmethod
-    def from_policies(cls, directory: str | Path, ledger: str | None = None) -> Engine:
+    def from_policies(
+        cls, directory: str | Path, ledger: str | None = None, backends: dict[str, Backend] | None = None
+    ) -> Engine:
         directory = Path(directory)
-        return cls(load_policies(directory), open_ledger(ledger or default_ledger_url(directory)))
+        return cls(load_policies(directory), open_ledger(ledger or default_ledger_url(directory)), backends)
+
+    def backend(self, policy: Policy) -> Backend:
+        """The backend the dataset's policy names (``[dataset] backend``), built the first time it is needed."""
+        name = policy.dataset.backend
+        if name not in self.backends:
+            self.backends[name] = BACKENDS[name]()
+        return self.backends[name]
 
     def policy(self, dataset: str) -> Policy:
         try:
@@ -87,9 +98,12 @@ class Engine:
         buyer: str | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> Result:
         """Answer ``sql`` with differential privacy, charging ``(epsilon, delta)`` first.
 
+        ``weights`` (output column → weight) split the budget unevenly: a column
+        weighted 3 gets three times the ε (ρ under zCDP) of a column weighted 1.
         A repeat (the same idempotency key, or a query whose stored release may
         be reused) returns the stored release, ``cached``, at no cost.
         """
@@ -99,7 +113,7 @@ class Engine:
         statement = parse(sql)
         consent_column = policy.consent_column(caller.purpose)
         plan = plan_query(statement, policy, consent_column=consent_column)
-        noise = calibrate(plan, request)
+        noise = calibrate(plan, request, part_weights(plan, weights) if weights else None)
         if dry_run:
             return Result(
                 None,
@@ -113,9 +127,11 @@ class Engine:
                 dry_run=True,
                 private_keys=list(plan.private_keys),
                 notes=list(plan.notes),
+                rank_accuracy=rank_accuracy(plan, noise),
             )
-        self.backend.check_schema(plan)
-        normalised_sql = normalised(statement)
+        backend = self.backend(policy)
+        backend.check_schema(plan)
+        normalised_sql = normalised(statement) + (_weights_comment(weights) if weights else "")
         charge = self.ledger.charge(
             ChargeRequest(
                 dataset,
@@ -131,7 +147,7 @@ class Engine:
         )
         if isinstance(charge, StoredRelease):
             return self._stored(charge, policy, caller)
-        exact_aggregates = self.backend.execute(plan)
+        exact_aggregates = backend.execute(plan)
         noisy = release(noise, exact_aggregates, charge)
         table = build_table(plan, noise, noisy.keys, noisy.parts)
         result = Result(
@@ -145,6 +161,7 @@ class Engine:
             self.remaining(policy, caller),
             private_keys=list(plan.private_keys),
             notes=list(plan.notes),
+            rank_accuracy=rank_accuracy(plan, noise),
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
@@ -206,6 +223,12 @@ class Engine:
 
     def close(self) -> None:
         self.ledger.close()
+
+
+def _weights_comment(weights: Mapping[str, float]) -> str:
+    """The split, recorded with the query (in the transparency log, the reuse key and the idempotency check)."""
+    pairs = sorted((name.lower(), float(weight)) for name, weight in weights.items())
+    return " /* weights: " + ", ".join(f"{name}={weight!r}" for name, weight in pairs) + " */"
 
 
 def _reuse_key(policy: Policy, caller: Caller, sql: str, cost: Cost, consent_column: str | None) -> str:

@@ -93,6 +93,12 @@ class LedgerError(CoopdpError):
     code = "ledger_unavailable"
 
 
+class BackendUnavailable(CoopdpError):
+    """The backend a dataset's policy names cannot run here (e.g. pyspark is not installed); nothing was charged."""
+
+    code = "backend_unavailable"
+
+
 class InternalError(CoopdpError):
     """A broken invariant inside the engine: this is a bug, please report it."""
 

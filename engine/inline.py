@@ -33,11 +33,17 @@ def inline_derived_tables(select: exp.Select, columns: Collection[str]) -> exp.S
         unused = select.copy()  # CTEs defined but not selected from change nothing
         unused.set("with_", None)
         return unused
+    if select.args.get("joins"):
+        raise Unsupported(
+            "a join beside a derived table or CTE is not supported: join public tables to the dataset's table itself"
+        )
     outer = select.copy()
     outer.set("with_", None)
     outer.set("with", None)
     inner = _inner_select(source, ctes)
-    inner = inline_derived_tables(_with_ctes(inner, ctes), columns)
+    if isinstance(source, exp.Subquery):  # a CTE's body already carries the CTEs defined before it, and only those
+        inner = _with_ctes(inner, ctes)
+    inner = inline_derived_tables(inner, columns)
     names = _projection(inner, columns)
     alias = source.alias_or_name.lower()
     outer.set("from_", exp.From(this=_from(inner).copy()))  # before the rewrite: the inner's columns are not ours
@@ -73,8 +79,6 @@ def _from(select: exp.Select) -> exp.Expression:
     source = select.args.get("from_") or select.args.get("from")
     if source is None:
         raise Unsupported("a query needs a FROM clause")
-    if select.args.get("joins"):
-        raise Unsupported("joins are not supported yet: query one dataset at a time")
     return source.this
 
 

@@ -3,14 +3,15 @@
 Each measured part of a plan (a vector of bounded integer aggregates, one
 entry per group) gets its own OpenDP measurement: discrete Laplace under pure
 DP, discrete Gaussian under zCDP. Their privacy maps, not hand-written
-formulas, give the loss; the query's budget is split evenly across parts.
+formulas, give the loss; the query's budget is split across parts evenly, or
+in proportion to weights the buyer gives its output columns.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -19,7 +20,7 @@ import opendp.prelude as dp
 
 from engine.accounting import Accounting, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
 from engine.backends.base import ExactAggregates
-from engine.errors import InternalError, PolicyViolation
+from engine.errors import InternalError, PolicyViolation, UnknownColumn
 from engine.ledger import ChargeReceipt
 from engine.plan import Part, PartKind, QueryPlan
 
@@ -28,6 +29,8 @@ ALPHA = 0.05
 _ATTEMPTS = 40
 _QUANTILE_GRID = 1000
 _EXACT_GAUSSIAN_ACCURACY_SCALE = 10_000.0
+MAX_WEIGHT_RATIO = 1e6
+"""Weights further apart than this would starve a part of budget (and strain floating point)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,23 @@ class NoisePlan:
         noise = self.parts[index]
         return _integer_accuracy(self.accounting, noise.scale, alpha) / noise.units_per_value
 
+    def rank_accuracy(self, index: int, alpha: float = ALPHA) -> float:
+        """For a quantile part: rows by which, with probability 1 - alpha, one released cell may miss its quantile.
+
+        OpenDP scores a candidate c by ``|(1 - q)·#{x < c} - q·#{x > c}|``
+        (q the quantile), which is ``|#{x < c} - q·n|`` rows of rank when no
+        value equals c, and picks the least score after noise at ``scale``:
+        exponential noise (permute-and-flip) under pure DP, Gumbel noise (the
+        exponential mechanism) under zCDP. Either way a candidate scoring ``t``
+        worse than the best one wins with probability at most ``exp(-t / scale)``,
+        so a union bound over the candidates gives this half-width. It adds to
+        the best grid point's own miss (the rows within one grid step); it is in
+        rows, not in the column's units, because that conversion needs the data.
+        """
+        noise = self.parts[index]
+        assert noise.part.kind is PartKind.QUANTILE
+        return noise.scale * math.log(len(quantile_candidates(noise.part)) / alpha)
+
 
 def _integer_accuracy(accounting: Accounting, scale: float, alpha: float) -> float:
     if accounting is Accounting.PURE:
@@ -86,12 +106,38 @@ def _measurement(accounting: Accounting, scale: float) -> dp.Measurement:
     return dp.m.make_gaussian(domain, dp.l2_distance(T="i64"), scale=scale)
 
 
-def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
+def part_weights(plan: QueryPlan, weights: Mapping[str, float]) -> tuple[float, ...]:
+    """Per measured part, its share of the loss from the buyer's weights per output column (1 when unnamed).
+
+    A part several columns read takes the largest of their weights; a part no
+    output reads (one only HAVING uses, or the private-key threshold) keeps 1.
+    """
+    outputs = {column.name.lower(): column for column in plan.output}
+    unknown = [name for name in weights if name.lower() not in outputs]
+    if unknown:
+        names = ", ".join(column.name for column in plan.output)
+        raise UnknownColumn(f"weights name {', '.join(map(repr, unknown))}, not output columns of the query ({names})")
+    values = list(weights.values())
+    if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in values):
+        raise PolicyViolation("weights must be positive, finite numbers")
+    shares: list[float | None] = [None] * len(plan.parts)
+    for name, weight in weights.items():
+        for index in plan.parts_of(outputs[name.lower()].expr):
+            shares[index] = max(shares[index] or 0.0, float(weight))
+    result = tuple(1.0 if share is None else share for share in shares)
+    if result and max(result) / min(result) > MAX_WEIGHT_RATIO:
+        raise PolicyViolation(f"weights may differ by a factor of at most {MAX_WEIGHT_RATIO:g}")
+    return result
+
+
+def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float] | None = None) -> NoisePlan:
     """Noise scales for every part so that the whole query costs at most ``request``.
 
-    Each part's scale is ``multiplier × sensitivity``, so every part gets an
-    equal share of the loss; the multiplier is the smallest one whose composed
-    loss, as OpenDP's maps report it, fits the request. With private keys the
+    Each part's scale is ``multiplier × sensitivity`` over its weight (pure:
+    the ε shares are proportional to the weights) or over the weight's square
+    root (zCDP: so are the ρ shares); without weights every part gets an equal
+    share. The multiplier is the smallest one whose composed loss, as OpenDP's
+    maps report it, fits the request. With private keys the
     units-per-group part is released through OpenDP's threshold measurement,
     whose threshold is the smallest that keeps its δ within the request's
     (pure DP), or half of it (zCDP; the other half pays the ρ → ε conversion).
@@ -105,20 +151,30 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest) -> NoisePlan:
     threshold_delta = (delta if accounting is Accounting.PURE else delta / 2) if private else 0.0
     conversion_delta = delta - threshold_delta
     sensitivities = [_sensitivity(plan, part, accounting) for part in plan.parts]
-    count = len(sensitivities)
+    weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
+    if len(weights) != len(plan.parts):
+        raise InternalError("one weight per measured part is needed")
+    total = math.fsum(weights)
     if accounting is Accounting.PURE:
         target = epsilon
-        multiplier = count / epsilon
+        multiplier = total / epsilon
+        spread = [1 / weight for weight in weights]
     else:
         target = largest_rho(epsilon, conversion_delta)
-        multiplier = math.sqrt(count / (2 * target))
+        multiplier = math.sqrt(total / (2 * target)) if target > 0 else math.inf
+        spread = [1 / math.sqrt(weight) for weight in weights]
     for _ in range(_ATTEMPTS):
-        pairs = list(zip(plan.parts, sensitivities, strict=True))
-        scales = [_scale(plan, part, accounting, multiplier, s) for part, s in pairs]
-        losses = [_loss(plan, part, accounting, scale, s) for (part, s), scale in zip(pairs, scales, strict=True)]
+        pairs = list(zip(plan.parts, sensitivities, spread, strict=True))
+        scales = [_scale(plan, part, accounting, multiplier * f, s) for part, s, f in pairs]
+        if not all(math.isfinite(scale) for scale in scales):
+            raise PolicyViolation(
+                f"epsilon {request.epsilon} and delta {request.delta} are too small: no finite noise scale fits them"
+            )
+        losses = [_loss(plan, part, accounting, scale, s) for (part, s, _), scale in zip(pairs, scales, strict=True)]
         threshold = None
         if plan.threshold_part is not None:
-            threshold = _threshold(plan, accounting, multiplier, threshold_delta)
+            share = spread[plan.threshold_part]
+            threshold = _threshold(plan, accounting, multiplier * share, threshold_delta)
             losses[plan.threshold_part] = threshold[1]
         loss = compose(losses)
         fits = loss <= target and (accounting is Accounting.PURE or zcdp_to_epsilon(loss, conversion_delta) <= epsilon)

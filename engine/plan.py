@@ -8,10 +8,16 @@ the query text only.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
+
+from engine.dates import DateField, TruncUnit
 
 # --- row expressions (WHERE) ---------------------------------------------------
 
@@ -23,7 +29,12 @@ class ValueType(Enum):
     NUMBER = "number"
     BOOL = "bool"
     ID = "id"
+    DATE = "date"
     NULL = "null"
+
+
+Scalar = str | int | float | bool | dt.date
+"""A value a query may name: a literal, a key, a public table's entry."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,7 @@ class Col:
 
 @dataclass(frozen=True)
 class Lit:
-    value: str | int | float | bool | None
+    value: Scalar | None
 
 
 class CompareOp(Enum):
@@ -45,6 +56,18 @@ class CompareOp(Enum):
     LTE = "<="
     GT = ">"
     GTE = ">="
+
+
+COMPARISONS: dict[CompareOp, Callable[[Any, Any], Any]] = {
+    CompareOp.EQ: operator.eq,
+    CompareOp.NEQ: operator.ne,
+    CompareOp.LT: operator.lt,
+    CompareOp.LTE: operator.le,
+    CompareOp.GT: operator.gt,
+    CompareOp.GTE: operator.ge,
+}
+"""Each comparison as a Python operator: what post-processing applies to noisy values, and what Polars
+expressions and Spark columns both overload."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +140,11 @@ class Like:
 
 @dataclass(frozen=True)
 class Clamp:
-    """A numeric value forced into its declared bounds (inside aggregated expressions)."""
+    """A value forced into its declared bounds (inside aggregated expressions): numbers, or dates."""
 
     operand: RowExpr
-    low: float
-    high: float
+    low: float | dt.date
+    high: float | dt.date
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,31 @@ class Coalesce:
     operands: tuple[RowExpr, ...]
 
 
+@dataclass(frozen=True)
+class DatePart:
+    """EXTRACT(field FROM operand): an integer part of a date or timestamp."""
+
+    operand: RowExpr
+    field: DateField
+
+
+@dataclass(frozen=True)
+class DateTrunc:
+    """DATE_TRUNC(unit, operand): the first day of the period, as a date."""
+
+    operand: RowExpr
+    unit: TruncUnit
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A public table's attribute for the row's join key (JOIN … USING): NULL where the key has no entry."""
+
+    key: RowExpr
+    entries: tuple[tuple[Scalar, Scalar | None], ...]
+    """(key, attribute value) pairs; keys are unique."""
+
+
 RowExpr = (
     Col
     | Lit
@@ -180,6 +228,9 @@ RowExpr = (
     | Case
     | Extreme
     | Coalesce
+    | DatePart
+    | DateTrunc
+    | Lookup
 )
 
 
@@ -199,6 +250,8 @@ class ColumnKind(Enum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    DATE = "date"
+    DATETIME = "datetime"
 
 
 @dataclass(frozen=True)
@@ -217,6 +270,8 @@ class Source:
     format: SourceFormat
     columns: tuple[tuple[str, ColumnKind], ...]
     """The columns the query reads, each cast (never failing: bad values become NULL) to its kind."""
+    uri: str | None = None
+    """A location only a cluster backend reads (``s3a://…``, ``hdfs://…``), as given; ``paths`` is then empty."""
 
 
 @dataclass(frozen=True)
@@ -400,7 +455,7 @@ class OrderItem:
 @dataclass(frozen=True)
 class GroupKey:
     column: str
-    values: tuple[str | bool | int | float, ...] | None
+    values: tuple[Scalar, ...] | None
     """The public key set: every key is in the output, empty groups included.
 
     None for private keys: only keys that pass a DP threshold are released.
@@ -438,6 +493,17 @@ class QueryPlan:
     order_by: tuple[OrderItem, ...] = ()
     limit: int | None = None
     offset: int = 0
+
+    def parts_of(self, expr: PostExpr) -> set[int]:
+        """The measured parts an output expression reads (through its aggregates)."""
+        match expr:
+            case AggRef(index):
+                return set(self.aggregates[index].parts)
+            case PostArith(_, left, right):
+                return self.parts_of(left) | self.parts_of(right)
+            case PostNeg(operand):
+                return self.parts_of(operand)
+        return set()
 
     @property
     def groups_touched_per_unit(self) -> int:

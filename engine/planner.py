@@ -7,6 +7,7 @@ only; bounds, keys and contribution limits come from the policy alone.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import operator
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from engine import plan as ir
+from engine.dates import FIELD_ALIASES, DateField, TruncUnit, parse_date
 from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
 from engine.inline import inline_derived_tables
+from engine.lookup import AttributeType, PublicTable
 from engine.policy import ColumnPolicy, ColumnType, Policy
 from engine.sql import default_name, fragment
 
@@ -75,6 +78,9 @@ _ALLOWED_FUNCTIONS = {
     exp.Ceil,
     exp.Round,
     exp.Cast,
+    exp.Extract,
+    exp.DateTrunc,
+    exp.TimestampTrunc,
 }
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
@@ -82,6 +88,8 @@ _COLUMN_KINDS = {
     ColumnType.INT: ir.ColumnKind.INT,
     ColumnType.FLOAT: ir.ColumnKind.FLOAT,
     ColumnType.BOOL: ir.ColumnKind.BOOL,
+    ColumnType.DATE: ir.ColumnKind.DATE,
+    ColumnType.DATETIME: ir.ColumnKind.DATETIME,
 }
 _VALUE_TYPES = {
     ColumnType.ID: ir.ValueType.ID,
@@ -89,13 +97,74 @@ _VALUE_TYPES = {
     ColumnType.INT: ir.ValueType.NUMBER,
     ColumnType.FLOAT: ir.ValueType.NUMBER,
     ColumnType.BOOL: ir.ValueType.BOOL,
+    ColumnType.DATE: ir.ValueType.DATE,
+    ColumnType.DATETIME: ir.ValueType.DATE,
 }
+_DATE_FUNCTIONS: dict[type[exp.Expression], DateField] = {
+    exp.Year: DateField.YEAR,
+    exp.Quarter: DateField.QUARTER,
+    exp.Month: DateField.MONTH,
+    exp.Week: DateField.WEEK,
+    exp.WeekOfYear: DateField.WEEK,
+    exp.Day: DateField.DAY,
+    exp.DayOfMonth: DateField.DAY,
+    exp.DayOfWeek: DateField.DOW,
+    exp.DayOfWeekIso: DateField.ISODOW,
+    exp.DayOfYear: DateField.DOY,
+    exp.Hour: DateField.HOUR,
+    exp.Minute: DateField.MINUTE,
+}
+"""Function spellings of EXTRACT's parts: YEAR(d), MONTH(d), DAYOFWEEK(d) (0 = Sunday, as EXTRACT(DOW …))."""
 _REFUSED = {
     exp.Window: "window functions are not supported: they compute per-row values; aggregate with GROUP BY instead",
-    exp.Join: "joins are not supported yet: query one dataset at a time",
     exp.Subquery: "subqueries are not supported yet",
     exp.With: "WITH (common table expressions) is not supported yet",
 }
+
+
+_ATTRIBUTE_KINDS = {
+    AttributeType.TEXT: (ir.ColumnKind.TEXT, ir.ValueType.STRING),
+    AttributeType.INT: (ir.ColumnKind.INT, ir.ValueType.NUMBER),
+    AttributeType.FLOAT: (ir.ColumnKind.FLOAT, ir.ValueType.NUMBER),
+    AttributeType.BOOL: (ir.ColumnKind.BOOL, ir.ValueType.BOOL),
+    AttributeType.DATE: (ir.ColumnKind.DATE, ir.ValueType.DATE),
+}
+_KEY_TYPES = {
+    ir.ColumnKind.TEXT: ir.ValueType.STRING,
+    ir.ColumnKind.DATE: ir.ValueType.STRING,  # released as ISO text
+    ir.ColumnKind.INT: ir.ValueType.NUMBER,
+    ir.ColumnKind.FLOAT: ir.ValueType.NUMBER,
+    ir.ColumnKind.BOOL: ir.ValueType.BOOL,
+}
+"""How HAVING compares a computed key of each kind."""
+_JOIN_KEY_TYPES = {
+    ColumnType.CATEGORY: AttributeType.TEXT,
+    ColumnType.INT: AttributeType.INT,
+    ColumnType.BOOL: AttributeType.BOOL,
+    ColumnType.DATE: AttributeType.DATE,
+}
+"""Which public-table key type each pool column type joins with (id columns join any key, as text)."""
+
+
+@dataclass(frozen=True)
+class _Join:
+    """A public table joined on its unique key: each pool row matches at most one entry."""
+
+    table: PublicTable
+    key: ir.RowExpr
+    """The pool row's join key, read as the table's keys are."""
+    keys: tuple[ir.Scalar, ...]
+
+
+@dataclass(frozen=True)
+class _Attribute:
+    """A joined table's column, as a per-row lookup."""
+
+    expr: ir.Lookup
+    type: AttributeType
+    identity: str
+    """``alias.column``: the same attribute however the query spells it."""
+    values: tuple[ir.Scalar | None, ...]
 
 
 def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = None) -> ir.QueryPlan:
@@ -122,6 +191,10 @@ class _Planner:
     """GROUP BY expressions (their SQL: CASE labels, FLOOR bins) → the derived key column."""
     key_types: dict[str, ir.ValueType] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    joins: dict[str, _Join] = field(default_factory=dict)
+    """Joined public tables by alias (or name), lower case."""
+    join_filters: list[ir.RowExpr] = field(default_factory=list)
+    """INNER JOINs keep only rows whose key the public table lists."""
 
     def plan(self, select: exp.Select) -> ir.QueryPlan:
         _refuse_constructs(select)
@@ -129,6 +202,8 @@ class _Planner:
         self._resolve_from(select)
         where = select.args.get("where")
         row_filter = self._predicate(where.this) if where is not None else None
+        if self.join_filters:
+            row_filter = ir.And((*self.join_filters, *([row_filter] if row_filter is not None else [])))
         if self.consent_column is not None:
             self.used_columns.add(self.consent_column)
             consent = ir.Compare(ir.CompareOp.EQ, ir.Col(self.consent_column), ir.Lit(True))
@@ -199,12 +274,115 @@ class _Planner:
         self.table_names = {table.name.lower()}
         if table.alias:
             self.table_names.add(table.alias.lower())
+        for join in select.args.get("joins") or []:
+            self._join(join)
+
+    # --- JOINs of public tables ------------------------------------------------------
+
+    def _join(self, join: exp.Join) -> None:
+        """``[INNER | LEFT] JOIN <public table> USING (key)`` or ``ON <pool column> = <table>.<key>``."""
+        target = join.this
+        if not isinstance(target, exp.Table) or not isinstance(target.this, exp.Identifier) or target.args.get("db"):
+            raise Unsupported(f"JOIN {fragment(target)}: join a public table by its name")
+        if target.name.lower() in (self.policy.name.lower(), *self.table_names):
+            raise PolicyViolation(
+                f"{fragment(join)}: joining {self.policy.name} with itself is refused: "
+                "it pairs a member's rows with other rows, multiplying their contribution"
+            )
+        table = self.policy.lookups.get(target.name.lower())
+        if table is None:
+            declared = ", ".join(sorted(self.policy.public_tables)) or "none is declared"
+            raise UnknownTable(
+                f"unknown table {target.name!r}: only the policy's public tables can be joined ({declared})"
+            )
+        side, kind = str(join.args.get("side") or "").upper(), str(join.args.get("kind") or "").upper()
+        if side not in ("", "LEFT") or kind not in ("", "INNER", "OUTER") or join.args.get("method"):
+            raise Unsupported(
+                f"{fragment(join)}: only JOIN (INNER) and LEFT JOIN of a public table on its key are supported"
+            )
+        alias = (target.alias or target.name).lower()
+        if alias in self.joins:
+            raise InvalidSQL(f"{fragment(join)}: the name {alias!r} is used by two joined tables; give one an alias")
+        name, column = self._join_column(join, table, alias)
+        key_type = _JOIN_KEY_TYPES.get(column.type)
+        if column.type is ColumnType.ID:
+            key: ir.RowExpr = ir.Col(name, as_text=True)
+            keys: tuple[ir.Scalar, ...] = tuple(str(value) for value in table.keys)
+        elif key_type is table.key_type:
+            key, keys = ir.Col(name), table.keys
+        else:
+            raise InvalidSQL(
+                f"{fragment(join)}: {name} is a {column.type} column but {table.name}.{table.key} holds "
+                f"{table.key_type.value} keys"
+            )
+        self.joins[alias] = _Join(table, key, keys)
+        if side != "LEFT":  # keep rows whose key the table lists: a lookup that finds them, unlike IN, scales
+            listed = ir.Lookup(key, tuple((value, True) for value in keys))
+            self.join_filters.append(ir.Not(ir.IsNull(listed)))
+
+    def _join_column(self, join: exp.Join, table: PublicTable, alias: str) -> tuple[str, ColumnPolicy]:
+        """The pool column a join matches against the public table's key; refuses any other condition."""
+        refusal = (
+            f"{fragment(join)}: join {table.name} with USING ({table.key}) or ON <column> = {alias}.{table.key} "
+            f"(its unique key: any other condition could match a row more than once)"
+        )
+        using = join.args.get("using") or []
+        condition = join.args.get("on")
+        if using and condition is None:
+            if len(using) != 1 or using[0].name.lower() != table.key.lower():
+                raise Unsupported(refusal)
+            return self._column(exp.column(using[0].name))
+        if isinstance(condition, exp.EQ) and not using:
+            sides = [condition.this, condition.expression]
+            if all(isinstance(side, exp.Column) for side in sides):
+                is_key = [
+                    side.table.lower() == alias and side.name.lower() == table.key.lower()
+                    if side.table
+                    else side.name.lower() == table.key.lower() and not self._is_pool_column(side.name)
+                    for side in sides
+                ]
+                if is_key.count(True) == 1:
+                    return self._column(sides[is_key.index(False)])
+        raise Unsupported(refusal)
+
+    def _is_pool_column(self, name: str) -> bool:
+        return any(column.lower() == name.lower() for column in self.policy.columns)
+
+    def _attribute(self, node: exp.Column) -> _Attribute | None:
+        """A joined public table's column named by ``node``; None when it names a pool column."""
+        qualifier = node.table.lower() if node.table else None
+        if qualifier is not None:
+            if qualifier in self.table_names or qualifier not in self.joins:
+                return None  # a pool column, or an unknown table that _column reports
+            matches = [qualifier]
+        else:
+            if self._is_pool_column(node.name):
+                return None  # an unqualified pool column wins, as with USING
+            matches = [alias for alias, join in self.joins.items() if join.table.column(node.name)]
+            if not matches:
+                return None
+            if len(matches) > 1:
+                raise InvalidSQL(f"column {node.name!r} is ambiguous: qualify it with one of {', '.join(matches)}")
+        alias = matches[0]
+        join = self.joins[alias]
+        column = join.table.column(node.name)
+        if column is None:
+            names = ", ".join([join.table.key, *join.table.attributes])
+            raise UnknownColumn(f"unknown column {node.name!r}: {join.table.name} has {names}")
+        if column == join.table.key:
+            attribute_type = join.table.key_type
+            values: tuple[ir.Scalar | None, ...] = join.table.keys
+        else:
+            attribute_type, values = join.table.attributes[column]
+        expr = ir.Lookup(join.key, tuple(zip(join.keys, values, strict=True)))
+        return _Attribute(expr, attribute_type, f"{alias}.{column}", values)
 
     def _source(self) -> ir.Source:
-        paths = self.policy.source_paths
-        source_format = ir.SourceFormat.CSV if paths[0].suffix.lower() == ".csv" else ir.SourceFormat.PARQUET
+        paths, uri = self.policy.source_paths, self.policy.source_uri
+        location = uri.rstrip("/") if uri else paths[0].name
+        source_format = ir.SourceFormat.CSV if location.lower().endswith(".csv") else ir.SourceFormat.PARQUET
         columns = tuple((name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns))
-        return ir.Source(paths=paths, format=source_format, columns=columns)
+        return ir.Source(paths=paths, format=source_format, columns=columns, uri=uri)
 
     # --- names ---------------------------------------------------------------------
 
@@ -232,11 +410,22 @@ class _Planner:
         if isinstance(node, exp.Paren):
             return self._row(node.this)
         if isinstance(node, exp.Column):
+            attribute = self._attribute(node)
+            if attribute is not None:
+                return attribute.expr, _ATTRIBUTE_KINDS[attribute.type][1]
             name, column = self._column(node)
             return ir.Col(name, as_text=column.type is ColumnType.ID), _VALUE_TYPES[column.type]
         if isinstance(node, (exp.Literal, exp.Boolean, exp.Null, exp.Neg)) and _is_literal(node):
             literal = _literal(node)
             return literal, _literal_type(literal)
+        if _is_date_literal(node):
+            return ir.Lit(_date(node.this.this)), ir.ValueType.DATE
+        date_part = self._date_part(node, clamped=False)
+        if date_part is not None:
+            return date_part[0], ir.ValueType.NUMBER
+        truncated = self._date_trunc(node)
+        if truncated is not None:
+            return truncated[0], ir.ValueType.DATE
         if type(node) in _COMPARISONS:
             left, right = self._comparable(node, node.this, node.expression)
             return ir.Compare(_COMPARISONS[type(node)], left, right), ir.ValueType.BOOL
@@ -275,6 +464,8 @@ class _Planner:
         """Both sides of a comparison, type-checked; literals compared with an id become text."""
         left_expr, left_type = self._row(left)
         right_expr, right_type = self._row(right)
+        left_expr, left_type = _dated(left_expr, left_type, right_type)
+        right_expr, right_type = _dated(right_expr, right_type, left_type)
         _check_comparable(node, left_type, right_type, literal=_literal_sides(left_expr, right_expr))
         if ir.ValueType.ID in (left_type, right_type):
             return _as_text(left_expr), _as_text(right_expr)
@@ -292,12 +483,14 @@ class _Planner:
         operand, operand_type = self._row(node.this)
         values = []
         for item in node.expressions:
-            if not _is_literal(item):
+            if not (_is_literal(item) or _is_date_literal(item)):
                 raise Unsupported(f"IN needs a list of literal values: {fragment(item)}")
-            literal = _literal(item)
-            _check_comparable(node, operand_type, _literal_type(literal), literal=True)
+            written, written_type = self._row(item)
+            literal, literal_type = _dated(written, written_type, operand_type)
+            assert isinstance(literal, ir.Lit)
+            _check_comparable(node, operand_type, literal_type, literal=True)
             values.append(_as_text(literal) if operand_type is ir.ValueType.ID else literal)
-        return ir.InList(operand, tuple(values))
+        return ir.InList(operand, tuple(values))  # type: ignore[arg-type]  # _as_text keeps a literal a literal
 
     def _like(self, node: exp.Like | exp.ILike) -> ir.RowExpr:
         if node.args.get("escape"):
@@ -326,16 +519,26 @@ class _Planner:
             if isinstance(node, exp.Case):
                 keys.append(self._case_key(node))
                 continue
+            date_key = self._date_key(node)
+            if date_key is not None:
+                keys.append(date_key)
+                continue
             if any(isinstance(inner, exp.Floor | exp.Ceil) for inner in node.walk()):
                 keys.append(self._binned_key(node))
                 continue
             if not isinstance(node, exp.Column):
                 raise Unsupported(f"GROUP BY {fragment(node)}: group by columns or CASE WHEN … THEN '<label>' … END")
+            attribute = self._attribute(node)
+            if attribute is not None:
+                keys.append(self._attribute_key(node, attribute))
+                continue
             name, column = self._column(node)
             if name == self.policy.unit_column or column.type is ColumnType.ID:
                 raise PolicyViolation(f"GROUP BY {name} is refused: it is the privacy unit or an id column")
-            public_keys = column.public_keys
-            if public_keys is None and column.type is not ColumnType.CATEGORY:
+            public_keys: tuple[ir.Scalar, ...] | None = column.public_keys
+            if column.type.is_temporal:
+                public_keys = self._day_keys(node, name, column)
+            elif public_keys is None and column.type is not ColumnType.CATEGORY:
                 raise PolicyViolation(
                     f"GROUP BY {name} is refused: a {column.type} column has no public keys (binning is not supported)"
                 )
@@ -377,23 +580,111 @@ class _Planner:
             return ir.Arith(_ARITHMETIC[type(node)], _integer(left), self._bin_expression(right, binned, floored))
         raise Unsupported(f"GROUP BY {fragment(node)}: around FLOOR/CEIL use + - * with whole numbers only")
 
+    def _attribute_key(self, node: exp.Column, attribute: _Attribute) -> ir.GroupKey:
+        """A public table's column: its key set is the table's distinct values, all public."""
+        present: set[ir.Scalar] = {value for value in attribute.values if value is not None}
+        labels = sorted(present)  # type: ignore[type-var]  # one type per column, so they compare
+        kind = _ATTRIBUTE_KINDS[attribute.type][0]
+        return self._computed_key(node, attribute.expr, kind, labels, identity=attribute.identity)
+
+    def _day_keys(self, node: exp.Expression, name: str, column: ColumnPolicy) -> tuple[dt.date, ...]:
+        """GROUP BY a date column: its keys are the days of its declared range."""
+        if column.type is ColumnType.DATETIME:
+            raise PolicyViolation(
+                f"GROUP BY {fragment(node)} is refused: timestamps have no public key set; "
+                f"group by DATE_TRUNC('day', {name}) or EXTRACT(HOUR FROM {name})"
+            )
+        days = TruncUnit.DAY.periods(*column.date_range)
+        if len(days) > MAX_OUTPUT_GROUPS:
+            raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} days: truncate to months")
+        self.key_types[name] = ir.ValueType.STRING  # released as ISO text
+        return tuple(days)
+
+    def _date_key(self, node: exp.Expression) -> ir.GroupKey | None:
+        """EXTRACT(part FROM d) or DATE_TRUNC(unit, d): every key follows from d's declared range."""
+        part = self._date_part(node, clamped=False)
+        if part is not None:
+            expr, column = part
+            return self._computed_key(node, expr, ir.ColumnKind.INT, expr.field.values(*column.date_range))
+        truncated = self._date_trunc(node)
+        if truncated is None:
+            return None
+        trunc, column = truncated
+        periods = trunc.unit.periods(*column.date_range)
+        if len(periods) > MAX_OUTPUT_GROUPS:
+            raise Unsupported(f"GROUP BY {fragment(node)} makes more than {MAX_OUTPUT_GROUPS} groups")
+        return self._computed_key(node, trunc, ir.ColumnKind.DATE, periods)
+
+    def _date_column(self, node: exp.Expression, usage: exp.Expression) -> tuple[str, ColumnPolicy]:
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Column):
+            name, column = self._column(node)
+            if column.type.is_temporal:
+                return name, column
+        raise Unsupported(f"{fragment(usage)}: date parts and DATE_TRUNC take a date or datetime column")
+
+    def _date_part(self, node: exp.Expression, *, clamped: bool) -> tuple[ir.DatePart, ColumnPolicy] | None:
+        """EXTRACT(field FROM d), YEAR(d), MONTH(d), …; with ``clamped``, d is first forced into its range."""
+        if isinstance(node, exp.Extract):
+            field = FIELD_ALIASES.get(node.this.name.lower())
+            if field is None:
+                raise Unsupported(
+                    f"{fragment(node)}: EXTRACT takes one of {', '.join(f.value.upper() for f in DateField)}"
+                )
+            operand = node.expression
+        elif type(node) in _DATE_FUNCTIONS:
+            field, operand = _DATE_FUNCTIONS[type(node)], node.this
+        else:
+            return None
+        name, column = self._date_column(operand, node)
+        if field.needs_time and column.type is not ColumnType.DATETIME:
+            raise InvalidSQL(f"{fragment(node)}: {name} is a date, which has no {field.value}")
+        value: ir.RowExpr = ir.Col(name)
+        if clamped:
+            low, high = column.date_range
+            if column.type is ColumnType.DATETIME:
+                low, high = dt.datetime.combine(low, dt.time.min), dt.datetime.combine(high, dt.time.max)
+            value = ir.Clamp(value, low, high)
+        return ir.DatePart(value, field), column
+
+    def _date_trunc(self, node: exp.Expression) -> tuple[ir.DateTrunc, ColumnPolicy] | None:
+        """DATE_TRUNC('month', d) and CAST(d AS DATE): the period's first day, a date."""
+        if isinstance(node, exp.Cast) and node.to.is_type(exp.DataType.Type.DATE):
+            unit = TruncUnit.DAY
+        elif isinstance(node, exp.DateTrunc | exp.TimestampTrunc):
+            written = node.args.get("unit")
+            names = {unit.value: unit for unit in TruncUnit}
+            if not isinstance(written, exp.Literal | exp.Var) or written.name.lower() not in names:
+                raise Unsupported(
+                    f"{fragment(node)}: DATE_TRUNC takes one of {', '.join(repr(name) for name in names)}"
+                )
+            unit = names[written.name.lower()]
+        else:
+            return None
+        name, column = self._date_column(node.this, node)
+        return ir.DateTrunc(ir.Col(name), unit), column
+
     def _case_key(self, node: exp.Case) -> ir.GroupKey:
         """A computed key whose key set is public: the literal labels of its branches."""
         if node.this is not None:
             raise Unsupported(f"{fragment(node)}: write CASE WHEN <condition> THEN … (CASE x WHEN … is not supported)")
-        branches, labels = [], []
+        branches, labels = [], list[ir.Scalar]()
         for branch in node.args.get("ifs") or []:
             label = branch.args["true"]
             if not _is_literal(label) or isinstance(label, exp.Null):
                 raise Unsupported(f"GROUP BY {fragment(node)}: each THEN of a grouping CASE must be a literal label")
-            branches.append((self._predicate(branch.this), _literal(label)))
-            labels.append(_literal(label).value)
+            literal = _literal(label)
+            assert literal.value is not None
+            branches.append((self._predicate(branch.this), literal))
+            labels.append(literal.value)
         default_node = node.args.get("default")
         default = None
         if default_node is not None and not isinstance(default_node, exp.Null):
             if not _is_literal(default_node):
                 raise Unsupported(f"GROUP BY {fragment(node)}: the ELSE of a grouping CASE must be a literal label")
             default = _literal(default_node)
+            assert default.value is not None
             labels.append(default.value)
         types = {type(label) for label in labels}
         if len(types) != 1 or bool in types:
@@ -402,13 +693,21 @@ class _Planner:
         return self._computed_key(node, ir.Case(tuple(branches), default), kind, labels)
 
     def _computed_key(
-        self, node: exp.Expression, expression: ir.RowExpr, kind: ir.ColumnKind, labels: Sequence[str | int | float]
+        self,
+        node: exp.Expression,
+        expression: ir.RowExpr,
+        kind: ir.ColumnKind,
+        labels: Sequence[ir.Scalar],
+        identity: str | None = None,
     ) -> ir.GroupKey:
-        """Register a GROUP BY expression as a derived key column whose public key set is ``labels``."""
+        """Register a GROUP BY expression as a derived key column whose public key set is ``labels``.
+
+        ``identity`` names the key however the SELECT list spells it (a joined column); else its SQL.
+        """
         name = f"__key_{len(self.computed_keys)}"
         self.derived.append(ir.DerivedColumn(name, expression, kind))
-        self.computed_keys[node.sql()] = name
-        self.key_types[name] = ir.ValueType.STRING if kind is ir.ColumnKind.TEXT else ir.ValueType.NUMBER
+        self.computed_keys[identity or node.sql()] = name
+        self.key_types[name] = _KEY_TYPES[kind]
         return ir.GroupKey(name, tuple(dict.fromkeys(labels)))
 
     # --- SELECT list and aggregates ------------------------------------------------
@@ -433,6 +732,11 @@ class _Planner:
             return ir.AggRef(self._aggregate(node))
         if node.sql() in self.computed_keys:  # a computed GROUP BY key (CASE labels, FLOOR bins)
             return ir.KeyRef(self.computed_keys[node.sql()])
+        attribute = self._attribute(node) if isinstance(node, exp.Column) else None
+        if attribute is not None:
+            if attribute.identity not in self.computed_keys:
+                raise InvalidSQL(f"column {fragment(node)} must appear in GROUP BY or be inside an aggregate")
+            return ir.KeyRef(self.computed_keys[attribute.identity])
         if isinstance(node, exp.Column):
             name, _ = self._column(node)
             if name not in self.group_columns:
@@ -545,6 +849,9 @@ class _Planner:
     def _count(self, node: exp.Expression, argument: exp.Expression) -> ir.Aggregate:
         if isinstance(argument, exp.Star) or (isinstance(argument, exp.Literal) and not argument.is_string):
             part = ir.Part(ir.PartKind.COUNT_ROWS)
+        elif isinstance(argument, exp.Column) and (attribute := self._attribute(argument)) is not None:
+            name = self._derived_column(attribute.expr, _ATTRIBUTE_KINDS[attribute.type][0])
+            part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
         elif isinstance(argument, exp.Column):
             name, _ = self._column(argument)
             part = ir.Part(ir.PartKind.COUNT_VALUES, counted_column=name)
@@ -554,14 +861,11 @@ class _Planner:
         return ir.Aggregate(ir.AggregateKind.COUNT, (self._part(part),))
 
     def _fixed_point(self, node: exp.Expression, argument: exp.Expression) -> ir.FixedPoint:
-        if isinstance(argument, exp.Column):
+        if isinstance(argument, exp.Column) and self._attribute(argument) is None:
             name, column = self._column(argument)
-            if not column.type.is_numeric or column.bounds is None:
-                raise PolicyViolation(
-                    f"{fragment(node)}: {name} is a {column.type} column without bounds; "
-                    "SUM and AVG need a bounded number"
-                )
-            low, high = column.bounds
+            if not column.type.is_numeric:
+                raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
+            low, high = column.number_bounds
             integer = column.type is ColumnType.INT
         else:
             name, low, high = self._derived(argument)
@@ -576,9 +880,9 @@ class _Planner:
         else:
             bits = math.floor(math.log2(_SUM_LIMIT / MAX_ROWS / magnitude)) if magnitude > 0 else MAX_FIXED_POINT_BITS
             scale = 2 ** max(0, min(MAX_FIXED_POINT_BITS, bits))
-        fixed = ir.FixedPoint(name, lower=math.floor(low * scale), upper=math.ceil(high * scale), scale=scale)
-        if fixed.lower == fixed.upper:
-            raise PolicyViolation(f"the bounds of {name} are too narrow for fixed-point sums")
+        lower, upper = math.floor(low * scale), math.ceil(high * scale)
+        # A constant (EXTRACT(YEAR …) over a one-year range) gets a one-unit-wide interval: a superset, so sound.
+        fixed = ir.FixedPoint(name, lower=lower, upper=max(upper, lower + 1), scale=scale)
         if fixed.magnitude * MAX_ROWS > _SUM_LIMIT:
             raise PolicyViolation(
                 f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})"
@@ -592,23 +896,29 @@ class _Planner:
         expr, low, high = self._interval(node)
         return self._derived_column(expr), low, high
 
-    def _derived_column(self, expr: ir.RowExpr) -> str:
+    def _derived_column(self, expr: ir.RowExpr, kind: ir.ColumnKind = ir.ColumnKind.FLOAT) -> str:
         for derived in self.derived:
-            if derived.expr == expr:
+            if derived.expr == expr and derived.kind is kind:
                 return derived.name
         name = f"__derived_{len(self.derived)}"
-        self.derived.append(ir.DerivedColumn(name, expr))
+        self.derived.append(ir.DerivedColumn(name, expr, kind))
         return name
 
     def _interval(self, node: exp.Expression) -> tuple[ir.RowExpr, float, float]:
         """The expression (base columns clamped to their bounds) and bounds no row can leave."""
         if isinstance(node, exp.Paren):
             return self._interval(node.this)
+        attribute = self._attribute(node) if isinstance(node, exp.Column) else None
+        if attribute is not None:
+            numbers = [value for value in attribute.values if value is not None]
+            if not attribute.type.is_numeric or not numbers:
+                raise PolicyViolation(f"{fragment(node)}: {attribute.identity} holds no numbers to aggregate")
+            return attribute.expr, float(min(numbers)), float(max(numbers))  # type: ignore[type-var, arg-type]
         if isinstance(node, exp.Column):
             name, column = self._column(node)
-            if not column.type.is_numeric or column.bounds is None:
-                raise PolicyViolation(f"{fragment(node)}: {name} is a {column.type} column without bounds")
-            low, high = column.bounds
+            if not column.type.is_numeric:
+                raise PolicyViolation(f"{fragment(node)}: {_not_a_number(name, column)}")
+            low, high = column.number_bounds
             return ir.Clamp(ir.Col(name), low, high), low, high
         if _is_literal(node):
             literal = _literal(node)
@@ -620,6 +930,11 @@ class _Planner:
             return ir.Neg(expr), -high, -low
         if type(node) in _ARITHMETIC:
             return self._arith_interval(node)
+        date_part = self._date_part(node, clamped=True)
+        if date_part is not None:
+            part, column = date_part
+            values = part.field.values(*column.date_range)
+            return part, float(values[0]), float(values[-1])
         if isinstance(node, exp.Case):
             return self._case_interval(node)
         if isinstance(node, exp.Round | exp.Cast):
@@ -646,11 +961,12 @@ class _Planner:
             low, high = left_low - right_high, left_high - right_low
         else:
             if op is ir.ArithOp.DIV:
-                if not isinstance(right, ir.Lit) or right_low == 0:
+                if right_low <= 0 <= right_high:
                     raise Unsupported(
-                        f"{fragment(node)}: dividing by a column (or by 0) has no bound; divide by a number"
+                        f"{fragment(node)}: the divisor's bounds [{right_low:g}, {right_high:g}] include 0, so the "
+                        "quotient has no bound; divide by a number, or by a column whose bounds exclude 0"
                     )
-                right_low = right_high = 1 / right_low
+                right_low, right_high = 1 / right_high, 1 / right_low
             corners = [a * b for a in (left_low, left_high) for b in (right_low, right_high)]
             low, high = min(corners), max(corners)
         if not (math.isfinite(low) and math.isfinite(high)):
@@ -841,7 +1157,7 @@ def _refuse_constructs(select: exp.Select) -> None:
                 raise Unsupported(f"{reason}: {fragment(node)}")
         if isinstance(node, exp.Select) and node is not select:
             raise Unsupported(f"subqueries are not supported yet: {fragment(node)}")
-        allowed = type(node) in _ALLOWED_FUNCTIONS or _aggregate_kind(node) is not None
+        allowed = type(node) in _ALLOWED_FUNCTIONS or type(node) in _DATE_FUNCTIONS or _aggregate_kind(node) is not None
         if isinstance(node, (exp.Anonymous, exp.Func)) and not allowed:
             raise Unsupported(f"function {fragment(node)} is not supported")
 
@@ -905,6 +1221,8 @@ def _literal_type(literal: ir.Lit) -> ir.ValueType:
         return ir.ValueType.BOOL
     if isinstance(value, str):
         return ir.ValueType.STRING
+    if isinstance(value, dt.date):
+        return ir.ValueType.DATE
     return ir.ValueType.NUMBER
 
 
@@ -912,6 +1230,36 @@ def _is_literal(node: exp.Expression) -> bool:
     if isinstance(node, exp.Neg):
         return isinstance(node.this, exp.Literal) and not node.this.is_string
     return isinstance(node, (exp.Literal, exp.Boolean, exp.Null))
+
+
+def _not_a_number(name: str, column: ColumnPolicy) -> str:
+    if column.type.is_temporal:
+        return f"{name} is a {column.type}; aggregate a number from it, e.g. EXTRACT(YEAR FROM {name})"
+    return f"{name} is a {column.type} column without bounds; SUM, AVG and quantiles need a bounded number"
+
+
+def _is_date_literal(node: exp.Expression) -> bool:
+    """``DATE '2024-01-31'`` (sqlglot reads it as a cast of a string)."""
+    return (
+        isinstance(node, exp.Cast)
+        and node.to.is_type(exp.DataType.Type.DATE)
+        and isinstance(node.this, exp.Literal)
+        and node.this.is_string
+    )
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return parse_date(text)
+    except ValueError as error:
+        raise InvalidSQL(str(error)) from None
+
+
+def _dated(expr: ir.RowExpr, value_type: ir.ValueType, other: ir.ValueType) -> tuple[ir.RowExpr, ir.ValueType]:
+    """A text literal compared with a date is read as a date (``d >= '2024-01-01'``)."""
+    if other is ir.ValueType.DATE and isinstance(expr, ir.Lit) and isinstance(expr.value, str):
+        return ir.Lit(_date(expr.value)), ir.ValueType.DATE
+    return expr, value_type
 
 
 def _literal_sides(*exprs: ir.RowExpr) -> bool:

@@ -7,6 +7,7 @@ field is required. Errors name the file, the key and the problem.
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import math
 import re
@@ -17,7 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.dates import parse_date
 from engine.errors import PolicyError
+from engine.lookup import PublicTable, load_public_table
 
 ROW_UNIT = "row"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -29,10 +32,16 @@ class ColumnType(StrEnum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    DATE = "date"
+    DATETIME = "datetime"
 
     @property
     def is_numeric(self) -> bool:
         return self in (ColumnType.INT, ColumnType.FLOAT)
+
+    @property
+    def is_temporal(self) -> bool:
+        return self in (ColumnType.DATE, ColumnType.DATETIME)
 
 
 class _Strict(BaseModel):
@@ -43,20 +52,34 @@ class ColumnPolicy(_Strict):
     """One column of the pool: its type, value bounds or public keys."""
 
     type: ColumnType
-    bounds: tuple[float, float] | None = None
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = None
+    """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns."""
     values: tuple[str, ...] | None = None
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _dates_as_written(cls, bounds: object) -> object:
+        """Dates are ISO text or TOML dates; text is never parsed as a number, nor a number as a date."""
+        if isinstance(bounds, list | tuple) and all(isinstance(bound, str) for bound in bounds):
+            return tuple(parse_date(bound) for bound in bounds)
+        return bounds
 
     @model_validator(mode="after")
     def _check(self) -> ColumnPolicy:
-        if self.type.is_numeric:
-            if self.bounds is None:
-                raise ValueError(f"a {self.type} column needs bounds = [low, high]")
-            low, high = self.bounds
+        low, high = self.bounds or (None, None)
+        if self.type.is_temporal:
+            if not (isinstance(low, dt.date) and isinstance(high, dt.date)):
+                raise ValueError(f'a {self.type} column needs bounds = ["YYYY-MM-DD", "YYYY-MM-DD"] (its date range)')
+            if low > high:
+                raise ValueError(f"bounds are inverted: {low} is after {high}")
+        elif self.type.is_numeric:
+            if not (isinstance(low, float) and isinstance(high, float)):
+                raise ValueError(f"a {self.type} column needs bounds = [low, high] (numbers)")
             if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("bounds must be finite numbers")
             if low >= high:
                 raise ValueError(f"bounds are inverted or empty: low {low} must be below high {high}")
-            if self.type is ColumnType.INT and not (float(low).is_integer() and float(high).is_integer()):
+            if self.type is ColumnType.INT and not (low.is_integer() and high.is_integer()):
                 raise ValueError("an int column needs integer bounds")
         elif self.bounds is not None:
             raise ValueError(f"a {self.type} column takes no bounds")
@@ -70,6 +93,20 @@ class ColumnPolicy(_Strict):
         return self
 
     @property
+    def number_bounds(self) -> tuple[float, float]:
+        """A numeric column's bounds (validation guarantees them)."""
+        low, high = self.bounds or (None, None)
+        assert isinstance(low, float) and isinstance(high, float), "only int and float columns have number bounds"
+        return low, high
+
+    @property
+    def date_range(self) -> tuple[dt.date, dt.date]:
+        """A date or datetime column's declared range (validation guarantees it)."""
+        low, high = self.bounds or (None, None)
+        assert isinstance(low, dt.date) and isinstance(high, dt.date), "only date columns have a date range"
+        return low, high
+
+    @property
     def public_keys(self) -> tuple[str | bool, ...] | None:
         """The group keys anyone may see, or None when the keys are private."""
         if self.type is ColumnType.BOOL:
@@ -77,10 +114,30 @@ class ColumnPolicy(_Strict):
         return self.values
 
 
+BACKEND_NAMES = ("polars", "spark")
+"""The engines a dataset may run on (``engine.backends.BACKENDS`` registers one for each)."""
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+"""A source such as ``s3a://bucket/pool/`` or ``hdfs://…``: read by the cluster, not resolved here."""
+
+
 class DatasetSection(_Strict):
     name: str
     source: str
     description: str = ""
+    backend: str = "polars"
+    """Which engine computes the bounded aggregates: "polars" (this machine) or "spark" (a cluster)."""
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"must be one of {', '.join(BACKEND_NAMES)}")
+        return backend
+
+    @property
+    def remote(self) -> bool:
+        """Whether the source is a URI for the cluster to read (only the Spark backend reads those)."""
+        return bool(_URI.match(self.source)) and not self.source.lower().startswith("file://")
 
     @field_validator("name")
     @classmethod
@@ -121,6 +178,15 @@ class PurposePolicy(_Strict):
     """A bool column: rows where it is not true are dropped for buyers with this purpose."""
 
 
+class PublicTableSection(_Strict):
+    """A public lookup table a query may join: a file of non-member data with a unique key."""
+
+    source: str
+    """A .csv or .parquet file, relative to the policy file."""
+    key: str
+    description: str = ""
+
+
 class ReleasesSection(_Strict):
     shared: bool = False
     """Whether any buyer (under the same consent filter) may get another buyer's stored release of the same query."""
@@ -136,7 +202,12 @@ class Policy(_Strict):
     buyers: dict[str, BuyerPolicy] = {}
     purposes: dict[str, PurposePolicy] = {}
     releases: ReleasesSection = ReleasesSection()
+    public_tables: dict[str, PublicTableSection] = {}
     source_paths: tuple[Path, ...] = ()
+    source_uri: str | None = None
+    """The source as given, when it is a URI for the cluster (``source_paths`` is then empty)."""
+    lookups: dict[str, PublicTable] = {}
+    """The public tables, loaded (by lower-case name)."""
 
     @model_validator(mode="after")
     def _check(self) -> Policy:
@@ -161,6 +232,9 @@ class Policy(_Strict):
                 raise ValueError(f'privacy.unit column {unit!r} must have type = "id"')
             if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
                 raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
+        for table in self.public_tables:
+            if not _NAME.match(table) or table.lower() == self.dataset.name.lower():
+                raise ValueError(f"public_tables.{table}: the name must be an identifier other than the dataset's")
         for purpose, rule in self.purposes.items():
             column = self.columns.get(rule.consent_column)
             if column is None or column.type is not ColumnType.BOOL:
@@ -201,8 +275,20 @@ def load_policy(path: Path) -> Policy:
             for issue in error.errors()
         )
         raise PolicyError(f"{path}: {problems}") from None
-    sources = _resolve_source(path, policy.dataset.source)
-    return policy.model_copy(update={"source_paths": sources})
+    sources: tuple[Path, ...] = ()
+    if not policy.dataset.remote:
+        sources = _resolve_source(path, policy.dataset.source)
+    elif policy.dataset.backend != "spark":
+        raise PolicyError(f'{path}: dataset.source: a URI source (s3a://, hdfs://, …) needs backend = "spark"')
+    lookups = {}
+    for name, table in policy.public_tables.items():
+        source = Path(table.source) if Path(table.source).is_absolute() else path.parent / table.source
+        try:
+            lookups[name.lower()] = load_public_table(name, source.resolve(), table.key)
+        except ValueError as error:
+            raise PolicyError(f"{path}: public_tables.{name}: {error}") from None
+    uri = policy.dataset.source if policy.dataset.remote else None
+    return policy.model_copy(update={"source_paths": sources, "source_uri": uri, "lookups": lookups})
 
 
 def _resolve_source(policy_path: Path, source: str) -> tuple[Path, ...]:

@@ -7,8 +7,8 @@ into their column's bounds; an average whose noisy count is below one is NULL.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +16,7 @@ from engine import plan as ir
 from engine.mechanisms import ALPHA, NoisePlan
 
 Value = str | int | float | bool | None
+"""A released cell (dates are released as ISO text)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,17 @@ def accuracy(
             result[column.name] = None if noisy is None else _average_accuracy(aggregate, noise, noisy)
         else:
             result[column.name] = noise.accuracy(aggregate.parts[0])
+    return result
+
+
+def rank_accuracy(plan: ir.QueryPlan, noise: NoisePlan) -> dict[str, int]:
+    """Per quantile output column, the 95% bound on one cell's error in rows of rank (see NoisePlan.rank_accuracy)."""
+    result = {}
+    for column in plan.output:
+        if isinstance(column.expr, ir.AggRef):
+            aggregate = plan.aggregates[column.expr.index]
+            if aggregate.kind is ir.AggregateKind.QUANTILE:
+                result[column.name] = math.ceil(noise.rank_accuracy(aggregate.parts[0]))
     return result
 
 
@@ -78,7 +90,7 @@ def build_table(
         aggregates = [
             _aggregate(aggregate, [noisy[part][group] for part in aggregate.parts]) for aggregate in plan.aggregates
         ]
-        keys_by_name = dict(zip(key_names, key, strict=True))
+        keys_by_name = {name: _json_key(value) for name, value in zip(key_names, key, strict=True)}
         if plan.having is not None and not _holds(plan.having, aggregates, keys_by_name):
             continue
         rows.append(
@@ -94,6 +106,11 @@ def build_table(
     if plan.limit is not None:
         selected = selected[: plan.limit]
     return Table([column.name for column in plan.output], selected, accuracy(plan, noise, noisy))
+
+
+def _json_key(value: object) -> object:
+    """Date keys are released as ISO text (``2024-03-01``), which sorts and compares as the dates do."""
+    return value.isoformat() if isinstance(value, dt.date) else value
 
 
 def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
@@ -144,7 +161,7 @@ def _evaluate(expr: ir.PostExpr, aggregates: list[Value], keys: dict[str, object
         case ir.KeyRef(name):
             return keys[name]  # type: ignore[return-value]
         case ir.Lit(value):
-            return value
+            return value.isoformat() if isinstance(value, dt.date) else value
         case ir.PostNeg(operand):
             inner = _evaluate(operand, aggregates, keys)
             return None if inner is None else -_number(inner)
@@ -162,7 +179,7 @@ def _truth(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str,
     match predicate:
         case ir.PostCompare(op, left, right):
             a, b = _evaluate(left, aggregates, keys), _evaluate(right, aggregates, keys)
-            return None if a is None or b is None else _COMPARE[op](a, b)
+            return None if a is None or b is None else ir.COMPARISONS[op](a, b)
         case ir.PostAnd(operands):
             values = [_truth(operand, aggregates, keys) for operand in operands]
             return False if False in values else (None if None in values else True)
@@ -173,16 +190,6 @@ def _truth(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str,
             value = _truth(operand, aggregates, keys)
             return None if value is None else not value
     raise AssertionError(f"unknown HAVING condition {predicate!r}")
-
-
-_COMPARE = {
-    ir.CompareOp.EQ: operator.eq,
-    ir.CompareOp.NEQ: operator.ne,
-    ir.CompareOp.LT: operator.lt,
-    ir.CompareOp.LTE: operator.le,
-    ir.CompareOp.GT: operator.gt,
-    ir.CompareOp.GTE: operator.ge,
-}
 
 
 def _number(value: Value) -> float:

@@ -23,9 +23,11 @@ class Result:
     cached: bool = False
     dry_run: bool = False
     private_keys: list[str] = field(default_factory=list)
+    """GROUP BY columns whose keys were released by a DP threshold (not listed in the policy)."""
     notes: list[str] = field(default_factory=list)
     """Substitutions the buyer should know of (e.g. MIN answered as a DP quantile)."""
-    """GROUP BY columns whose keys were released by a DP threshold (not listed in the policy)."""
+    rank_accuracy: dict[str, int] = field(default_factory=dict)
+    """Quantile columns: with 95% probability a cell's rank is off by at most this many rows (beyond one grid step)."""
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], *, buyer: str | None, remaining: Cost, cached: bool) -> Result:
@@ -42,6 +44,7 @@ class Result:
             cached=cached,
             private_keys=document.get("private_keys", []),
             notes=document.get("notes", []),
+            rank_accuracy=document.get("rank_accuracy", {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,4 +65,6 @@ class Result:
             document["private_keys"] = self.private_keys
         if self.notes:
             document["notes"] = self.notes
+        if self.rank_accuracy:
+            document["rank_accuracy"] = self.rank_accuracy
         return document

@@ -67,8 +67,11 @@ def default_name(node: exp.Expression) -> str:
 
 
 def normalised(select: exp.Select) -> str:
-    """Canonical SQL text: case-insensitive identifiers lowered, keywords and spacing uniform."""
-    return normalize_identifiers(select.copy()).sql()
+    """Canonical SQL text: case-insensitive identifiers lowered, keywords and spacing uniform, comments dropped.
+
+    Two requests that differ only in comments are the same release (a repeat is free, never fresh noise).
+    """
+    return normalize_identifiers(select.copy()).sql(comments=False)
 
 
 def _first_line(error: SqlglotError) -> str:

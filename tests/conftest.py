@@ -49,6 +49,17 @@ type = "bool"
 {extra}
 """
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--audit-full``: the empirical privacy audits (tests/privacy) draw many more samples."""
+    parser.addoption(
+        "--audit-full",
+        action="store_true",
+        default=False,
+        help="run the empirical privacy audits in tests/privacy with many more samples (slower, tighter bounds)",
+    )
+
+
 MEMBER_LEVEL = 'unit = "member_id"\nmax_groups = 1\nmax_rows_per_group = 10'
 ROW_LEVEL = 'unit = "row"'
 
@@ -167,3 +178,44 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     return str(request.getfixturevalue("postgres_ledger_url"))
+
+
+SPARK_TEST_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.driver.memory": "1g",
+    "spark.ui.showConsoleProgress": "false",
+}
+"""Small and quiet: tiny pools need no shuffle parallelism, and the tests need no UI."""
+
+
+@pytest.fixture(scope="session")
+def spark_session() -> Iterator[Any]:
+    """One local Spark (``local[2]``) for the whole test session, stopped at the end.
+
+    Skipped only where pyspark or Java is missing (``pip install -e '.[test]'``
+    installs pyspark; ``.ci/run`` installs Java 17 and sets
+    ``COOPDP_REQUIRE_SPARK`` so that CI never skips these).
+    """
+    from engine.backends.spark_session import SparkSettings, get_session
+    from engine.errors import BackendUnavailable
+
+    try:
+        session = get_session(SparkSettings("local[2]", SPARK_TEST_CONF))
+    except (BackendUnavailable, OSError, RuntimeError) as missing:  # no pyspark, or no Java to start it
+        if os.environ.get("COOPDP_REQUIRE_SPARK"):
+            raise
+        pytest.skip(f"Spark is not available here: {missing}")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_backend(spark_session: Any) -> Any:
+    """A SparkBackend on the session's local Spark."""
+    from engine.backends.spark import SparkBackend
+
+    return SparkBackend(spark_session)

@@ -112,4 +112,4 @@ def test_the_installed_command_runs_the_demo(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert json.loads(budget.stdout)["datasets"][0]["spent"]["epsilon"] == pytest.approx(0.6)
+    assert json.loads(budget.stdout)["datasets"][0]["spent"]["epsilon"] == pytest.approx(0.9)

@@ -1,8 +1,9 @@
 """Property tests of the privacy claim: one unit moves the exact bounded aggregates by at most the planned sensitivity.
 
 For random small pools and a random unit (a member, with ALL its rows, at
-member level; one row at row level), the exact bounded aggregates the Polars
-backend computes before any noise are compared on the two neighbouring pools.
+member level; one row at row level), the exact bounded aggregates a backend
+(Polars; and Spark, with fewer examples) computes before any noise are
+compared on the two neighbouring pools.
 For every measured part, the difference vector over the public groups must
 satisfy ``‖Δ‖₁ ≤ l1``, ``‖Δ‖₂ ≤ l2`` (what the noise is calibrated to) and
 change at most ``groups_touched_per_unit`` groups (the L0 bound both rely on).
@@ -12,6 +13,7 @@ is a hash of member, group and seed, so the other members keep their choices.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import tempfile
 from collections import Counter
@@ -19,9 +21,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from engine.backends.base import Backend
 from engine.backends.polars import PolarsBackend
 from engine.plan import PartKind, QueryPlan
 from engine.planner import plan_query
@@ -38,7 +41,21 @@ SCHEMA = {
     "hours": pl.Float64,
     "age": pl.Int64,
     "member_flag": pl.Boolean,
+    "day": pl.Date,
 }
+DAY_COLUMN = '\n[columns.day]\ntype = "date"\nbounds = ["2024-01-01", "2024-12-31"]\n'
+"""A date column; the strategies also draw days outside its declared range."""
+ZONES = '\n[public_tables.zones]\nsource = "../data/zones.csv"\nkey = "region"\n'
+"""A public lookup table: two regions share a zone, one region has none."""
+ZONES_TABLE = pl.DataFrame(
+    {"region": ["north", "south", "east"], "zone": ["NS", "NS", "E"], "weight": [0.5, 2.0, None]}
+)
+JOINS = (
+    "shifts JOIN zones z USING (region)",
+    "shifts s LEFT JOIN zones z ON s.region = z.region",
+)
+JOIN_AGGREGATES = ("SUM(hours * z.weight)", "COUNT(z.zone)", "AVG(COALESCE(weight, 1) + age)", "SUM(age / z.weight)")
+JOIN_GROUPINGS = (("z.zone",), ("zone", "member_flag"))
 
 AGGREGATES = (
     "COUNT(*)",
@@ -59,6 +76,10 @@ AGGREGATES = (
     "SUM(ROUND(hours / 7, 1) + CAST(age * 0.5 AS INT))",
     "QUANTILE(age - hours, 0.9)",
     "STDDEV(age - hours)",
+    "AVG(EXTRACT(YEAR FROM day))",
+    "SUM(hours / age)",
+    "SUM(MONTH(day) * hours)",
+    "COUNT(day)",
 )
 MEMBER_ONLY = {"COUNT(DISTINCT member_id)": "COUNT(member_id)"}
 """Aggregates only a member-level dataset answers, and their row-level stand-ins."""
@@ -74,6 +95,8 @@ FILTERS = (
     "city LIKE 'a%'",
     "hours * 2 > age",
     "member_id IN (1, 2, 5)",
+    "day >= '2024-06-01'",
+    "EXTRACT(DOW FROM day) IN (0, 6)",
 )
 GROUPINGS = (
     (),
@@ -83,6 +106,8 @@ GROUPINGS = (
     ("CASE WHEN age < 40 THEN 'younger' WHEN hours > 5 THEN 'busy' ELSE 'other' END", "region"),
     ("FLOOR(age / 20) * 20",),
     ("CEIL(hours / 15) - 1", "member_flag"),
+    ("DATE_TRUNC('month', day)",),
+    ("EXTRACT(QUARTER FROM day)", "region"),
 )
 
 
@@ -119,6 +144,7 @@ def row_strategy(regions: st.SearchStrategy) -> st.SearchStrategy:
             "hours": hours_values,
             "age": age_values,
             "member_flag": st.one_of(st.booleans(), st.none()),
+            "day": st.one_of(st.none(), st.dates(min_value=dt.date(2023, 10, 1), max_value=dt.date(2025, 3, 31))),
         }
     )
 
@@ -135,8 +161,12 @@ def queries(draw: st.DrawFn) -> str:
     aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=4, unique=True))
     where = draw(st.sampled_from(FILTERS))
     keys = draw(st.sampled_from(GROUPINGS))
+    source = draw(st.sampled_from(("shifts", *JOINS)))
+    if source != "shifts":
+        aggregates += draw(st.lists(st.sampled_from(JOIN_AGGREGATES), max_size=2, unique=True))
+        keys = draw(st.sampled_from((keys, *JOIN_GROUPINGS)))
     select = ", ".join([*keys, *aggregates])
-    sql = f"SELECT {select} FROM shifts"
+    sql = f"SELECT {select} FROM {source}"
     if where:
         sql += f" WHERE {where}"
     if keys:
@@ -147,15 +177,24 @@ def queries(draw: st.DrawFn) -> str:
 # --- helpers ---------------------------------------------------------------------
 
 
+def write_pool(root: Path, frame: pl.DataFrame, privacy: str) -> Path:
+    """The pool, its policy (with a date column and the public table ``zones``) and that table."""
+    policies = write_dataset(root, frame, privacy=privacy, extra=DAY_COLUMN + ZONES)
+    ZONES_TABLE.write_csv(root / "data" / "zones.csv")
+    return policies
+
+
 def frame_of(pool: list[dict[str, object]]) -> pl.DataFrame:
     return pl.DataFrame(pool, schema=SCHEMA)
 
 
-def exact_parts(root: Path, pool: list[dict[str, object]], privacy: str, sql: str) -> tuple[QueryPlan, dict]:
+def exact_parts(
+    root: Path, pool: list[dict[str, object]], privacy: str, sql: str, backend: Backend | None = None
+) -> tuple[QueryPlan, dict]:
     """Plan ``sql`` on a fresh pool under ``root``; return the plan and ``{key: [part values]}``."""
-    policies = write_dataset(root, frame_of(pool), privacy=privacy)
+    policies = write_pool(root, frame_of(pool), privacy)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
-    exact = PolarsBackend().execute(plan, seed=SEED)
+    exact = (backend or PolarsBackend()).execute(plan, seed=SEED)
     assert len(exact.parts) == len(plan.parts)
     assert all(len(values) == len(exact.keys) for values in exact.parts)
     assert len(set(exact.keys)) == len(exact.keys), "a group appears twice"
@@ -169,13 +208,16 @@ def _multiset_distance(larger: list[int], smaller: list[int]) -> int:
     return sum(((a - b) + (b - a)).values())
 
 
-def assert_neighbours_within_sensitivity(privacy: str, sql: str, larger: list[dict], smaller: list[dict]) -> None:
+def assert_neighbours_within_sensitivity(
+    privacy: str, sql: str, larger: list[dict], smaller: list[dict], backend: Backend | None = None
+) -> None:
+    backend = backend or PolarsBackend()
     if privacy == ROW_LEVEL:
         for member_only, stand_in in MEMBER_ONLY.items():
             sql = sql.replace(member_only, stand_in)
     with tempfile.TemporaryDirectory() as directory:
-        plan, with_unit = exact_parts(Path(directory) / "with", larger, privacy, sql)
-        plan_without, without_unit = exact_parts(Path(directory) / "without", smaller, privacy, sql)
+        plan, with_unit = exact_parts(Path(directory) / "with", larger, privacy, sql, backend)
+        plan_without, without_unit = exact_parts(Path(directory) / "without", smaller, privacy, sql, backend)
     assert plan_without.parts == plan.parts
     assert set(with_unit) == set(without_unit), "both neighbours must release the same public keys"
     expected_groups = math.prod(len(key.values) for key in plan.group_keys)
@@ -214,12 +256,39 @@ _SETTINGS = settings(
 )
 
 
+_SPARK_SETTINGS = settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: every step costs Spark jobs
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+"""The same properties on Spark: few examples (each costs two Spark jobs); tests/test_spark.py checks equality."""
+SPARK_PRIVACY = [pytest.param(member_level(2, 3), id="member-g2-r3"), pytest.param(ROW_LEVEL, id="row")]
+
+
 @pytest.mark.parametrize("privacy", PRIVACY)
 @_SETTINGS
 @given(pool=pools, sql=queries(), data=st.data())
 def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity(
     privacy: str, pool: list[dict], sql: str, data: st.DataObject
 ) -> None:
+    one_unit_moves_aggregates_within_sensitivity(PolarsBackend(), privacy, pool, sql, data)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("privacy", SPARK_PRIVACY)
+@_SPARK_SETTINGS
+@given(pool=pools, sql=queries(), data=st.data())
+def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity_on_spark(
+    spark_backend: Backend, privacy: str, pool: list[dict], sql: str, data: st.DataObject
+) -> None:
+    one_unit_moves_aggregates_within_sensitivity(spark_backend, privacy, pool, sql, data)
+
+
+def one_unit_moves_aggregates_within_sensitivity(
+    backend: Backend, privacy: str, pool: list[dict], sql: str, data: st.DataObject
+) -> None:
+    """Remove one unit (a row, or a member with all its rows) from ``pool``: the aggregates move within bounds."""
     if privacy == ROW_LEVEL:
         removed = data.draw(st.integers(min_value=0, max_value=len(pool) - 1), label="removed row")
         smaller = pool[:removed] + pool[removed + 1 :]
@@ -227,7 +296,23 @@ def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity(
         members = sorted({row["member_id"] for row in pool})
         member = data.draw(st.sampled_from(members), label="removed member")
         smaller = [row for row in pool if row["member_id"] != member]
-    assert_neighbours_within_sensitivity(privacy, sql, pool, smaller)
+    assert_neighbours_within_sensitivity(privacy, sql, pool, smaller, backend)
+
+
+heavy_members = st.fixed_dictionaries(
+    {
+        "others": st.lists(stray_rows, max_size=25),
+        "member_rows": st.lists(stray_rows, min_size=1, max_size=30),
+        "member": st.integers(min_value=1, max_value=9),
+    }
+)
+"""A member with many rows over many groups, and a pool of others (maybe empty) to add them to."""
+
+
+def assert_heavy_member_bounded(backend: Backend, privacy: str, heavy: dict, sql: str) -> None:
+    others = [row for row in heavy["others"] if row["member_id"] != heavy["member"]]
+    added = [{**row, "member_id": heavy["member"]} for row in heavy["member_rows"]]
+    assert_neighbours_within_sensitivity(privacy, sql, others + added, others, backend)
 
 
 @pytest.mark.parametrize(
@@ -235,26 +320,25 @@ def test_one_unit_moves_bounded_aggregates_by_at_most_the_claimed_sensitivity(
     [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)],
 )
 @_SETTINGS
-@given(
-    others=st.lists(stray_rows, max_size=25),
-    member_rows=st.lists(stray_rows, min_size=1, max_size=30),
-    member=st.integers(min_value=1, max_value=9),
-    sql=queries(),
-)
-def test_adding_a_heavy_member_spread_over_groups_is_bounded(
-    privacy: str, others: list[dict], member_rows: list[dict], member: int, sql: str
+@given(heavy=heavy_members, sql=queries())
+def test_adding_a_heavy_member_spread_over_groups_is_bounded(privacy: str, heavy: dict, sql: str) -> None:
+    assert_heavy_member_bounded(PolarsBackend(), privacy, heavy, sql)
+
+
+@pytest.mark.spark
+@_SPARK_SETTINGS
+@given(heavy=heavy_members, sql=queries())
+def test_adding_a_heavy_member_spread_over_groups_is_bounded_on_spark(
+    spark_backend: Backend, heavy: dict, sql: str
 ) -> None:
-    """A member with many rows over many groups, added to a pool of others (or to an empty pool)."""
-    others = [row for row in others if row["member_id"] != member]
-    added = [{**row, "member_id": member} for row in member_rows]
-    assert_neighbours_within_sensitivity(privacy, sql, others + added, others)
+    assert_heavy_member_bounded(spark_backend, member_level(1, 3), heavy, sql)
 
 
 # --- contribution bounds, directly ------------------------------------------------
 
 
 def _execute(root: Path, frame: pl.DataFrame, privacy: str, sql: str) -> tuple[QueryPlan, dict]:
-    policies = write_dataset(root, frame, privacy=privacy)
+    policies = write_pool(root, frame, privacy)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
     exact = PolarsBackend().execute(plan, seed=SEED)
     return plan, {key: [values[i] for values in exact.parts] for i, key in enumerate(exact.keys)}
@@ -265,6 +349,20 @@ def _execute(root: Path, frame: pl.DataFrame, privacy: str, sql: str) -> tuple[Q
 @pytest.mark.parametrize("seed", range(5))
 def test_one_member_over_every_region_is_capped(
     tmp_path: Path, max_groups: int, max_rows_per_group: int, seed: int
+) -> None:
+    assert_one_member_over_every_region_is_capped(PolarsBackend(), tmp_path, max_groups, max_rows_per_group, seed)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("max_groups", [1, 3])
+def test_one_member_over_every_region_is_capped_on_spark(
+    spark_backend: Backend, tmp_path: Path, max_groups: int
+) -> None:
+    assert_one_member_over_every_region_is_capped(spark_backend, tmp_path, max_groups, 3, seed=0)
+
+
+def assert_one_member_over_every_region_is_capped(
+    backend: Backend, tmp_path: Path, max_groups: int, max_rows_per_group: int, seed: int
 ) -> None:
     """One member with 25 rows in each of the 4 regions: at most max_groups regions, max_rows_per_group rows each."""
     frame = frame_of(
@@ -277,7 +375,7 @@ def test_one_member_over_every_region_is_capped(
     sql = "SELECT region, COUNT(*), COUNT(hours), SUM(hours), SUM(age), AVG(hours) FROM shifts GROUP BY region"
     policies = write_dataset(tmp_path, frame, privacy=member_level(max_groups, max_rows_per_group))
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
-    exact = PolarsBackend().execute(plan, seed=seed)
+    exact = backend.execute(plan, seed=seed)
     counts = exact.parts[0]
     touched = [count for count in counts if count]
     assert len(touched) == max_groups, "the member keeps exactly max_groups of its regions"

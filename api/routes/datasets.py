@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.auth import CurrentPrincipal, EngineDep, Role
-from api.schemas import ColumnInfo, CostBody, DatasetInfo
+from api.schemas import ColumnInfo, CostBody, DatasetInfo, PublicTableInfo
 from engine import Engine
 from engine.errors import Forbidden
 from engine.policy import Policy
@@ -49,6 +49,19 @@ def describe(engine: Engine, policy: Policy, buyer: str | None) -> DatasetInfo:
                 public_keys=list(column.public_keys) if column.public_keys is not None else None,
             )
             for name, column in policy.columns.items()
+        ],
+        public_tables=[
+            PublicTableInfo(
+                name=name,
+                key=section.key,
+                description=section.description,
+                columns={
+                    table.key: table.key_type.value,
+                    **{column: kind.value for column, (kind, _) in table.attributes.items()},
+                },
+            )
+            for name, section in policy.public_tables.items()
+            for table in [policy.lookups[name.lower()]]
         ],
         remaining=CostBody(**remaining.to_dict()),
     )

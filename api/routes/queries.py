@@ -62,6 +62,7 @@ def post_query(
             buyer=buyer.name,
             dry_run=body.dry_run,
             idempotency_key=idempotency_key,
+            weights=body.weights,
         )
     if result.dry_run or result.cached:
         response.status_code = 200

@@ -4,8 +4,10 @@ Member-level bounding is done by aggregating each member's rows per group
 first (row count, non-NULL count and integer sum of the clamped values), then
 capping: counts at ``max_rows_per_group`` and sums at the member's (floored)
 mean times that capped count. Groups beyond ``max_groups`` per member are
-dropped at random (a per-query seeded hash). This two-level aggregation is
-the least work any member-level bound needs, and it streams.
+dropped at random: the smallest draws of the per-query seeded hash of
+``engine.backends.draw``, which the Spark backend computes bit for bit the
+same. This two-level aggregation is the least work any member-level bound
+needs, and it streams.
 
 NULL and NaN values of a numeric column are NULL: COUNT(col), SUM and AVG
 skip them, as SQL does. ±inf are clamped to the bounds. Values that cannot be
@@ -14,7 +16,8 @@ read as the declared type become NULL (casts never fail on data).
 
 from __future__ import annotations
 
-import re
+import datetime as dt
+import itertools
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +25,27 @@ from typing import Any
 import polars as pl
 
 from engine import plan as ir
+from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
-from engine.errors import PolicyError
+from engine.backends.shared import (
+    COPY_WORD,
+    GROUP_DRAW,
+    ROWS,
+    SAME_TYPE_ARITHMETIC,
+    UNIT_WORD,
+    VALUE_WORD,
+    check_columns,
+    chooses_groups,
+    counted_columns,
+    fixed_name,
+    key_type,
+    like_regex,
+    part_name,
+    quantile_parts,
+    sample_draw_name,
+    value_columns,
+)
+from engine.dates import DateField, TruncUnit
 
 _KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
     ir.ColumnKind.NATIVE: None,
@@ -31,23 +53,40 @@ _KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
     ir.ColumnKind.INT: pl.Int64(),
     ir.ColumnKind.FLOAT: pl.Float64(),
     ir.ColumnKind.BOOL: pl.Boolean(),
+    ir.ColumnKind.DATE: pl.Date(),
+    ir.ColumnKind.DATETIME: pl.Datetime("us"),
 }
-_COMPARE: dict[ir.CompareOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
-    ir.CompareOp.EQ: lambda a, b: a == b,
-    ir.CompareOp.NEQ: lambda a, b: a != b,
-    ir.CompareOp.LT: lambda a, b: a < b,
-    ir.CompareOp.LTE: lambda a, b: a <= b,
-    ir.CompareOp.GT: lambda a, b: a > b,
-    ir.CompareOp.GTE: lambda a, b: a >= b,
+_DATE_FIELDS: dict[DateField, Callable[[pl.Expr], pl.Expr]] = {
+    DateField.YEAR: lambda d: d.dt.year(),
+    DateField.QUARTER: lambda d: d.dt.quarter(),
+    DateField.MONTH: lambda d: d.dt.month(),
+    DateField.WEEK: lambda d: d.dt.week(),
+    DateField.DAY: lambda d: d.dt.day(),
+    DateField.DOW: lambda d: d.dt.weekday() % 7,
+    DateField.ISODOW: lambda d: d.dt.weekday(),
+    DateField.DOY: lambda d: d.dt.ordinal_day(),
+    DateField.HOUR: lambda d: d.dt.hour(),
+    DateField.MINUTE: lambda d: d.dt.minute(),
+}
+_TRUNC_EVERY = {
+    TruncUnit.YEAR: "1y",
+    TruncUnit.QUARTER: "1q",
+    TruncUnit.MONTH: "1mo",
+    TruncUnit.WEEK: "1w",
+    TruncUnit.DAY: "1d",
 }
 _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
-    ir.ArithOp.ADD: lambda a, b: a + b,
-    ir.ArithOp.SUB: lambda a, b: a - b,
-    ir.ArithOp.MUL: lambda a, b: a * b,
+    **SAME_TYPE_ARITHMETIC,
     ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
 }
-_ROWS = "__rows"
 _ORDER = "__order"
+_KEY_DTYPES: dict[type, pl.DataType] = {
+    bool: pl.Boolean(),
+    int: pl.Int64(),
+    float: pl.Float64(),
+    dt.date: pl.Date(),
+    str: pl.String(),
+}
 
 
 class PolarsBackend:
@@ -60,15 +99,7 @@ class PolarsBackend:
         cast to its declared kind (text cannot be read as bool, say), so that no
         cast can fail once the budget is charged.
         """
-        stored = _scan(plan.source).collect_schema()
-        missing = [name for name, _ in plan.source.columns if name not in stored]
-        if missing:
-            raise PolicyError(f"the pool of {plan.dataset} has no column {', '.join(missing)} declared in its policy")
-        for name, kind in plan.source.columns:
-            if not _readable(stored[name], kind):
-                raise PolicyError(
-                    f"column {name} of {plan.dataset} is stored as {stored[name]}, which cannot be read as {kind.value}"
-                )
+        check_columns(plan, _scan(plan.source).collect_schema(), _readable)
 
     def execute(self, plan: ir.QueryPlan, seed: int | None = None) -> ExactAggregates:
         frame = bounded_aggregates(plan, secrets.randbits(63) if seed is None else seed)
@@ -77,7 +108,7 @@ class PolarsBackend:
             keys = [tuple(row) for row in result.select([key.column for key in plan.group_keys]).iter_rows()]
         else:
             keys = [()] * result.height
-        parts = [_group_values(result.get_column(_part_name(index)), part) for index, part in enumerate(plan.parts)]
+        parts = [_group_values(result.get_column(part_name(index)), part) for index, part in enumerate(plan.parts)]
         return ExactAggregates(keys=keys, parts=parts)
 
 
@@ -92,7 +123,9 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     """The lazy query: one row per public group key (all of them), one Int64 column per part."""
     scan = _scan(plan.source)
     stored = scan.collect_schema()
-    frame = scan.select(_read(name, kind, stored[name]) for name, kind in plan.source.columns)
+    read = [_read(name, kind, stored[name]) for name, kind in plan.source.columns]
+    # A plan that reads no column (row-level COUNT(*)) still needs one per row: selecting none would count none.
+    frame = scan.select(read) if read else scan.with_row_index(_ROW_INDEX).select(_ROW_INDEX)
     if plan.where is not None:
         frame = frame.filter(_row_expr(plan.where))
     if plan.derived:
@@ -100,7 +133,7 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     for key in plan.group_keys:
         keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
         frame = frame.filter(keep)
-    columns = _value_columns(plan)
+    columns = value_columns(plan)
     kinds = dict(plan.source.columns)
     frame = frame.with_columns(
         _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items()
@@ -110,12 +143,21 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     if unit is None:
         bounded = _aggregate(frame, keys, _row_level_parts(plan))
     else:
-        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns, seed))
+        unit_dtype = stored.get(unit, pl.String())
+        frame = _with_sample_draws(frame, plan, unit_dtype, seed)
+        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
         per_member = per_member.with_columns(_member_level_parts(plan))
-        if keys and (plan.private_keys or plan.contribution.max_groups < _possible_groups(plan)):
-            per_member = _keep_random_groups(per_member, unit, keys, plan.contribution.max_groups, seed)
+        if chooses_groups(plan):
+            per_member = _with_word(per_member, unit, unit_dtype, UNIT_WORD)
+            per_member = _with_key_words(per_member, plan)
+            words = [UNIT_WORD, *(_key_word_name(i) for i in range(len(keys)))]
+            per_member = _with_draw(per_member, seed, words, GROUP_DRAW)
+            per_member = _keep_random_groups(per_member, unit, pl.col(GROUP_DRAW), plan.contribution.max_groups)
         bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
+
+
+_ROW_INDEX = "__row"
 
 
 def _scan(source: ir.Source) -> pl.LazyFrame:
@@ -130,6 +172,8 @@ def _readable(stored: pl.DataType, kind: ir.ColumnKind) -> bool:
     if kind is ir.ColumnKind.NATIVE or stored == _KINDS[kind]:
         return True
     scalar = stored.is_numeric() or stored == pl.Boolean()
+    if kind in (ir.ColumnKind.DATE, ir.ColumnKind.DATETIME):
+        return isinstance(stored, (pl.Date, pl.Datetime, pl.String))
     if kind is ir.ColumnKind.BOOL:
         return scalar
     if kind is ir.ColumnKind.TEXT:
@@ -141,23 +185,15 @@ def _read(name: str, kind: ir.ColumnKind, stored: pl.DataType) -> pl.Expr:
     """Read a column as its declared kind; casts that change nothing are skipped (they stop filter pushdown)."""
     dtype = _KINDS[kind]
     column = pl.col(name)
-    if dtype is not None and stored != dtype:
+    if kind is ir.ColumnKind.DATE and isinstance(stored, pl.String):
+        column = column.str.to_date("%Y-%m-%d", strict=False)
+    elif kind is ir.ColumnKind.DATETIME and isinstance(stored, pl.String):
+        column = column.str.to_datetime(time_unit="us", strict=False)
+    elif dtype is not None and stored != dtype:
         column = column.cast(dtype, strict=False)
     if kind is ir.ColumnKind.FLOAT and stored.is_float():
         column = column.fill_nan(None)
     return column
-
-
-def _value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
-    return {part.value.column: part.value for part in plan.parts if part.value is not None}
-
-
-def _fixed_name(column: str) -> str:
-    return f"__fixed_{column}"
-
-
-def _part_name(index: int) -> str:
-    return f"__part_{index}"
 
 
 def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:
@@ -168,9 +204,9 @@ def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:
     """
     column = pl.col(value.column)
     if kind is ir.ColumnKind.INT and value.scale == 1:
-        return column.clip(value.lower, value.upper).alias(_fixed_name(value.column))
+        return column.clip(value.lower, value.upper).alias(fixed_name(value.column))
     scaled = column.cast(pl.Float64) * value.scale
-    return scaled.clip(value.lower, value.upper).cast(pl.Int64).alias(_fixed_name(value.column))
+    return scaled.clip(value.lower, value.upper).cast(pl.Int64).alias(fixed_name(value.column))
 
 
 def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
@@ -183,38 +219,57 @@ def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
             expression = pl.col(part.counted_column).count().cast(pl.Int64)
         elif part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            values = pl.col(_fixed_name(part.value.column)).drop_nulls()
+            values = pl.col(fixed_name(part.value.column)).drop_nulls()
             expression = values if plan.group_keys else values.implode()
         else:
             assert part.value is not None
-            fixed = pl.col(_fixed_name(part.value.column))
+            fixed = pl.col(fixed_name(part.value.column))
             if part.kind is ir.PartKind.CENTERED_SUM:
                 fixed = fixed - part.value.center
             expression = fixed.sum()
-        expressions.append(expression.alias(_part_name(index)))
+        expressions.append(expression.alias(part_name(index)))
     return expressions
 
 
-def _counted_columns(plan: ir.QueryPlan) -> list[str]:
-    """Columns whose non-NULL rows a part counts, or whose values a part sums."""
-    names = [part.counted_column or part.value.column for part in plan.parts if part.counted_column or part.value]
-    return sorted(set(names))
+def _with_sample_draws(frame: pl.LazyFrame, plan: ir.QueryPlan, unit_dtype: pl.DataType, seed: int) -> pl.LazyFrame:
+    """Per row, for each quantile part: the draw that orders a member's values in a group (smallest kept).
+
+    The draw hashes the seed, the member, the value and which copy of that
+    value it is (1st, 2nd, … within the member and group), so equal values
+    are drawn independently and the kept values are a uniform sample.
+    """
+    quantiles = quantile_parts(plan)
+    unit = plan.contribution.unit_column
+    if not quantiles or unit is None:
+        return frame
+    keys = [key.column for key in plan.group_keys]
+    frame = _with_word(frame, unit, unit_dtype, UNIT_WORD)
+    for index, part in quantiles:
+        assert part.value is not None
+        fixed = fixed_name(part.value.column)
+        frame = frame.with_columns(
+            pl.col(fixed).reinterpret(signed=False).alias(VALUE_WORD),
+            pl.int_range(pl.len(), dtype=pl.UInt64).over([unit, *keys, fixed]).alias(COPY_WORD),
+        )
+        frame = _with_draw(frame, seed, [UNIT_WORD, VALUE_WORD, COPY_WORD], sample_draw_name(index))
+    return frame
 
 
-def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint], seed: int) -> list[pl.Expr]:
+def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[pl.Expr]:
     """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum.
 
-    For a quantile, up to ``max_rows_per_group`` of the member's values, drawn at random.
+    For a quantile, up to ``max_rows_per_group`` of the member's values: those with the smallest draws.
     """
-    statistics = [pl.len().cast(pl.Int64).alias(_ROWS)]
+    statistics = [pl.len().cast(pl.Int64).alias(ROWS)]
     cap = plan.contribution.max_rows_per_group
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
-            values = pl.col(_fixed_name(part.value.column)).drop_nulls()
-            statistics.append(values.shuffle(seed).head(cap).alias(_part_name(index)))
-    statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in _counted_columns(plan)]
-    statistics += [pl.col(_fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
+            fixed = pl.col(fixed_name(part.value.column))
+            sampled = fixed.sort_by(pl.col(sample_draw_name(index))).drop_nulls().head(cap)
+            statistics.append(sampled.alias(part_name(index)))
+    statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in counted_columns(plan)]
+    statistics += [pl.col(fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
     return statistics
 
 
@@ -230,7 +285,7 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
         if part.kind is ir.PartKind.QUANTILE:
             continue  # already bounded: the member's sampled values
         if part.kind is ir.PartKind.COUNT_ROWS:
-            expression = pl.min_horizontal(pl.col(_ROWS), cap)
+            expression = pl.min_horizontal(pl.col(ROWS), cap)
         elif part.kind is ir.PartKind.COUNT_UNITS:
             expression = pl.lit(1)  # this member, in this group
         elif part.kind is ir.PartKind.COUNT_VALUES:
@@ -242,30 +297,21 @@ def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
             center = part.value.center if part.kind is ir.PartKind.CENTERED_SUM else 0
             mean = pl.col(f"__s_{column}") // count - center
             expression = pl.when(count > 0).then(mean * pl.min_horizontal(count, cap)).otherwise(0)
-        expressions.append(expression.cast(pl.Int64).alias(_part_name(index)))
+        expressions.append(expression.cast(pl.Int64).alias(part_name(index)))
     return expressions
 
 
 def _combine(plan: ir.QueryPlan, index: int) -> pl.Expr:
     """Members' bounded contributions to a group: summed, or (quantiles) pooled into one list."""
-    column = pl.col(_part_name(index))
+    column = pl.col(part_name(index))
     if plan.parts[index].kind is not ir.PartKind.QUANTILE:
         return column.sum()
     pooled = column.explode().drop_nulls()
     return pooled if plan.group_keys else pooled.implode()
 
 
-def _possible_groups(plan: ir.QueryPlan) -> int:
-    """How many groups the public keys make (only called when every key is public)."""
-    possible = 1
-    for key in plan.group_keys:
-        possible *= len(key.values or ())
-    return possible
-
-
-def _keep_random_groups(frame: pl.LazyFrame, unit: str, keys: list[str], max_groups: int, seed: int) -> pl.LazyFrame:
-    """Keep at most ``max_groups`` groups per member, chosen by a hash seeded afresh for every query."""
-    draw = pl.struct([unit, *keys]).hash(seed)
+def _keep_random_groups(frame: pl.LazyFrame, unit: str, draw: pl.Expr, max_groups: int) -> pl.LazyFrame:
+    """Keep at most ``max_groups`` groups per member: those with the smallest draws (the seed is new every query)."""
     if max_groups == 1:  # the common case: a minimum per member is far cheaper than a rank
         return frame.filter(draw == draw.min().over(unit)).filter(pl.col(unit).is_first_distinct())
     return frame.filter(draw.rank("ordinal").over(unit) <= max_groups)
@@ -283,33 +329,90 @@ def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
     observed groups come back (sorted); the threshold decides which are released.
     """
     filled = [
-        pl.col(_part_name(i)).fill_null(pl.lit([], dtype=pl.List(pl.Int64)) if part.kind is ir.PartKind.QUANTILE else 0)
+        pl.col(part_name(i)).fill_null(pl.lit([], dtype=pl.List(pl.Int64)) if part.kind is ir.PartKind.QUANTILE else 0)
         for i, part in enumerate(plan.parts)
     ]
     if not plan.group_keys:
         return bounded.with_columns(filled)
     if plan.private_keys:
         return bounded.with_columns(filled).sort([key.column for key in plan.group_keys])
-    grid: pl.LazyFrame | None = None
-    for key in plan.group_keys:
-        assert key.values is not None
-        dtype = _key_dtype(key.values)
-        values = pl.LazyFrame({key.column: pl.Series(key.column, list(key.values), dtype=dtype)})
-        grid = values if grid is None else grid.join(values, how="cross")
-    assert grid is not None
-    grid = grid.with_row_index(_ORDER)
+    key_sets = [key.values or () for key in plan.group_keys]
+    combinations = list(zip(*itertools.product(*key_sets), strict=True))  # the first key varies slowest
+    grid = pl.LazyFrame(
+        [
+            pl.Series(key.column, list(values), dtype=_KEY_DTYPES[key_type(key_set)])
+            for key, key_set, values in zip(plan.group_keys, key_sets, combinations, strict=True)
+        ]
+    ).with_row_index(_ORDER)
     joined = grid.join(bounded, on=[key.column for key in plan.group_keys], how="left").sort(_ORDER).drop(_ORDER)
     return joined.with_columns(filled)
 
 
-def _key_dtype(values: tuple[object, ...]) -> pl.DataType:
-    if all(isinstance(value, bool) for value in values):
-        return pl.Boolean()
-    if all(isinstance(value, int) for value in values):
-        return pl.Int64()
-    if all(isinstance(value, int | float) for value in values):
-        return pl.Float64()
-    return pl.String()
+class _UInt64Words:
+    """``draw.Arithmetic`` over Polars ``UInt64`` expressions (Polars integer arithmetic wraps)."""
+
+    def constant(self, value: int) -> pl.Expr:
+        return pl.lit(value, dtype=pl.UInt64)
+
+    def xor(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left.xor(right)
+
+    def add(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left + right
+
+    def times(self, word: pl.Expr, constant: int) -> pl.Expr:
+        return word * pl.lit(constant, dtype=pl.UInt64)
+
+    def shift_right(self, word: pl.Expr, bits: int) -> pl.Expr:
+        return word // pl.lit(2**bits, dtype=pl.UInt64)
+
+
+_UINT64 = _UInt64Words()
+
+
+def _with_word(frame: pl.LazyFrame, column: str, stored: pl.DataType, name: str) -> pl.LazyFrame:
+    """Add ``name``: the column's words (``draw.reference_word``): integers as themselves, else by their text.
+
+    Every step is its own column, as ``draw.mix`` asks.
+    """
+    null_word = pl.lit(hashing.NULL_WORD, dtype=pl.UInt64)
+    if stored.is_integer():
+        return frame.with_columns(
+            pl.col(column).cast(pl.Int64).reinterpret(signed=False).fill_null(null_word).alias(name)
+        )
+    text = pl.col(column).cast(pl.String)
+    chunks = text.str.encode("hex").str.extract_all(f".{{1,{hashing.HEX_DIGITS_PER_CHUNK}}}")
+    chunk = pl.element().str.to_integer(base=16).cast(pl.UInt64)
+    inputs = chunks.list.eval(hashing.chunk_input(chunk, pl.int_range(pl.len(), dtype=pl.UInt64), _UINT64))
+    frame = frame.with_columns(inputs.alias(name))
+    frame = frame.with_columns(pl.col(name).list.eval(hashing.mix(pl.element(), _UINT64)).list.sum().alias(name))
+    frame = frame.with_columns(
+        hashing.text_input(pl.col(name), text.str.len_bytes().cast(pl.UInt64), _UINT64).alias(name)
+    )
+    return frame.with_columns(hashing.mix(pl.col(name), _UINT64).fill_null(null_word).alias(name))
+
+
+def _with_draw(frame: pl.LazyFrame, seed: int, words: list[str], name: str) -> pl.LazyFrame:
+    """Add ``name``: the draw of the word columns ``words``, one column step per word."""
+    for step in hashing.draw_steps(seed, [pl.col(word) for word in words], pl.col(name), _UINT64):
+        frame = frame.with_columns(step.alias(name))
+    return frame
+
+
+def _key_word_name(index: int) -> str:
+    return f"__word_key_{index}"
+
+
+def _with_key_words(frame: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
+    """Per group key, its word: a public key's position in the policy's key set; a private key's text word."""
+    for index, key in enumerate(plan.group_keys):
+        if key.values is None:
+            frame = _with_word(frame, key.column, pl.String(), _key_word_name(index))
+        else:
+            positions = list(range(len(key.values)))
+            word = pl.col(key.column).replace_strict(list(key.values), positions, return_dtype=pl.UInt64)
+            frame = frame.with_columns(word.alias(_key_word_name(index)))
+    return frame
 
 
 def _row_expr(expr: ir.RowExpr) -> pl.Expr:
@@ -320,7 +423,7 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
         case ir.Lit(value):
             return pl.lit(value)
         case ir.Compare(op, left, right):
-            return _COMPARE[op](_row_expr(left), _row_expr(right))
+            return ir.COMPARISONS[op](_row_expr(left), _row_expr(right))
         case ir.Arith(op, left, right):
             return _ARITH[op](_row_expr(left), _row_expr(right))
         case ir.Neg(operand):
@@ -333,7 +436,8 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return ~_row_expr(operand)
         case ir.InList(operand, values):
             present = [lit.value for lit in values if lit.value is not None]
-            matched = _row_expr(operand).is_in(present) if present else pl.lit(False)
+            # One equality per value, not is_in: Polars refuses is_in across number kinds (age IN (1.5), hours IN (1)).
+            matched = pl.any_horizontal(_row_expr(operand) == value for value in present) if present else pl.lit(False)
             # x IN (…, NULL) is NULL, not false, where x matches nothing (SQL semantics).
             if len(present) < len(values):
                 matched = pl.when(matched).then(True).otherwise(None)
@@ -344,7 +448,7 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
         case ir.IsNull(operand):
             return _row_expr(operand).is_null()
         case ir.Like(operand, pattern, case_sensitive):
-            return _row_expr(operand).str.contains(_like_regex(pattern, case_sensitive))
+            return _row_expr(operand).str.contains(like_regex(pattern, case_sensitive))
         case ir.Clamp(operand, low, high):
             return _row_expr(operand).clip(low, high)
         case ir.Round(operand, decimals):
@@ -363,10 +467,11 @@ def _row_expr(expr: ir.RowExpr) -> pl.Expr:
             return combine(_row_expr(operand) for operand in operands)
         case ir.Coalesce(operands):
             return pl.coalesce(_row_expr(operand) for operand in operands)
+        case ir.DatePart(operand, field):
+            return _DATE_FIELDS[field](_row_expr(operand)).cast(pl.Int64)
+        case ir.DateTrunc(operand, unit):
+            return _row_expr(operand).dt.truncate(_TRUNC_EVERY[unit]).cast(pl.Date)
+        case ir.Lookup(key, entries):
+            keys, values = zip(*entries, strict=True)
+            return _row_expr(key).replace_strict(list(keys), list(values), default=None)
     raise AssertionError(f"unknown row expression {expr!r}")
-
-
-def _like_regex(pattern: str, case_sensitive: bool) -> str:
-    """SQL LIKE as an anchored regex; everything but ``%`` and ``_`` is literal."""
-    pieces = [".*" if char == "%" else "." if char == "_" else re.escape(char) for char in pattern]
-    return ("(?s)" if case_sensitive else "(?si)") + "^" + "".join(pieces) + "$"

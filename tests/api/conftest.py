@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,14 @@ MAIN_DATASETS: dict[str, dict[str, object]] = {
         "max_epsilon_per_query": 1.0,
         "extra": CONSENT,
         "frame": small_pool().with_columns(pl.lit(False).alias("member_flag")),
+    },
+    "dated": {
+        "epsilon": 100.0,
+        "max_epsilon_per_query": 1.0,
+        "extra": '[columns.day]\ntype = "date"\nbounds = ["2024-01-01", "2024-03-31"]\n\n'
+        '[public_tables.zones]\nsource = "../data/zones.csv"\nkey = "region"\ndescription = "zones"\n',
+        "frame": small_pool().with_columns(pl.lit(date(2024, 2, 1)).alias("day")),
+        "tables": {"zones": pl.DataFrame({"region": ["north", "south"], "zone": ["N", "S"], "rate": [1.5, 2.0]})},
     },
 }
 
@@ -119,6 +128,9 @@ def running_server(root: Path, datasets: dict[str, dict[str, object]]) -> Iterat
     for name, options in datasets.items():
         options = dict(options)
         frame = options.pop("frame", None)
+        for table, contents in dict(options.pop("tables", {})).items():  # type: ignore[call-overload]
+            (root / "data").mkdir(parents=True, exist_ok=True)
+            contents.write_csv(root / "data" / f"{table}.csv")
         policies = write_dataset(root, small_pool() if frame is None else frame, name=name, **options)  # type: ignore[arg-type]
     ledger_path = root / "ledger.db"
     ledger_url = f"sqlite:///{ledger_path}"

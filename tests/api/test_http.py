@@ -74,6 +74,13 @@ def test_datasets_describe_the_public_policy_never_the_source(server: LiveServer
     assert columns["region"].public_keys == ["north", "south", "east", "west"]
     assert columns["member_flag"].public_keys == [False, True]
     assert columns["city"].public_keys is None  # private keys are not listed
+    dated = alice.dataset("dated")
+    assert {column.name: column.bounds for column in dated.columns}["day"] == ("2024-01-01", "2024-03-31")
+    assert dated.public_tables == {"zones": {"region": "text", "zone": "text", "rate": "float"}}
+    answer = alice.query(
+        "dated", "SELECT MONTH(day) AS m, zone, COUNT(*) FROM dated JOIN zones USING (region) GROUP BY 1, 2", 1.0
+    )
+    assert [row[:2] for row in answer.rows] == [[m, z] for m in (1, 2, 3) for z in ("N", "S")]
 
 
 def test_dataset_remaining_is_the_callers(server: LiveServer, steward: Client, fresh_buyer: BuyerFactory) -> None:
@@ -125,6 +132,21 @@ def test_dry_run_is_200_and_charges_nothing(server: LiveServer, buyer: BuyerClie
     assert result.cost.epsilon == 0.5 and result.accuracy["n"] is not None
     assert _ledger_state(server, "shifts") == state
     assert buyer.releases() == []
+
+
+def test_weights_split_epsilon_across_output_columns(server: LiveServer, buyer: BuyerClient) -> None:
+    even = buyer.query("shifts", GROUPED, epsilon=0.5, dry_run=True).accuracy
+    weighted = buyer.query("shifts", GROUPED, epsilon=0.5, dry_run=True, weights={"n": 6}).accuracy
+    assert weighted["n"] < even["n"] and weighted["h"] > even["h"]
+    for bad in ({"n": -1}, {"n": "many"}, [1, 2]):
+        response = buyer.http.post(
+            "/v1/queries", json={"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "dry_run": True, "weights": bad}
+        )
+        assert _error_of(response) == (422, "invalid_request")
+    response = buyer.http.post(
+        "/v1/queries", json={"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "weights": {"nope": 2}}
+    )
+    assert _error_of(response) == (400, "unknown_column")
 
 
 def test_an_identical_query_is_answered_again_from_the_ledger_for_free(server: LiveServer, buyer: BuyerClient) -> None:
