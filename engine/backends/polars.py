@@ -191,8 +191,8 @@ def _read(name: str, kind: ir.ColumnKind, stored: pl.DataType) -> pl.Expr:
         column = column.str.to_datetime(time_unit="us", strict=False)
     elif dtype is not None and stored != dtype:
         column = column.cast(dtype, strict=False)
-    if kind is ir.ColumnKind.FLOAT and stored.is_float():
-        column = column.fill_nan(None)
+    if kind is ir.ColumnKind.FLOAT and (stored.is_float() or isinstance(stored, pl.String)):
+        column = column.fill_nan(None)  # text "NaN" reads as NaN too: NULL, as SQL has no NaN
     return column
 
 

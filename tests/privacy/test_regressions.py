@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from engine import Engine
 from engine.backends import BACKENDS
+from engine.backends.polars import PolarsBackend
 from engine.errors import CoopdpError, PolicyViolation
 from engine.planner import plan_query
 from engine.policy import load_policy
@@ -86,3 +88,17 @@ def test_in_lists_mixing_number_kinds_are_answered_not_crashed_after_the_charge(
     policies = write_dataset(tmp_path, pool, privacy=ROW_LEVEL)
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
     assert BACKENDS["polars"]().execute(plan).parts == [[matches(pool).height]]
+
+
+def test_nan_written_as_text_in_a_csv_pool_is_null_not_a_crash_after_the_charge(tmp_path: Path) -> None:
+    """A CSV float column read as text (one "n/a") and holding "NaN" reached the fixed-point cast as NaN: a 500, charged."""
+    frame = small_pool(rows=40).with_columns(pl.col("hours").cast(pl.String))
+    row = pl.int_range(pl.len())
+    written = pl.when(row < 5).then(pl.lit("NaN")).when(row == 5).then(pl.lit("n/a")).otherwise("hours")
+    frame = frame.with_columns(written.alias("hours"))
+    policies = write_dataset(tmp_path, frame, suffix="csv", privacy=ROW_LEVEL)
+    engine = Engine.from_policies(policies, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    result = engine.query("shifts", "SELECT COUNT(hours) AS n, SUM(hours) AS h FROM shifts", epsilon=1.0)
+    assert all(math.isfinite(value) for value in result.rows[0])
+    plan = plan_query(parse("SELECT COUNT(hours) FROM shifts"), engine.policy("shifts"))
+    assert PolarsBackend().execute(plan, seed=1).parts[0] == [frame.height - 6 - frame["hours"].is_null().sum()]
