@@ -58,8 +58,9 @@ POLICY_COLUMNS: tuple[PolicyColumn, ...] = (
     PolicyColumn("earnings", "float", bounds=EARNINGS_BOUNDS),
     PolicyColumn("age", "int", bounds=AGE_BOUNDS),
     PolicyColumn("consent_research", "bool"),
+    PolicyColumn("shift_date", "date", bounds=(FIRST_DAY.isoformat(), LAST_DAY.isoformat())),
 )
-"""What the generated policies declare. ``shift_date`` is in the pool but not here until the engine reads dates."""
+"""What the generated policies declare: every column of the pool."""
 
 
 @dataclass(frozen=True)

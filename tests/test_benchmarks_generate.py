@@ -98,6 +98,10 @@ def test_policies_load_and_answer(pool, tmp_path: Path) -> None:
             MEMBER_DATASET, "SELECT postcode, COUNT(*) FROM pool_members GROUP BY postcode", epsilon=1.0, delta=1e-6
         )
         assert private.private_keys == ["postcode"]
+        yearly = engine.query(
+            ROW_DATASET, "SELECT YEAR(shift_date) AS y, COUNT(*) FROM pool_rows GROUP BY y", epsilon=1.0
+        )
+        assert [row[0] for row in yearly.rows] == list(range(2020, 2026))
     finally:
         engine.close()
 
