@@ -349,9 +349,13 @@ class Part:
     """For QUANTILE: which quantile (0.5 for the median)."""
 
     @property
+    def column(self) -> str | None:
+        """The column this part counts or sums; None for COUNT(*) and for counts of units."""
+        return self.value.column if self.value else self.counted_column
+
+    @property
     def label(self) -> str:
-        column = self.value.column if self.value else self.counted_column
-        return f"{self.kind.value}({column or '*'})"
+        return f"{self.kind.value}({self.column or '*'})"
 
 
 class AggregateKind(Enum):

@@ -216,6 +216,7 @@ def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
         if part.kind is ir.PartKind.COUNT_ROWS:
             expression = pl.len().cast(pl.Int64)
         elif part.kind is ir.PartKind.COUNT_VALUES:
+            assert part.counted_column is not None
             expression = pl.col(part.counted_column).count().cast(pl.Int64)
         elif part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None

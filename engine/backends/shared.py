@@ -97,8 +97,7 @@ def value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
 
 def counted_columns(plan: ir.QueryPlan) -> list[str]:
     """Columns whose non-NULL rows a part counts, or whose values a part sums."""
-    names = [part.counted_column or part.value.column for part in plan.parts if part.counted_column or part.value]
-    return sorted(set(names))
+    return sorted({part.column for part in plan.parts if part.column is not None})
 
 
 def chooses_groups(plan: ir.QueryPlan) -> bool:

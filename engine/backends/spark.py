@@ -221,6 +221,7 @@ def _row_level_parts(plan: ir.QueryPlan) -> list[Column]:
         if part.kind is ir.PartKind.COUNT_ROWS:
             expression = F.count(F.lit(1))
         elif part.kind is ir.PartKind.COUNT_VALUES:
+            assert part.counted_column is not None
             expression = F.count(F.col(part.counted_column))
         elif part.kind is ir.PartKind.QUANTILE:
             assert part.value is not None
@@ -357,7 +358,7 @@ def _laid_out(plan: ir.QueryPlan, rows: list[Any]) -> ExactAggregates:
 
     Neither which groups appear nor their order may depend on the data (as in the Polars backend).
     """
-    empty = [[] if part.kind is ir.PartKind.QUANTILE else 0 for part in plan.parts]
+    empty: list[object] = [[] if part.kind is ir.PartKind.QUANTILE else 0 for part in plan.parts]
     names = [key.column for key in plan.group_keys]
     observed = {
         tuple(row[name] for name in names): [_part_value(row[part_name(i)], empty[i]) for i in range(len(plan.parts))]
