@@ -195,6 +195,8 @@ class _Planner:
     """Joined public tables by alias (or name), lower case."""
     join_filters: list[ir.RowExpr] = field(default_factory=list)
     """INNER JOINs keep only rows whose key the public table lists."""
+    attributes: dict[str, _Attribute] = field(default_factory=dict)
+    """Joined columns built so far, by identity: a table of 100,000 entries is turned into a lookup once."""
 
     def plan(self, select: exp.Select) -> ir.QueryPlan:
         _refuse_constructs(select)
@@ -369,13 +371,17 @@ class _Planner:
         if column is None:
             names = ", ".join([join.table.key, *join.table.attributes])
             raise UnknownColumn(f"unknown column {node.name!r}: {join.table.name} has {names}")
+        identity = f"{alias}.{column}"
+        if identity in self.attributes:
+            return self.attributes[identity]
         if column == join.table.key:
             attribute_type = join.table.key_type
             values: tuple[ir.Scalar | None, ...] = join.table.keys
         else:
             attribute_type, values = join.table.attributes[column]
         expr = ir.Lookup(join.key, tuple(zip(join.keys, values, strict=True)))
-        return _Attribute(expr, attribute_type, f"{alias}.{column}", values)
+        self.attributes[identity] = _Attribute(expr, attribute_type, identity, values)
+        return self.attributes[identity]
 
     def _source(self) -> ir.Source:
         paths, uri = self.policy.source_paths, self.policy.source_uri
@@ -583,6 +589,8 @@ class _Planner:
     def _attribute_key(self, node: exp.Column, attribute: _Attribute) -> ir.GroupKey:
         """A public table's column: its key set is the table's distinct values, all public."""
         present: set[ir.Scalar] = {value for value in attribute.values if value is not None}
+        if not present:
+            raise Unsupported(f"GROUP BY {fragment(node)}: {attribute.identity} is empty in its table: no keys")
         labels = sorted(present)  # type: ignore[type-var]  # one type per column, so they compare
         kind = _ATTRIBUTE_KINDS[attribute.type][0]
         return self._computed_key(node, attribute.expr, kind, labels, identity=attribute.identity)

@@ -258,3 +258,14 @@ def test_the_cli_answers_joins_and_dates_and_refuses_with_exit_2(
     )
     assert refused.exit_code == 2
     assert json.loads(refused.stderr)["error"]["code"] == "unsupported"
+
+
+def test_grouping_by_a_joined_column_that_is_empty_is_refused_before_any_charge(
+    dataset: Callable[..., Path], pool: pl.DataFrame
+) -> None:
+    """No value means no public key: refused when planning, not failed after the charge."""
+    table = ZONES_TABLE.with_columns(zone=pl.lit(None, dtype=pl.String))
+    engine = _engine(dataset, pool, table, privacy=ROW_LEVEL)
+    with pytest.raises(Unsupported, match="empty in its table"):
+        engine.query("shifts", "SELECT zone, COUNT(*) FROM shifts JOIN zones USING (region) GROUP BY zone", epsilon=1.0)
+    assert engine.budgets()[0].spent.epsilon == 0
