@@ -310,7 +310,7 @@ def release(noise: NoisePlan, exact: ExactAggregates, receipt: ChargeReceipt) ->
     threshold = noise.threshold
     part_noise = noise.parts[threshold.part_index]
     measurement = _threshold_measurement(noise.accounting, part_noise.scale, threshold.value)
-    encoded = [json.dumps(list(key)) for key in exact.keys]
+    encoded = [json.dumps(list(key), default=str) for key in exact.keys]  # dates (public keys beside) as ISO text
     others = [values for index, values in enumerate(exact.parts) if index != threshold.part_index]
     noisy_others = add_noise(_without(noise, threshold.part_index), others, receipt)
     passed = measurement(dict(zip(encoded, (int(v) for v in exact.parts[threshold.part_index]), strict=True)))

@@ -233,3 +233,13 @@ def test_date_refusals_name_the_alternative(row_engine: Engine, sql: str, error:
     with pytest.raises(error, match=message):
         row_engine.query("shifts", sql, epsilon=1.0)
     assert row_engine.budgets()[0].spent.epsilon == 0
+
+
+def test_private_keys_beside_a_date_key(dataset: Callable[..., Path], pool: pl.DataFrame) -> None:
+    """A date key beside a private one goes through the threshold measurement (whose keys are text) after the charge."""
+    policies = dataset(pool, extra=DATE_COLUMNS)
+    engine = Engine.from_policies(policies, ledger=f"sqlite:///{policies.parent / 'ledger.db'}")
+    sql = "SELECT city, DATE_TRUNC('year', shift_date) AS y, COUNT(*) FROM shifts GROUP BY city, y"
+    result = engine.query("shifts", sql, epsilon=1.0, delta=1e-6)
+    assert result.private_keys == ["city"]
+    assert {row[1] for row in result.rows} <= {"2023-01-01", "2024-01-01"}
