@@ -80,6 +80,7 @@ _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
 }
 _ORDER = "__order"
+_ROW_INDEX = "__row"
 _KEY_DTYPES: dict[type, pl.DataType] = {
     bool: pl.Boolean(),
     int: pl.Int64(),
@@ -155,9 +156,6 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
             per_member = _keep_random_groups(per_member, unit, pl.col(GROUP_DRAW), plan.contribution.max_groups)
         bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
-
-
-_ROW_INDEX = "__row"
 
 
 def _scan(source: ir.Source) -> pl.LazyFrame:
