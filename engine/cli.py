@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -209,8 +210,43 @@ def create_key(
     from api.auth import create_key as make_key
 
     with _session(policies, ledger, OutputFormat.TABLE) as engine:
-        key = make_key(engine, buyer, role, actor="cli")
-    print(key)
+        issued = make_key(engine, buyer, role, actor="cli")
+    print(issued.secret)
+
+
+@keys_app.command("list")
+def list_keys(
+    output: FormatOption = OutputFormat.TABLE,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """List every key, live and revoked (id, name, role, created, last used); never a secret."""
+    with _session(policies, ledger, output) as engine:
+        records = engine.ledger.keys()
+    if output is OutputFormat.JSON:
+        print(json.dumps({"keys": [asdict(record) for record in records]}))
+        return
+    table = Table(title="API keys")
+    for column in ("id", "name", "role", "created", "last used", "state"):
+        table.add_column(column)
+    for record in records:
+        state = "revoked" if record.revoked else "live"
+        table.add_row(
+            record.id, escape(record.name), record.role, record.created_at, record.last_used_at or "never", state
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id, from `coopdp keys list`.")],
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Revoke one key, a buyer's or a steward's; the last live steward key is refused (exit 1)."""
+    with _session(policies, ledger, OutputFormat.TABLE) as engine:
+        record = engine.ledger.revoke_key(key_id, actor="cli")
+    console.print(f"revoked {record.id} ({escape(record.name)}, {record.role})", highlight=False)
 
 
 def _budget_dict(status: BudgetStatus) -> dict[str, Any]:

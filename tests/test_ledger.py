@@ -11,7 +11,7 @@ import pytest
 
 from engine.accounting import Cost
 from engine.errors import BudgetExhausted, LedgerError, QuotaExhausted
-from engine.ledger import ChargeRequest, Ledger, open_ledger
+from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, open_ledger
 from engine.ledger_db import SQLiteDatabase
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
@@ -24,7 +24,7 @@ def _request(epsilon: str = "0.5", buyer: str | None = None, quota: str | None =
         sql="SELECT COUNT(*) FROM pool",
         cost=Cost(Decimal(epsilon), Decimal(0)),
         budget=BUDGET,
-        quota=Decimal(quota) if quota else None,
+        quota=Quota(Decimal(quota)) if quota else UNLIMITED,
     )
 
 
@@ -49,7 +49,7 @@ def test_thousands_of_small_charges_add_up_exactly(tmp_path: Path) -> None:
     ledger = _sqlite(tmp_path / "ledger.db")
     budget = Cost(Decimal("1000"), Decimal(0))
     for _ in range(2000):
-        ledger.charge(ChargeRequest("pool", None, "q", Cost(Decimal("0.1"), Decimal(0)), budget, None))
+        ledger.charge(ChargeRequest("pool", None, "q", Cost(Decimal("0.1"), Decimal(0)), budget, UNLIMITED))
     assert ledger.spent("pool").dataset.epsilon == Decimal("200.0")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from engine.accounting import Cost
 from engine.errors import BudgetExhausted, CoopdpError, LedgerError, PolicyViolation, QuotaExhausted
-from engine.ledger import ChargeReceipt, ChargeRequest, Ledger, StoredRelease, open_ledger
+from engine.ledger import UNLIMITED, ChargeReceipt, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
 from tests.pg_server import free_port
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
@@ -51,7 +51,7 @@ def _request(
         sql=sql,
         cost=Cost(Decimal(epsilon), Decimal(delta)),
         budget=budget,
-        quota=Decimal(quota) if quota is not None else None,
+        quota=Quota(Decimal(quota)) if quota is not None else UNLIMITED,
         purpose="research" if buyer else None,
         reuse_key=reuse_key,
         idempotency_key=idempotency_key,
@@ -152,13 +152,13 @@ def test_quota_is_charged_per_buyer(ledger: Ledger) -> None:
 
 
 def test_stored_quotas_override_the_policy(ledger: Ledger) -> None:
-    assert ledger.quota("pool", "lab", Decimal("1.5")) == Decimal("1.5")
-    ledger.set_quota("pool", "lab", Decimal("0.5"), actor="steward")
-    assert ledger.quota("pool", "lab", Decimal("1.5")) == Decimal("0.5")
+    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("1.5"))
+    ledger.set_quota("pool", "lab", Quota(Decimal("0.5")), actor="steward")
+    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("0.5"))
     with pytest.raises(QuotaExhausted):
         ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
-    ledger.set_quota("pool", "lab", None, actor="steward")  # lifted: unlimited, whatever the policy says
-    assert ledger.quota("pool", "lab", Decimal("1.5")) is None
+    ledger.set_quota("pool", "lab", UNLIMITED, actor="steward")  # lifted: unlimited, whatever the policy says
+    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == UNLIMITED
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     assert ledger.spent("pool", "lab").buyer.epsilon == Decimal("2.0")
@@ -305,14 +305,13 @@ def test_charges_survive_reopening(ledger_url: str) -> None:
 def test_a_reused_release_is_free(ledger: Ledger) -> None:
     first = ledger.charge(_request("0.5", buyer="lab", reuse_key="k"))
     assert isinstance(first, ChargeReceipt)
-    # Not reusable before its result is recorded: a second query is charged on its own.
-    second = ledger.charge(_request("0.5", buyer="lab", reuse_key="k"))
-    assert isinstance(second, ChargeReceipt)
+    # While it is still being answered, an identical query is not charged: it gets the pending release.
+    assert ledger.charge(_request("0.5", buyer="lab", reuse_key="k")) == StoredRelease(first.query_id, None)
     ledger.record_result(first.query_id, '{"rows": [[42]]}')
     repeat = ledger.charge(_request("0.5", buyer="lab", reuse_key="k"))
     assert repeat == StoredRelease(first.query_id, '{"rows": [[42]]}')
-    assert ledger.spent("pool").dataset.epsilon == Decimal("1.0")
-    assert len(ledger.releases()) == 2
+    assert ledger.spent("pool").dataset.epsilon == Decimal("0.5")
+    assert len(ledger.releases()) == 1
     assert isinstance(ledger.charge(_request("0.5", buyer="lab", reuse_key="other")), ChargeReceipt)
     assert isinstance(ledger.charge(_request("0.5", buyer="lab")), ChargeReceipt)  # no key: no reuse
 
@@ -427,8 +426,8 @@ def test_keys_round_trip_and_revoking_a_buyer_revokes_its_keys(ledger: Ledger) -
 def test_the_audit_log_records_every_governance_change(ledger: Ledger) -> None:
     ledger.upsert_buyer("lab", "research", actor="steward")
     ledger.add_key("h1", "lab", "buyer", actor="cli")
-    ledger.set_quota("pool", "lab", Decimal("1.5"), actor="steward")
-    ledger.set_quota("pool", "lab", None, actor="steward")
+    ledger.set_quota("pool", "lab", Quota(Decimal("1.5")), actor="steward")
+    ledger.set_quota("pool", "lab", UNLIMITED, actor="steward")
     ledger.set_budget("pool", Cost(Decimal("8"), Decimal("1e-6")), actor="steward")
     ledger.revoke_buyer("lab", actor="steward")
     entries = ledger.audit()

@@ -393,13 +393,13 @@ def test_revoking_a_buyer_never_revokes_a_stewards_key(server: LiveServer, stewa
 def test_the_audit_log_records_every_governance_action(server: LiveServer, steward: Client) -> None:
     before = len(steward.audit())
     steward.create_buyer("erin_buyer", purpose="research")
-    steward.create_key("erin_buyer")
+    key = steward.create_key("erin_buyer")
     steward.set_quota("quotas", "erin_buyer", 1.0)
     steward.revoke_buyer("erin_buyer")
     entries = steward.audit()[before:]
     assert [(e.actor, e.action, e.detail) for e in entries] == [
         ("steward", "upsert_buyer", "erin_buyer: purpose research"),
-        ("steward", "create_key", "erin_buyer (buyer)"),
+        ("steward", "create_key", f"{key.id}: erin_buyer (buyer)"),
         ("steward", "set_quota", "quotas/erin_buyer: epsilon 1.0"),
         ("steward", "revoke_buyer", "erin_buyer"),
     ]
