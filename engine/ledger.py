@@ -201,7 +201,8 @@ class Ledger:
             if not (total + request.cost).within(budget):
                 left = budget - total
                 raise BudgetExhausted(
-                    f"dataset {request.dataset} has epsilon {left.epsilon} and delta {left.delta} left; "
+                    f"dataset {request.dataset} has epsilon {_shown(left.epsilon)} "
+                    f"and delta {_shown(left.delta)} left; "
                     f"this query needs epsilon {request.cost.epsilon} and delta {request.cost.delta}"
                 )
             buyer_spent = _read_spent(tx, request.dataset, request.buyer) if request.buyer else ZERO
@@ -452,13 +453,13 @@ def _check_quota(request: ChargeRequest, quota: Quota, buyer_spent: Cost) -> Non
     if quota.epsilon is not None and after.epsilon > quota.epsilon:
         left = Cost(quota.epsilon, Decimal(0)) - buyer_spent
         raise QuotaExhausted(
-            f"buyer {request.buyer} has epsilon {left.epsilon} of its quota left "
+            f"buyer {request.buyer} has epsilon {_shown(left.epsilon)} of its quota left "
             f"on {request.dataset}; this query needs {request.cost.epsilon}"
         )
     if quota.delta is not None and after.delta > quota.delta:
         left = Cost(Decimal(0), quota.delta) - buyer_spent
         raise QuotaExhausted(
-            f"buyer {request.buyer} has delta {left.delta} of its quota left "
+            f"buyer {request.buyer} has delta {_shown(left.delta)} of its quota left "
             f"on {request.dataset}; this query needs {request.cost.delta}"
         )
 
@@ -489,6 +490,11 @@ def _quota(tx: Transaction, dataset: str, buyer: str | None, default: Quota) -> 
     if not rows:
         return default
     return Quota(*(None if part is None else Decimal(part) for part in rows[0]))
+
+
+def _shown(amount: Decimal) -> str:
+    """An amount in a message: ``0`` rather than ``0E-7``."""
+    return "0" if amount == 0 else str(amount)
 
 
 def _text(amount: Decimal | None) -> str | None:
