@@ -27,6 +27,7 @@ import pytest
 
 from engine.accounting import Cost
 from engine.ledger import Ledger, open_ledger
+from tests.api.conftest import REPOSITORY
 from tests.conftest import small_pool, write_dataset
 from tests.pg_server import free_port
 
@@ -55,6 +56,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("COOPDP_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
         env["COOPDP_MAX_CONCURRENT_QUERIES_PER_KEY"] = "100"  # this test is about the ledger, not the rate limit
         with log.open("ab") as output:
             self.process = subprocess.Popen(

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from api.auth import EngineDep
 from api.schemas import CostBody, TransparencyEntry, TransparencyLog
-from engine.errors import NotFound
+from engine.errors import UnknownTable
 
 router = APIRouter(prefix="/v1/transparency", tags=["transparency"])
 
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/transparency", tags=["transparency"])
 def transparency(dataset: str, engine: EngineDep) -> TransparencyLog:
     """Public: no key needed; an unknown dataset is a plain 404 that names no other."""
     if dataset not in engine.policies:
-        raise NotFound(f"no dataset {dataset!r}")
+        raise UnknownTable(f"unknown dataset {dataset!r}")
     (status,) = engine.budgets(dataset)
     return TransparencyLog(
         dataset=dataset,

@@ -181,7 +181,13 @@ def test_releases_are_listed_and_fetched_again_for_free_only_by_their_buyer(
     assert (again.query_id, again.columns, again.rows) == (second.query_id, second.columns, second.rows)
     assert again.cached and again.cost.epsilon == 0
     assert _ledger_state(server, "shifts") == state
-    with _raises("forbidden", 403):
+    # Another buyer's release answers exactly like one never made: its existence is not revealed (issue 11, 10).
+    theirs = other.http.get(f"/v1/queries/{second.query_id}")
+    missing = other.http.get("/v1/queries/q_0000000000000000")
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == {"error": {"code": "not_found", "message": f"no release '{second.query_id}'"}}
+    assert missing.json() == {"error": {"code": "not_found", "message": "no release 'q_0000000000000000'"}}
+    with _raises("not_found", 404):
         other.release(second.query_id)
     with _raises("not_found", 404):
         owner.release("q_0000000000000000")
