@@ -226,15 +226,19 @@ def list_keys(
     if output is OutputFormat.JSON:
         print(json.dumps({"keys": [asdict(record) for record in records]}))
         return
-    table = Table(title="API keys")
+    table = Table(title="API keys", caption="times in UTC, to the minute")
     for column in ("id", "name", "role", "created", "last used", "state"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("id", "state"))
     for record in records:
+        last_used = _minute(record.last_used_at) if record.last_used_at else "never"
         state = "revoked" if record.revoked else "live"
-        table.add_row(
-            record.id, escape(record.name), record.role, record.created_at, record.last_used_at or "never", state
-        )
+        table.add_row(record.id, escape(record.name), record.role, _minute(record.created_at), last_used, state)
     console.print(table)
+
+
+def _minute(timestamp: str) -> str:
+    """``2024-05-01T12:34:56.789+00:00`` → ``2024-05-01 12:34``."""
+    return timestamp[:16].replace("T", " ")
 
 
 @keys_app.command("revoke")
