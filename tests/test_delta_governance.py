@@ -29,7 +29,7 @@ def zcdp(dataset: Callable[..., Path], tmp_path: Path) -> Iterator[Callable[...,
     opened: list[Engine] = []
 
     def make(budget_line: str | None = None, extra: str = "") -> Engine:
-        policies = dataset(accounting="zcdp", delta=1e-6, epsilon=10.0, extra=extra)
+        policies = dataset(accounting="zcdp", delta=1e-6, epsilon=10.0, whole_delta_per_query=False, extra=extra)
         if budget_line:
             _budget_line(policies, budget_line)
         engine = Engine.from_policies(policies, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")

@@ -22,7 +22,8 @@ def lone_steward(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
     """A server whose only steward key is the CLI's, with a short body timeout."""
     settings = {"COOPDP_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
     root = tmp_path_factory.mktemp("lone_steward")
-    with running_server(root, {"shifts": {"epsilon": 10.0, "max_epsilon_per_query": 1.0}}, settings) as live:
+    shifts = {"epsilon": 10.0, "max_epsilon_per_query": 1.0, "whole_delta_per_query": False}
+    with running_server(root, {"shifts": shifts}, settings) as live:
         yield live
 
 
@@ -100,13 +101,13 @@ def test_a_delta_quota_is_set_over_http_and_caps_the_buyer(
     assert buyer.dataset("quotas").remaining.delta == pytest.approx(1e-6)
 
 
-def test_one_query_above_max_delta_per_query_is_refused_before_the_charge(server: LiveServer, alice: Client) -> None:
-    with server.client() as public:
-        before = public.transparency("refusals")
-    with pytest.raises(ClientError, match="^400 policy_violation: .*max_delta_per_query"):
-        alice.query("refusals", "SELECT COUNT(*) AS n FROM refusals", epsilon=0.1, delta=1e-6)
-    with server.client() as public:
-        assert public.transparency("refusals") == before
+def test_one_query_above_max_delta_per_query_is_refused_before_the_charge(lone_steward: LiveServer) -> None:
+    """The policy states no cap: one query may take a tenth of the dataset's δ (1e-6 here)."""
+    with lone_steward.client() as public, lone_steward.client(lone_steward.buyer_key) as alice:
+        before = public.transparency("shifts")
+        with pytest.raises(ClientError, match=r"^400 policy_violation: .*max_delta_per_query \(1E-7\)"):
+            alice.query("shifts", "SELECT COUNT(*) AS n FROM shifts", epsilon=0.1, delta=1e-6)
+        assert public.transparency("shifts") == before
 
 
 def test_identical_concurrent_queries_over_http_are_charged_once(server: LiveServer, fresh_buyer: BuyerFactory) -> None:
