@@ -24,7 +24,8 @@ from rich.table import Table
 from api.auth import Role
 from engine.demo import EXAMPLES, ensure_demo
 from engine.engine import BudgetStatus, Engine
-from engine.errors import BudgetRefused, CoopdpError, InternalError, QueryRejected
+from engine.errors import BudgetRefused, CoopdpError, InternalError, NotFound, QueryRejected
+from engine.ledger import Quota
 from engine.result import Result
 
 EXIT_CODES: dict[type[CoopdpError], int] = {QueryRejected: 2, BudgetRefused: 3}
@@ -155,6 +156,24 @@ def budget(
         amounts = (status.spent.epsilon, left.epsilon, status.spent.delta, left.delta)
         table.add_row(status.dataset, status.accounting, *(f"{float(amount):g}" for amount in amounts))
     console.print(table)
+
+
+@app.command()
+def quota(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset (table) name.")],
+    buyer: Annotated[str, typer.Option("--buyer", help="A registered buyer.")],
+    epsilon: Annotated[float | None, typer.Option("--epsilon", help="ε quota (left out: none).")] = None,
+    delta: Annotated[float | None, typer.Option("--delta", help="δ quota (left out: none).")] = None,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Set a buyer's ε and δ quotas on a dataset; they replace the policy's (a part left out is lifted)."""
+    with _session(policies, ledger, OutputFormat.TABLE) as engine:
+        name = engine.policy(dataset).name
+        if engine.ledger.buyer(buyer) is None:
+            raise NotFound(f"no buyer {buyer!r}")
+        engine.ledger.set_quota(name, buyer, Quota.of(epsilon, delta), actor="cli")
+    console.print(f"{escape(buyer)} on {name}: epsilon {epsilon or 'unlimited'}, delta {delta or 'unlimited'}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of, exact
+from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of
 from engine.backends import BACKENDS, Backend
 from engine.errors import Conflict, Forbidden, NotFound, UnknownTable
 from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
@@ -196,11 +196,7 @@ class Engine:
         if buyer is None:
             return Caller(None, None, UNLIMITED)
         declared = policy.buyers.get(buyer)
-        default_quota = (
-            Quota(*(None if part is None else exact(part) for part in (declared.epsilon, declared.delta)))
-            if declared
-            else UNLIMITED
-        )
+        default_quota = Quota.of(declared.epsilon, declared.delta) if declared else UNLIMITED
         record = self.ledger.buyer(buyer)
         if record is not None and record.revoked:
             raise Forbidden(f"buyer {buyer!r} has been revoked")

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from engine.accounting import ZERO, Cost
+from engine.accounting import ZERO, Cost, exact
 from engine.errors import BudgetExhausted, Conflict, NotFound, PolicyViolation, QuotaExhausted
 from engine.ledger_db import Database, Transaction, open_database
 
@@ -73,6 +73,17 @@ class Quota:
 
     epsilon: Decimal | None = None
     delta: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not (self.epsilon.is_finite() and self.epsilon > 0):
+            raise PolicyViolation("an epsilon quota must be a finite number above 0")
+        if self.delta is not None and not (self.delta.is_finite() and 0 <= self.delta < 1):
+            raise PolicyViolation("a delta quota must be at least 0 and below 1")
+
+    @classmethod
+    def of(cls, epsilon: float | None, delta: float | None) -> Quota:
+        """From numbers as written (policy, HTTP, CLI): the exact decimals a person typed."""
+        return cls(*(None if part is None else exact(part) for part in (epsilon, delta)))
 
 
 UNLIMITED = Quota()

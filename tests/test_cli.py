@@ -139,3 +139,18 @@ def test_keys_are_listed_and_revoked_by_id_never_the_last_steward_key(policies: 
     assert code == 1 and "not_found" in err
     code, _, err = _run(policies, "keys", "create", "--buyer", "lab", "--role", "steward")
     assert code == 1 and "conflict" in err
+
+
+def test_quota_sets_a_buyers_epsilon_and_delta_on_a_dataset(policies: Path) -> None:
+    assert _run(policies, "keys", "create", "--buyer", "lab")[0] == 0
+    code, out, _ = _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.5", "--delta", "0")
+    assert code == 0 and "epsilon 0.5" in out
+    assert _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.5", QUERY)[0] == 0
+    code, _, err = _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.1", QUERY)
+    assert code == 3 and "quota_exhausted" in err
+    code, _, err = _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0")
+    assert code == 2 and "epsilon quota" in err
+    code, _, err = _run(policies, "quota", "--dataset", "shifts", "--buyer", "nobody", "--delta", "1e-7")
+    assert code == 1 and "not_found" in err
+    assert _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab")[0] == 0  # both lifted
+    assert _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.1", QUERY)[0] == 0

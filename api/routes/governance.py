@@ -81,8 +81,7 @@ def revoke_key(key_id: str, engine: EngineDep, steward: CurrentSteward) -> KeyBo
 def set_quota(name: str, buyer: str, body: QuotaUpdate, engine: EngineDep, steward: CurrentSteward) -> QuotaUpdate:
     policy = engine.policy(name)
     _buyer(engine, buyer)
-    quota = Quota(*(None if part is None else exact(part) for part in (body.epsilon, body.delta)))
-    engine.ledger.set_quota(policy.name, buyer, quota, steward.name)
+    engine.ledger.set_quota(policy.name, buyer, Quota.of(body.epsilon, body.delta), steward.name)
     return body
 
 
