@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.accounting import Cost, PrivacyRequest, budget_of, exact
 from engine.backends import BACKENDS, Backend
-from engine.errors import Conflict, Forbidden, NotFound, UnknownTable
+from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, UnknownTable, failed_after_charge
 from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
 from engine.mechanisms import calibrate, part_weights, release
 from engine.planner import plan_query
@@ -147,9 +147,14 @@ class Engine:
         )
         if isinstance(charge, StoredRelease):
             return self._stored(charge, policy, caller)
-        exact_aggregates = backend.execute(plan)
-        noisy = release(noise, exact_aggregates, charge)
-        table = build_table(plan, noise, noisy.keys, noisy.parts)
+        try:
+            exact_aggregates = backend.execute(plan)
+            noisy = release(noise, exact_aggregates, charge)
+            table = build_table(plan, noise, noisy.keys, noisy.parts)
+        except CoopdpError:
+            raise
+        except Exception as error:  # a bug: planning should have refused what fails; its text may hold data
+            raise failed_after_charge(charge.query_id, error) from None
         result = Result(
             charge.query_id,
             dataset,
@@ -160,7 +165,7 @@ class Engine:
             noise.cost,
             self.remaining(policy, caller),
             private_keys=list(plan.private_keys),
-            notes=list(plan.notes),
+            notes=[*plan.notes, *table.notes],
             rank_accuracy=rank_accuracy(plan, noise),
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
