@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +11,10 @@ import httpx
 from typer.testing import CliRunner
 
 from api.app import create_app
-from api.auth import Role, create_key
 from api.settings import Settings
 from engine import Engine
 from engine.cli import app as cli
+from tests.api.in_process import serve
 
 OVERFLOWING = "SELECT COUNT(*) * 1e308 * 10 AS x, COUNT(*) / 0 AS y, -COUNT(*) * 1e308 * 10 AS z FROM shifts"
 
@@ -53,20 +52,15 @@ def test_the_cli_prints_strict_json(dataset: Callable[..., Path]) -> None:
 def test_http_answers_strict_json(dataset: Callable[..., Path], tmp_path: Path) -> None:
     app = create_app(Settings(policies=dataset(), ledger=f"sqlite:///{tmp_path / 'ledger.db'}"))
 
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            engine: Engine = app.state.engine
-            headers = {"Authorization": f"Bearer {create_key(engine, 'lab', Role.BUYER, actor='test')}"}
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://coopdp.test") as client:
-                body = {"dataset": "shifts", "sql": OVERFLOWING, "epsilon": 0.5}
-                response = await client.post("/v1/queries", json=body, headers=headers)
-                assert response.status_code == 201, response.text
-                assert strict(response.text)["rows"] == [[None, None, None]]
-                stored = await client.get(f"/v1/queries/{response.json()['query_id']}", headers=headers)
-                assert strict(stored.text)["rows"] == [[None, None, None]]
+    async def scenario(client: httpx.AsyncClient, engine: Engine, headers: dict[str, str]) -> None:
+        body = {"dataset": "shifts", "sql": OVERFLOWING, "epsilon": 0.5}
+        response = await client.post("/v1/queries", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        assert strict(response.text)["rows"] == [[None, None, None]]
+        stored = await client.get(f"/v1/queries/{response.json()['query_id']}", headers=headers)
+        assert strict(stored.text)["rows"] == [[None, None, None]]
 
-    asyncio.run(main())
+    serve(app, scenario)
 
 
 def test_to_dict_is_strict_json(engine: Engine) -> None:

@@ -6,7 +6,6 @@ never a planted data value in what comes back.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
-from api.auth import Role, create_key
 from api.settings import Settings
 from engine import Engine
 from engine.errors import CoopdpError, InternalError
+from tests.api.in_process import serve
 from tests.privacy.attacks.test_corpus import assert_only_finite_numbers
 from tests.privacy.deadline import within
 from tests.privacy.pools import PLANTED, write_planted
@@ -134,20 +133,14 @@ def test_over_http_the_same_pieces_are_never_a_500(tmp_path: Path, sql: str) -> 
     """The FastAPI app in process: a refusal is 4xx with nothing charged, an answer 201 in strict JSON; never 500."""
     app = create_app(Settings(policies=write_planted(tmp_path), ledger=f"sqlite:///{tmp_path / 'ledger.db'}"))
 
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            engine: Engine = app.state.engine
-            headers = {"Authorization": f"Bearer {create_key(engine, 'lab', Role.BUYER, actor='test')}"}
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://coopdp.test") as client:
-                body = {"dataset": "dirty", "sql": sql.replace("shifts", "dirty"), "epsilon": 0.5}
-                response = await client.post("/v1/queries", json=body, headers=headers)
-                spent = engine.ledger.spent("dirty").dataset.epsilon
-                assert response.status_code in (201, 400, 403, 422), response.text
-                assert (spent > 0) == (response.status_code == 201)
-                document = json.loads(response.text, parse_constant=float)
-                json.dumps(document, allow_nan=False)
-                for planted in PLANTED:
-                    assert planted.lower() not in response.text.lower()
+    async def scenario(client: httpx.AsyncClient, engine: Engine, headers: dict[str, str]) -> None:
+        body = {"dataset": "dirty", "sql": sql.replace("shifts", "dirty"), "epsilon": 0.5}
+        response = await client.post("/v1/queries", json=body, headers=headers)
+        spent = engine.ledger.spent("dirty").dataset.epsilon
+        assert response.status_code in (201, 400, 403, 422), response.text
+        assert (spent > 0) == (response.status_code == 201)
+        json.dumps(json.loads(response.text, parse_constant=float), allow_nan=False)  # NaN/Infinity would raise
+        for planted in PLANTED:
+            assert planted.lower() not in response.text.lower()
 
-    asyncio.run(main())
+    serve(app, scenario)
