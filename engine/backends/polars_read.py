@@ -132,7 +132,12 @@ def _read_file(
         _read(name, kind, file.schema.get(name), formats.get(name), (id_types or {}).get(name))
         for name, kind in source.columns
     ]
-    return scan.select(reads) if reads else scan.with_row_index(ROW_INDEX).select(ROW_INDEX)
+    if not reads:
+        return scan.with_row_index(ROW_INDEX).select(ROW_INDEX)
+    if all(_readable_in(file, name) for name, _ in source.columns):
+        return scan.select(reads)
+    # A column this file lacks is a NULL literal: with_columns gives it one value per row (select would give one).
+    return scan.with_row_index(ROW_INDEX).with_columns(reads).select(name for name, _ in source.columns)
 
 
 def _read(
@@ -141,7 +146,7 @@ def _read(
     """One file's column as its declared kind; casts that change nothing are skipped (they stop filter pushdown)."""
     target = id_type if kind is ir.ColumnKind.NATIVE else KINDS[kind]
     column = pl.col(name)
-    if stored is None or not _has_text(stored):
+    if stored is None or not _has_text(stored):  # the file lacks the column, or stores it with no text
         return pl.lit(None, dtype=target or pl.String()).alias(name)
     if kind is ir.ColumnKind.FLOAT and stored.is_float():
         return (column if stored == target else column.cast(pl.Float64)).fill_nan(None)  # NULL: SQL has no NaN
@@ -185,6 +190,10 @@ def _types_of(file: StoredFile, names: list[str]) -> list[pl.DataType | None]:
 
 def _has_all(file: StoredFile, names: list[str]) -> bool:
     return all(name in file.schema for name in names)
+
+
+def _readable_in(file: StoredFile, name: str) -> bool:
+    return name in file.schema and _has_text(file.schema[name])
 
 
 def _scan(path: str, source_format: ir.SourceFormat) -> pl.LazyFrame:
