@@ -370,7 +370,7 @@ class _Planner:
         location = uri.rstrip("/") if uri else paths[0].name
         source_format = ir.SourceFormat.CSV if location.lower().endswith(".csv") else ir.SourceFormat.PARQUET
         columns = tuple((name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns))
-        return ir.Source(paths=paths, format=source_format, columns=columns, uri=uri)
+        return ir.Source(paths, source_format, columns, uri, self.policy.text_formats(self.used_columns))
 
     # --- names ---------------------------------------------------------------------
 
