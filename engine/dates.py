@@ -10,6 +10,7 @@ not. Nothing here reads data.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import Enum
 
 
@@ -134,3 +135,49 @@ def parse_date(text: str) -> dt.date:
     except ValueError as error:
         problem = str(error)
     raise ValueError(f"{text[:40]!r} is not a date written YYYY-MM-DD ({problem})")
+
+
+_DATE_DIRECTIVES = {"Y": "year", "y": "year", "m": "month", "b": "month", "d": "day"}
+_TIME_DIRECTIVES = {"H": "hour", "M": "minute", "S": "second", "z": "offset"}
+_DIRECTIVE = re.compile(r"%(.)")
+_FORMAT_SAMPLE = dt.datetime(2024, 2, 29, 13, 37, tzinfo=dt.UTC)
+_MAX_FORMAT_LENGTH = 64
+
+
+def check_text_format(text_format: str, with_time: bool) -> None:
+    """Accept a column's declared text format, or raise ValueError saying why (checked when the policy loads).
+
+    A format names the year, month and day once each, and for datetimes
+    optionally the hour and minute (both), seconds and a UTC offset (``%z``),
+    with only the directives docs/sources.md lists, so that it reads the same on
+    every engine and every text has at most one reading.
+    """
+    allowed = {**_DATE_DIRECTIVES, **(_TIME_DIRECTIVES if with_time else {})}
+    if not text_format or len(text_format) > _MAX_FORMAT_LENGTH:
+        raise ValueError(f"format must be 1 to {_MAX_FORMAT_LENGTH} characters")
+    directives = [letter for letter in _DIRECTIVE.findall(text_format) if letter != "%"]
+    unknown = sorted({f"%{letter}" for letter in directives if letter not in allowed})
+    if unknown:
+        raise ValueError(
+            f"format uses {', '.join(unknown)}; a {'datetime' if with_time else 'date'} format may use "
+            + " ".join(f"%{letter}" for letter in allowed)
+            + " and %%"
+        )
+    fields = [allowed[letter] for letter in directives]
+    repeated = sorted({field for field in fields if fields.count(field) > 1})
+    if repeated:
+        raise ValueError(f"format names the {', '.join(repeated)} more than once")
+    missing = [field for field in ("year", "month", "day") if field not in fields]
+    if ("minute" in fields or "second" in fields) and "hour" not in fields:
+        missing.append("hour")
+    if ("hour" in fields or "second" in fields) and "minute" not in fields:
+        missing.append("minute")
+    if missing:
+        raise ValueError(f"format must name the {', '.join(missing)}")
+    sample = _FORMAT_SAMPLE if "offset" in fields else _FORMAT_SAMPLE.replace(tzinfo=None)
+    try:
+        parsed = dt.datetime.strptime(sample.strftime(text_format), text_format)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.date() != sample.date():
+        raise ValueError("format does not read back the dates it writes (are its fields separated?)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of
 from engine.backends import BACKENDS, Backend
-from engine.errors import Conflict, Forbidden, NotFound, UnknownTable
+from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, UnknownTable, failed_after_charge
 from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
 from engine.mechanisms import calibrate, part_weights, release
 from engine.planner import plan_query
@@ -153,22 +153,25 @@ class Engine:
             exact_aggregates = backend.execute(plan)
             noisy = release(noise, exact_aggregates, charge)
             table = build_table(plan, noise, noisy.keys, noisy.parts)
-            result = Result(
-                charge.query_id,
-                dataset,
-                caller.name,
-                table.columns,
-                table.rows,
-                table.accuracy,
-                noise.cost,
-                self.remaining(policy, caller),
-                private_keys=list(plan.private_keys),
-                notes=list(plan.notes),
-                rank_accuracy=rank_accuracy(plan, noise),
-            )
-        except BaseException:
+        except BaseException as error:
             self.ledger.record_failure(charge.query_id)  # identical queries waiting for it stop, uncharged
-            raise
+            if isinstance(error, CoopdpError) or not isinstance(error, Exception):
+                raise
+            # a bug: planning should have refused what fails; its text may hold data
+            raise failed_after_charge(charge.query_id, error) from None
+        result = Result(
+            charge.query_id,
+            dataset,
+            caller.name,
+            table.columns,
+            table.rows,
+            table.accuracy,
+            noise.cost,
+            self.remaining(policy, caller),
+            private_keys=list(plan.private_keys),
+            notes=[*plan.notes, *table.notes],
+            rank_accuracy=rank_accuracy(plan, noise),
+        )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
 

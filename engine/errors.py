@@ -11,7 +11,10 @@ a data value or an exact aggregate.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
+
+log = logging.getLogger("coopdp")
 
 
 class CoopdpError(Exception):
@@ -103,3 +106,15 @@ class InternalError(CoopdpError):
     """A broken invariant inside the engine: this is a bug, please report it."""
 
     code = "internal"
+
+
+def failed_after_charge(query_id: str, error: Exception) -> InternalError:
+    """The scrubbed form of an unexpected failure after a charge: its class name and the query id, never its text.
+
+    Polars and Spark quote data values in their messages, so the text is dropped from the error and the log alike.
+    """
+    log.error("query %s failed after its charge: %s (a bug; its charge stands)", query_id, error.__class__.__name__)
+    return InternalError(
+        f"query {query_id} failed after its charge ({error.__class__.__name__}); its charge stands. "
+        "This is a bug, please report it with the query id"
+    )

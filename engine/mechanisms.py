@@ -117,17 +117,27 @@ def part_weights(plan: QueryPlan, weights: Mapping[str, float]) -> tuple[float, 
     if unknown:
         names = ", ".join(column.name for column in plan.output)
         raise UnknownColumn(f"weights name {', '.join(map(repr, unknown))}, not output columns of the query ({names})")
-    values = list(weights.values())
-    if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in values):
-        raise PolicyViolation("weights must be positive, finite numbers")
+    numbers = {name: _weight(value) for name, value in weights.items()}
     shares: list[float | None] = [None] * len(plan.parts)
-    for name, weight in weights.items():
+    for name, weight in numbers.items():
         for index in plan.parts_of(outputs[name.lower()].expr):
-            shares[index] = max(shares[index] or 0.0, float(weight))
+            shares[index] = max(shares[index] or 0.0, weight)
     result = tuple(1.0 if share is None else share for share in shares)
     if result and max(result) / min(result) > MAX_WEIGHT_RATIO:
         raise PolicyViolation(f"weights may differ by a factor of at most {MAX_WEIGHT_RATIO:g}")
-    return result
+    largest = max(result, default=1.0)
+    return tuple(share / largest for share in result)  # only ratios matter; 1e308s must not overflow a sum
+
+
+def _weight(value: object) -> float:
+    """A weight as a positive, finite float (an int too large for a float, a bool or NaN is refused)."""
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.inf
+    if not (math.isfinite(number) and number > 0):
+        raise PolicyViolation("weights must be positive, finite numbers")
+    return number
 
 
 def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float] | None = None) -> NoisePlan:

@@ -272,6 +272,8 @@ class Source:
     """The columns the query reads, each cast (never failing: bad values become NULL) to its kind."""
     uri: str | None = None
     """A location only a cluster backend reads (``s3a://…``, ``hdfs://…``), as given; ``paths`` is then empty."""
+    formats: tuple[tuple[str, str], ...] = ()
+    """Date and datetime columns whose policy declares how their text is written (``%d/%m/%Y``); others are ISO."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from engine import plan as ir
+from engine.allowlist import check_allowed
 from engine.dates import FIELD_ALIASES, DateField, TruncUnit, parse_date
 from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
 from engine.inline import inline_derived_tables
@@ -30,6 +31,12 @@ MAX_FIXED_POINT_BITS = 20
 _SUM_LIMIT = 2**62
 MAX_OUTPUT_GROUPS = 100_000
 """Rows of public group keys one query may release."""
+MAX_ROUND_DECIMALS = 15
+"""ROUND(x, d) for |d| up to this: a float64 holds about 15 significant digits, so more rounds nothing."""
+MAX_LIKE_PATTERN = 1_000
+"""Characters in a LIKE pattern; far longer ones exceed the regex engines' size limits (Polars fails past ~5,000)."""
+MAX_EXACT_INTEGER = 2**53
+"""Bin labels and the arithmetic that makes them stay within this, where float64 and int64 agree exactly."""
 
 _COMPARISONS: dict[type[exp.Expression], ir.CompareOp] = {
     exp.EQ: ir.CompareOp.EQ,
@@ -63,25 +70,6 @@ _AGGREGATES: dict[type[exp.Expression], ir.AggregateKind] = {
 }
 EXTREME_QUANTILES: dict[type[exp.Expression], float] = {exp.Min: 0.05, exp.Max: 0.95}
 """MIN and MAX are answered as these DP quantiles (an exact extreme is one member's value)."""
-_ALLOWED_FUNCTIONS = {
-    *_AGGREGATES,
-    exp.PercentileCont,
-    exp.PercentileDisc,
-    exp.And,
-    exp.Or,
-    exp.Case,
-    exp.If,
-    exp.Least,
-    exp.Greatest,
-    exp.Coalesce,
-    exp.Floor,
-    exp.Ceil,
-    exp.Round,
-    exp.Cast,
-    exp.Extract,
-    exp.DateTrunc,
-    exp.TimestampTrunc,
-}
 _COLUMN_KINDS = {
     ColumnType.ID: ir.ColumnKind.NATIVE,
     ColumnType.CATEGORY: ir.ColumnKind.TEXT,
@@ -116,7 +104,6 @@ _DATE_FUNCTIONS: dict[type[exp.Expression], DateField] = {
 }
 """Function spellings of EXTRACT's parts: YEAR(d), MONTH(d), DAYOFWEEK(d) (0 = Sunday, as EXTRACT(DOW …))."""
 _REFUSED = {
-    exp.Window: "window functions are not supported: they compute per-row values; aggregate with GROUP BY instead",
     exp.Subquery: "subqueries are not supported yet",
     exp.With: "WITH (common table expressions) is not supported yet",
 }
@@ -173,6 +160,7 @@ def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = 
     With ``consent_column``, rows where that bool column is not true are
     dropped before anything else (members who did not consent never count).
     """
+    check_allowed(select)
     flat = inline_derived_tables(select, list(policy.columns))
     return _Planner(policy, consent_column).plan(flat)
 
@@ -255,9 +243,6 @@ class _Planner:
     def _check_modifiers(self, select: exp.Select) -> None:
         if select.args.get("distinct"):
             raise Unsupported("SELECT DISTINCT is not supported: GROUP BY the columns instead")
-        for name in ("kind", "hint", "operation_modifiers", "exclude", "into", "locks", "qualify", "laterals"):
-            if select.args.get(name):
-                raise Unsupported(f"{name.upper().replace('_', ' ')} in a SELECT is not supported")
 
     def _resolve_from(self, select: exp.Select) -> None:
         source = select.args.get("from_") or select.args.get("from")
@@ -270,9 +255,6 @@ class _Planner:
             raise UnknownTable(f"unknown table {fragment(table)}: the dataset's table is {self.policy.name}")
         if table.name.lower() != self.policy.name.lower():
             raise UnknownTable(f"unknown table {table.name!r}: this dataset's table is {self.policy.name!r}")
-        for name in ("joins", "pivots", "laterals"):
-            if table.args.get(name):
-                raise Unsupported(f"{name.upper()} on the FROM table is not supported")
         self.table_names = {table.name.lower()}
         if table.alias:
             self.table_names.add(table.alias.lower())
@@ -388,7 +370,7 @@ class _Planner:
         location = uri.rstrip("/") if uri else paths[0].name
         source_format = ir.SourceFormat.CSV if location.lower().endswith(".csv") else ir.SourceFormat.PARQUET
         columns = tuple((name, _COLUMN_KINDS[self.policy.columns[name].type]) for name in sorted(self.used_columns))
-        return ir.Source(paths=paths, format=source_format, columns=columns, uri=uri)
+        return ir.Source(paths, source_format, columns, uri, self.policy.text_formats(self.used_columns))
 
     # --- names ---------------------------------------------------------------------
 
@@ -507,7 +489,13 @@ class _Planner:
         pattern = node.expression
         if not (isinstance(pattern, exp.Literal) and pattern.is_string):
             raise Unsupported(f"LIKE needs a literal pattern: {fragment(node)}")
-        return ir.Like(operand, pattern.this, case_sensitive=isinstance(node, exp.Like))
+        if len(pattern.this) > MAX_LIKE_PATTERN:
+            raise Unsupported(
+                f"{fragment(node)}: the LIKE pattern is {len(pattern.this)} characters long; the limit is "
+                f"{MAX_LIKE_PATTERN}"
+            )
+        like = ir.Like(operand, pattern.this, case_sensitive=isinstance(node, exp.Like))
+        return ir.Not(like) if node.args.get("negate") else like
 
     # --- GROUP BY ----------------------------------------------------------------------
 
@@ -886,7 +874,9 @@ class _Planner:
         if integer:
             scale = 1
         else:
-            bits = math.floor(math.log2(_SUM_LIMIT / MAX_ROWS / magnitude)) if magnitude > 0 else MAX_FIXED_POINT_BITS
+            # log2 of each side, not of their ratio: a subnormal magnitude makes the ratio infinite
+            headroom = math.log2(_SUM_LIMIT / MAX_ROWS) - math.log2(magnitude) if magnitude > 0 else math.inf
+            bits = MAX_FIXED_POINT_BITS if headroom > MAX_FIXED_POINT_BITS else math.floor(headroom)
             scale = 2 ** max(0, min(MAX_FIXED_POINT_BITS, bits))
         lower, upper = math.floor(low * scale), math.ceil(high * scale)
         # A constant (EXTRACT(YEAR …) over a one-year range) gets a one-unit-wide interval: a superset, so sound.
@@ -996,8 +986,12 @@ class _Planner:
             if places is not None and not (isinstance(literal.value, int) and not isinstance(literal.value, bool)):
                 raise Unsupported(f"{fragment(node)}: ROUND takes a whole number of decimals")
             decimals = int(literal.value)  # type: ignore[arg-type]
+            if abs(decimals) > MAX_ROUND_DECIMALS:
+                raise Unsupported(
+                    f"{fragment(node)}: ROUND takes from {-MAX_ROUND_DECIMALS} to {MAX_ROUND_DECIMALS} decimals"
+                )
         expr, low, high = self._interval(node.this)
-        return ir.Round(expr, decimals), _round_half_away(low, decimals), _round_half_away(high, decimals)
+        return _rounded(expr, decimals), _round_half_away(low, decimals), _round_half_away(high, decimals)
 
     def _case_interval(self, node: exp.Case) -> tuple[ir.RowExpr, float, float]:
         if node.this is not None:
@@ -1108,8 +1102,18 @@ class _Planner:
 
 
 def _round_half_away(value: float, decimals: int) -> float:
+    if decimals < 0:
+        return _round_half_away(value / 10.0**-decimals, 0) * 10.0**-decimals
     scale = 10.0**decimals
     return math.copysign(math.floor(abs(value) * scale + 0.5), value) / scale
+
+
+def _rounded(expr: ir.RowExpr, decimals: int) -> ir.RowExpr:
+    """ROUND(x, d); for d < 0 (tens, hundreds) as ROUND(x / 10^-d) * 10^-d, since backends round to places only."""
+    if decimals >= 0:
+        return ir.Round(expr, decimals)
+    step = ir.Lit(10**-decimals)
+    return ir.Arith(ir.ArithOp.MUL, ir.Round(ir.Arith(ir.ArithOp.DIV, expr, step), 0), step)
 
 
 def _integer(node: exp.Expression) -> ir.Lit:
@@ -1120,18 +1124,26 @@ def _integer(node: exp.Expression) -> ir.Lit:
 
 
 def _bin_label(node: exp.Expression, binned: exp.Expression, value: int) -> int:
-    """The key one bin gets: the GROUP BY expression evaluated with FLOOR(…) = ``value``."""
-    if node is binned:
-        return value
+    """The key one bin gets: the GROUP BY expression evaluated with FLOOR(…) = ``value``.
+
+    Every step must stay within ±2^53, where the backends' float64 arithmetic and the int64 keys agree exactly.
+    """
     if isinstance(node, exp.Paren):
         return _bin_label(node.this, binned, value)
-    if isinstance(node, exp.Neg):
-        return -_bin_label(node.this, binned, value)
-    left, right = node.this, node.expression
-    evaluate = {exp.Add: operator.add, exp.Sub: operator.sub, exp.Mul: operator.mul}[type(node)]
-    if binned in left.walk():
-        return evaluate(_bin_label(left, binned, value), int(_integer(right).value))  # type: ignore[arg-type]
-    return evaluate(int(_integer(left).value), _bin_label(right, binned, value))  # type: ignore[arg-type]
+    if node is binned:
+        label = value
+    elif isinstance(node, exp.Neg):
+        label = -_bin_label(node.this, binned, value)
+    else:
+        left, right = node.this, node.expression
+        evaluate = {exp.Add: operator.add, exp.Sub: operator.sub, exp.Mul: operator.mul}[type(node)]
+        if binned in left.walk():
+            label = evaluate(_bin_label(left, binned, value), int(_integer(right).value))  # type: ignore[arg-type]
+        else:
+            label = evaluate(int(_integer(left).value), _bin_label(right, binned, value))  # type: ignore[arg-type]
+    if abs(label) > MAX_EXACT_INTEGER:
+        raise Unsupported(f"GROUP BY {fragment(node)}: the bin labels leave ±2^53, where numbers stop being exact")
+    return label
 
 
 def _group_target(
@@ -1158,16 +1170,13 @@ def _aggregate_kind(node: exp.Expression) -> ir.AggregateKind | None:
 
 
 def _refuse_constructs(select: exp.Select) -> None:
-    """Refuse, by name, constructs that would read other data or release rows."""
+    """Refuse, by name, what inlining left that would read other data (the allow-list has refused the rest)."""
     for node in select.walk():
         for construct, reason in _REFUSED.items():
             if isinstance(node, construct):
                 raise Unsupported(f"{reason}: {fragment(node)}")
         if isinstance(node, exp.Select) and node is not select:
             raise Unsupported(f"subqueries are not supported yet: {fragment(node)}")
-        allowed = type(node) in _ALLOWED_FUNCTIONS or type(node) in _DATE_FUNCTIONS or _aggregate_kind(node) is not None
-        if isinstance(node, (exp.Anonymous, exp.Func)) and not allowed:
-            raise Unsupported(f"function {fragment(node)} is not supported")
 
 
 def _post_type(expr: ir.PostExpr, policy: Policy, key_types: dict[str, ir.ValueType]) -> ir.ValueType:

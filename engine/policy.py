@@ -12,6 +12,7 @@ import glob
 import math
 import re
 import tomllib
+from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.dates import parse_date
+from engine.dates import check_text_format, parse_date
 from engine.errors import PolicyError
 from engine.lookup import PublicTable, load_public_table
 
@@ -56,6 +57,8 @@ class ColumnPolicy(_Strict):
     bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = None
     """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns."""
     values: tuple[str, ...] | None = None
+    format: str | None = None
+    """How a date or datetime column's text is written (``"%d/%m/%Y"``), where it is not ISO 8601 (docs/sources.md)."""
 
     @field_validator("bounds", mode="before")
     @classmethod
@@ -84,6 +87,10 @@ class ColumnPolicy(_Strict):
                 raise ValueError("an int column needs integer bounds")
         elif self.bounds is not None:
             raise ValueError(f"a {self.type} column takes no bounds")
+        if self.format is not None:
+            if not self.type.is_temporal:
+                raise ValueError(f"a {self.type} column takes no format (only date and datetime columns do)")
+            check_text_format(self.format, with_time=self.type is ColumnType.DATETIME)
         if self.values is not None:
             if self.type is not ColumnType.CATEGORY:
                 raise ValueError(f"a {self.type} column takes no values (only category columns list public keys)")
@@ -262,6 +269,10 @@ class Policy(_Strict):
         rules = {name.lower(): rule for name, rule in self.purposes.items()}
         rule = rules.get(purpose.lower()) if purpose else None
         return rule.consent_column if rule else None
+
+    def text_formats(self, names: Iterable[str]) -> tuple[tuple[str, str], ...]:
+        """The declared text ``format`` of each named column that has one, by name."""
+        return tuple((name, self.columns[name].format or "") for name in sorted(names) if self.columns[name].format)
 
     @property
     def name(self) -> str:

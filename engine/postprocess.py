@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine import plan as ir
 from engine.mechanisms import ALPHA, NoisePlan
@@ -24,6 +25,8 @@ class Table:
     columns: list[str]
     rows: list[list[Value]]
     accuracy: dict[str, float | None]
+    notes: list[str] = field(default_factory=list)
+    """Cells the arithmetic made NULL (an overflow or a division by zero), by column name."""
 
 
 def accuracy(
@@ -96,7 +99,7 @@ def build_table(
         rows.append(
             (
                 [_evaluate(column.expr, aggregates, keys_by_name) for column in plan.output],
-                [_evaluate(item.expr, aggregates, keys_by_name) for item in plan.order_by],
+                [_defined(_evaluate(item.expr, aggregates, keys_by_name)) for item in plan.order_by],
             )
         )
     for position in reversed(range(len(plan.order_by))):
@@ -105,7 +108,24 @@ def build_table(
     selected = [row for row, _ in rows][plan.offset :]
     if plan.limit is not None:
         selected = selected[: plan.limit]
-    return Table([column.name for column in plan.output], selected, accuracy(plan, noise, noisy))
+    columns = [column.name for column in plan.output]
+    undefined = [name for position, name in enumerate(columns) if any(_undefined(row[position]) for row in selected)]
+    return Table(
+        columns,
+        [[_defined(cell) for cell in row] for row in selected],
+        {name: _defined(half_width) for name, half_width in accuracy(plan, noise, noisy).items()},  # type: ignore[misc]
+        [f"{name}: NULL where arithmetic on the noisy values overflowed or divided by zero" for name in undefined],
+    )
+
+
+def _undefined(value: Value) -> bool:
+    """±inf or NaN: what arithmetic on noisy values gives on overflow or a zero divisor."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _defined(value: Value) -> Value:
+    """Released cells are finite or NULL, so every JSON document is strict JSON."""
+    return None if _undefined(value) else value
 
 
 def _json_key(value: object) -> object:
@@ -178,7 +198,7 @@ def _holds(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str,
 def _truth(predicate: ir.PostPredicate, aggregates: list[Value], keys: dict[str, object]) -> bool | None:
     match predicate:
         case ir.PostCompare(op, left, right):
-            a, b = _evaluate(left, aggregates, keys), _evaluate(right, aggregates, keys)
+            a, b = _defined(_evaluate(left, aggregates, keys)), _defined(_evaluate(right, aggregates, keys))
             return None if a is None or b is None else ir.COMPARISONS[op](a, b)
         case ir.PostAnd(operands):
             values = [_truth(operand, aggregates, keys) for operand in operands]
@@ -198,17 +218,27 @@ def _number(value: Value) -> float:
     raise TypeError("not a number")
 
 
+_OPERATIONS = {
+    ir.ArithOp.ADD: operator.add,
+    ir.ArithOp.SUB: operator.sub,
+    ir.ArithOp.MUL: operator.mul,
+    ir.ArithOp.DIV: operator.truediv,
+}
+_INT64 = 2**63
+
+
 def _arith(op: ir.ArithOp, left: Value, right: Value) -> Value:
+    """SQL arithmetic on released numbers; NaN where it has no finite answer (later NULL, with a note)."""
     if left is None or right is None:
         return None
     a, b = _number(left), _number(right)
-    if op is ir.ArithOp.ADD:
-        return a + b
-    if op is ir.ArithOp.SUB:
-        return a - b
-    if op is ir.ArithOp.MUL:
-        return a * b
-    return None if b == 0 else a / b
+    if op is ir.ArithOp.DIV and b == 0:
+        return math.nan
+    try:
+        result = _OPERATIONS[op](a, b)
+        return float(result) if isinstance(result, int) and abs(result) >= _INT64 else result
+    except OverflowError:  # an int too large for a float
+        return math.nan
 
 
 def _sort_key(value: Value, descending: bool) -> tuple[bool, Value]:

@@ -245,7 +245,7 @@ def test_grouped_rows_come_in_the_policys_key_order_whatever_the_data(dataset: C
 
 
 def test_a_column_stored_in_an_unreadable_type_fails_before_charging(dataset: Callable[..., Path]) -> None:
-    engine = _engine(dataset(_frame(member_id=[1, 2], member_flag=["yes", "no"]), suffix="csv"))
+    engine = _engine(dataset(_frame(member_id=[1, 2], member_flag=[[True], [False]])))
     with pytest.raises(PolicyError, match="member_flag .* cannot be read as bool"):
         engine.query("shifts", "SELECT member_flag, COUNT(*) FROM shifts GROUP BY member_flag", epsilon=1.0)
     assert engine.ledger.spent("shifts").dataset.epsilon == 0

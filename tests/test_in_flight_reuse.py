@@ -17,7 +17,7 @@ import pytest
 
 from engine import Engine
 from engine.backends.polars import PolarsBackend
-from engine.errors import Conflict
+from engine.errors import Conflict, InternalError
 from engine.result import Result
 
 QUERY = "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region"
@@ -86,7 +86,7 @@ def test_when_the_charged_query_fails_its_waiters_get_a_clean_error_and_no_charg
 
     _slow_execute(monkeypatch, fail)
     outcomes = _ask_together(engines)
-    assert sum(isinstance(outcome, RuntimeError) for outcome in outcomes) == 1  # the one that was charged
+    assert sum(isinstance(outcome, InternalError) for outcome in outcomes) == 1  # the one that was charged
     waiters = [outcome for outcome in outcomes if isinstance(outcome, Conflict)]
     assert len(waiters) == ASKERS - 1, outcomes
     assert all("nothing was charged to this request" in waiter.message for waiter in waiters)

@@ -192,7 +192,11 @@ def exact_parts(
     root: Path, pool: list[dict[str, object]], privacy: str, sql: str, backend: Backend | None = None
 ) -> tuple[QueryPlan, dict]:
     """Plan ``sql`` on a fresh pool under ``root``; return the plan and ``{key: [part values]}``."""
-    policies = write_pool(root, frame_of(pool), privacy)
+    return exact_parts_of(write_pool(root, frame_of(pool), privacy), sql, backend)
+
+
+def exact_parts_of(policies: Path, sql: str, backend: Backend | None = None) -> tuple[QueryPlan, dict]:
+    """Plan ``sql`` on the pool of ``policies/shifts.toml``; return the plan and ``{key: [part values]}``."""
     plan = plan_query(parse(sql), load_policy(policies / "shifts.toml"))
     exact = (backend or PolarsBackend()).execute(plan, seed=SEED)
     assert len(exact.parts) == len(plan.parts)
@@ -218,6 +222,14 @@ def assert_neighbours_within_sensitivity(
     with tempfile.TemporaryDirectory() as directory:
         plan, with_unit = exact_parts(Path(directory) / "with", larger, privacy, sql, backend)
         plan_without, without_unit = exact_parts(Path(directory) / "without", smaller, privacy, sql, backend)
+    assert_moved_within_sensitivity(privacy, sql, (plan, with_unit), (plan_without, without_unit))
+
+
+def assert_moved_within_sensitivity(
+    privacy: str, sql: str, larger: tuple[QueryPlan, dict], smaller: tuple[QueryPlan, dict]
+) -> None:
+    """The exact parts (``exact_parts``) of two neighbouring pools differ by at most the plan's claimed sensitivity."""
+    (plan, with_unit), (plan_without, without_unit) = larger, smaller
     assert plan_without.parts == plan.parts
     assert set(with_unit) == set(without_unit), "both neighbours must release the same public keys"
     expected_groups = math.prod(len(key.values) for key in plan.group_keys)

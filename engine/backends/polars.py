@@ -10,8 +10,9 @@ same. This two-level aggregation is the least work any member-level bound
 needs, and it streams.
 
 NULL and NaN values of a numeric column are NULL: COUNT(col), SUM and AVG
-skip them, as SQL does. ±inf are clamped to the bounds. Values that cannot be
-read as the declared type become NULL (casts never fail on data).
+skip them, as SQL does. ±inf are clamped to the bounds. Sources are read with
+the declared types, per file and per value (``engine.backends.polars_read``):
+values that cannot be read as the declared type become NULL.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import polars as pl
 from engine import plan as ir
 from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
+from engine.backends.polars_read import KINDS, check_pool, read_pool, stored_files
 from engine.backends.shared import (
     COPY_WORD,
     GROUP_DRAW,
@@ -34,7 +36,6 @@ from engine.backends.shared import (
     SAME_TYPE_ARITHMETIC,
     UNIT_WORD,
     VALUE_WORD,
-    check_columns,
     chooses_groups,
     counted_columns,
     fixed_name,
@@ -47,15 +48,6 @@ from engine.backends.shared import (
 )
 from engine.dates import DateField, TruncUnit
 
-_KINDS: dict[ir.ColumnKind, pl.DataType | None] = {
-    ir.ColumnKind.NATIVE: None,
-    ir.ColumnKind.TEXT: pl.String(),
-    ir.ColumnKind.INT: pl.Int64(),
-    ir.ColumnKind.FLOAT: pl.Float64(),
-    ir.ColumnKind.BOOL: pl.Boolean(),
-    ir.ColumnKind.DATE: pl.Date(),
-    ir.ColumnKind.DATETIME: pl.Datetime("us"),
-}
 _DATE_FIELDS: dict[DateField, Callable[[pl.Expr], pl.Expr]] = {
     DateField.YEAR: lambda d: d.dt.year(),
     DateField.QUARTER: lambda d: d.dt.quarter(),
@@ -80,7 +72,6 @@ _ARITH: dict[ir.ArithOp, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     ir.ArithOp.DIV: lambda a, b: a.cast(pl.Float64) / b.cast(pl.Float64),
 }
 _ORDER = "__order"
-_ROW_INDEX = "__row"
 _KEY_DTYPES: dict[type, pl.DataType] = {
     bool: pl.Boolean(),
     int: pl.Int64(),
@@ -96,11 +87,11 @@ class PolarsBackend:
     def check_schema(self, plan: ir.QueryPlan) -> None:
         """Fail before charging if the pool cannot serve the plan (metadata only, no rows).
 
-        Every column the plan reads must exist and be stored in a type Polars can
-        cast to its declared kind (text cannot be read as bool, say), so that no
-        cast can fail once the budget is charged.
+        Every column the plan reads must be stored, in some file, in a type that
+        has a text: every value then reads as its declared kind or as NULL
+        (``polars_read``), so no cast can fail once the budget is charged.
         """
-        check_columns(plan, _scan(plan.source).collect_schema(), _readable)
+        check_pool(plan, stored_files(plan.source))
 
     def execute(self, plan: ir.QueryPlan, seed: int | None = None) -> ExactAggregates:
         frame = bounded_aggregates(plan, secrets.randbits(63) if seed is None else seed)
@@ -122,15 +113,12 @@ def _group_values(column: pl.Series, part: ir.Part) -> list[Any]:
 
 def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     """The lazy query: one row per public group key (all of them), one Int64 column per part."""
-    scan = _scan(plan.source)
-    stored = scan.collect_schema()
-    read = [_read(name, kind, stored[name]) for name, kind in plan.source.columns]
-    # A plan that reads no column (row-level COUNT(*)) still needs one per row: selecting none would count none.
-    frame = scan.select(read) if read else scan.with_row_index(_ROW_INDEX).select(_ROW_INDEX)
+    frame = read_pool(plan.source, stored_files(plan.source))
+    read_types = frame.collect_schema()
     if plan.where is not None:
         frame = frame.filter(_row_expr(plan.where))
     if plan.derived:
-        frame = frame.with_columns(_row_expr(d.expr).cast(_KINDS[d.kind]).alias(d.name) for d in plan.derived)
+        frame = frame.with_columns(_row_expr(d.expr).cast(KINDS[d.kind]).alias(d.name) for d in plan.derived)
     for key in plan.group_keys:
         keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
         frame = frame.filter(keep)
@@ -144,7 +132,7 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     if unit is None:
         bounded = _aggregate(frame, keys, _row_level_parts(plan))
     else:
-        unit_dtype = stored.get(unit, pl.String())
+        unit_dtype = read_types.get(unit, pl.String())
         frame = _with_sample_draws(frame, plan, unit_dtype, seed)
         per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
         per_member = per_member.with_columns(_member_level_parts(plan))
@@ -156,42 +144,6 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
             per_member = _keep_random_groups(per_member, unit, pl.col(GROUP_DRAW), plan.contribution.max_groups)
         bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
     return _with_all_keys(bounded, plan)
-
-
-def _scan(source: ir.Source) -> pl.LazyFrame:
-    paths = [str(path) for path in source.paths]
-    if source.format is ir.SourceFormat.CSV:
-        return pl.scan_csv(paths, infer_schema_length=10_000)
-    return pl.scan_parquet(paths)
-
-
-def _readable(stored: pl.DataType, kind: ir.ColumnKind) -> bool:
-    """Whether a non-strict cast from ``stored`` to ``kind`` is defined (it then never fails on a value)."""
-    if kind is ir.ColumnKind.NATIVE or stored == _KINDS[kind]:
-        return True
-    scalar = stored.is_numeric() or stored == pl.Boolean()
-    if kind in (ir.ColumnKind.DATE, ir.ColumnKind.DATETIME):
-        return isinstance(stored, (pl.Date, pl.Datetime, pl.String))
-    if kind is ir.ColumnKind.BOOL:
-        return scalar
-    if kind is ir.ColumnKind.TEXT:
-        return scalar or stored.is_temporal() or isinstance(stored, (pl.String, pl.Categorical, pl.Enum))
-    return scalar or isinstance(stored, pl.String)
-
-
-def _read(name: str, kind: ir.ColumnKind, stored: pl.DataType) -> pl.Expr:
-    """Read a column as its declared kind; casts that change nothing are skipped (they stop filter pushdown)."""
-    dtype = _KINDS[kind]
-    column = pl.col(name)
-    if kind is ir.ColumnKind.DATE and isinstance(stored, pl.String):
-        column = column.str.to_date("%Y-%m-%d", strict=False)
-    elif kind is ir.ColumnKind.DATETIME and isinstance(stored, pl.String):
-        column = column.str.to_datetime(time_unit="us", strict=False)
-    elif dtype is not None and stored != dtype:
-        column = column.cast(dtype, strict=False)
-    if kind is ir.ColumnKind.FLOAT and (stored.is_float() or isinstance(stored, pl.String)):
-        column = column.fill_nan(None)  # text "NaN" reads as NaN too: NULL, as SQL has no NaN
-    return column
 
 
 def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:

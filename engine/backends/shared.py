@@ -36,6 +36,13 @@ def key_type(values: tuple[object, ...]) -> type:
     return str
 
 
+BOOL_TEXTS: dict[str, bool] = {
+    **dict.fromkeys(("true", "t", "yes", "y", "1"), True),
+    **dict.fromkeys(("false", "f", "no", "n", "0"), False),
+}
+"""The texts a bool column stored as text reads (trimmed, in any letter case); any other text is NULL."""
+
+
 SAME_TYPE_ARITHMETIC: dict[ir.ArithOp, Callable[[Any, Any], Any]] = {
     ir.ArithOp.ADD: operator.add,
     ir.ArithOp.SUB: operator.sub,

@@ -75,7 +75,15 @@ class SparkBackend:
                 f"the pool of {plan.dataset} is CSV: the Spark backend reads Parquet only "
                 "(CSV type inference differs between engines; convert the pool to Parquet)"
             )
-        stored = _stored_types(_scan(self.session, plan.source))
+        try:
+            stored = _stored_types(_scan(self.session, plan.source))
+        except Exception as error:  # a SparkException through Py4J; its text (which may quote paths) is not passed on
+            if "CANNOT_MERGE_SCHEMAS" not in str(error):
+                raise
+            raise PolicyError(
+                f"the files of the pool of {plan.dataset} store a column in different types: the Spark backend "
+                "reads one schema (read it with the Polars backend, which reads each file on its own, or convert it)"
+            ) from None
         check_columns(plan, {name: _StoredType(type_) for name, type_ in stored.items()}, _readable)
         unit = plan.contribution.unit_column
         if unit is not None and stored[unit].typeName() not in (*_INTEGRAL, "string"):
@@ -129,7 +137,9 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
 
 def _scan(session: SparkSession, source: ir.Source) -> DataFrame:
     locations = [source.uri] if source.uri else [str(path) for path in source.paths]
-    return session.read.parquet(*locations)
+    # Every file's footer, merged: files storing a column in different types fail here, in check_schema, before
+    # the charge (unmerged, Spark would take one file's schema and fail on another's rows after it).
+    return session.read.option("mergeSchema", "true").parquet(*locations)
 
 
 def _stored_types(frame: DataFrame) -> dict[str, DataType]:

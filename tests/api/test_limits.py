@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -12,26 +12,11 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.auth import Role, create_key
 from api.settings import Settings
 from engine import Engine
+from tests.api.in_process import serve
 
 SQL = "SELECT COUNT(*) FROM shifts WHERE age > 30"
-Scenario = Callable[[httpx.AsyncClient, Engine, dict[str, str]], Awaitable[None]]
-
-
-def _serve(app: FastAPI, scenario: Scenario) -> None:
-    """Run ``scenario`` against the app in process, lifespan included."""
-
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            engine: Engine = app.state.engine
-            headers = {"Authorization": f"Bearer {create_key(engine, 'lab', Role.BUYER, actor='test').secret}"}
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://coopdp.test") as client:
-                await scenario(client, engine, headers)
-
-    asyncio.run(main())
 
 
 @pytest.fixture
@@ -54,7 +39,7 @@ def test_an_unwritable_ledger_answers_503_and_releases_nothing(app: FastAPI) -> 
         assert engine.ledger.releases() == []
         assert (await client.get("/healthz")).status_code == 200
 
-    _serve(app, scenario)
+    serve(app, scenario)
 
 
 def test_a_key_over_its_in_flight_limit_gets_429(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,4 +61,4 @@ def test_a_key_over_its_in_flight_limit_gets_429(app: FastAPI, monkeypatch: pyte
         assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limited"
         assert (await first).status_code == 201
 
-    _serve(app, scenario)
+    serve(app, scenario)

@@ -139,3 +139,36 @@ def hostile_queries() -> st.SearchStrategy[str]:
 
 def any_queries() -> st.SearchStrategy[str]:
     return st.one_of(valid_queries(), nearly_valid_queries(), hostile_queries())
+
+
+HUGE_NUMBERS = ("1e308", "-1e308", "1e-320", "9223372036854775807", "9223372036854775808", "1" + "0" * 40, "0", "0.0")
+EXOTIC_CLAUSES = (
+    "TABLESAMPLE (1 ROWS)", "FOR SYSTEM_TIME AS OF '2020-01-01'", "WITH (NOLOCK)", "TIMESTAMP AS OF '2020-01-01'",
+    "VERSION AS OF 1", "USING SAMPLE 10", "QUALIFY 1 = 1", "FOR UPDATE", "WINDOW w AS (PARTITION BY region)",
+    "DISTRIBUTE BY region", "SORT BY region", "CLUSTER BY region", "LIMIT 1, 2", "FETCH FIRST 1 ROWS ONLY",
+)  # fmt: skip
+"""Clauses the engine must honour or refuse by name, appended after ``FROM <table>``."""
+
+
+@st.composite
+def totality_queries(draw: st.DrawFn) -> str:
+    """Valid queries with one hostile piece: a huge constant, ROUND digits, a long LIKE pattern, an exotic clause."""
+    number = draw(st.sampled_from(HUGE_NUMBERS))
+    column = draw(st.sampled_from(NUMERIC))
+    pieces = {
+        "constant": f"SELECT COUNT(*) * {number} AS x, SUM({column} * {number}) AS y FROM shifts",
+        "post": f"SELECT COUNT(*) {draw(st.sampled_from(['*', '/', '+']))} {number} AS x FROM shifts",
+        "round": f"SELECT SUM(ROUND({column}, {draw(st.integers(-500, 500))})) AS x FROM shifts",
+        "bin": f"SELECT FLOOR({column}) * {number} AS b, COUNT(*) FROM shifts GROUP BY b",
+        "filter": f"SELECT COUNT(*) FROM shifts WHERE {column} {draw(st.sampled_from(['+', '*', '/']))} {number} > 1",
+        "like": "SELECT COUNT(*) FROM shifts WHERE city "
+        + draw(st.sampled_from(["LIKE", "NOT LIKE", "ILIKE"]))
+        + " '"
+        + draw(st.sampled_from(["_", "%", "a%", "%_", "ß"])) * draw(st.integers(1, 9000))
+        + "'",
+        "clause": f"SELECT COUNT(*), SUM(hours) FROM shifts {draw(st.sampled_from(EXOTIC_CLAUSES))}",
+        "derived": "SELECT SUM(hours) FROM (SELECT * "
+        + draw(st.sampled_from(["EXCEPT (age)", "REPLACE (hours * 1000 AS hours)", "EXCLUDE (age)", ""]))
+        + " FROM shifts) AS t",
+    }
+    return pieces[draw(st.sampled_from(sorted(pieces)))]
