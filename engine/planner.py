@@ -22,13 +22,9 @@ from engine.errors import InvalidSQL, PolicyViolation, UnknownColumn, UnknownTab
 from engine.inline import inline_derived_tables
 from engine.lookup import AttributeType, PublicTable
 from engine.policy import ColumnPolicy, ColumnType, Policy
+from engine.sensitivity import check_no_overflow, fixed_point
 from engine.sql import default_name, fragment
 
-MAX_ROWS = 2**34
-"""Rows a pool may hold; with the bounds below, no integer sum can overflow 64 bits."""
-MAX_FIXED_POINT_BITS = 20
-"""Fractional bits kept for float columns (a resolution of about 1e-6)."""
-_SUM_LIMIT = 2**62
 MAX_OUTPUT_GROUPS = 100_000
 """Rows of public group keys one query may release."""
 MAX_ROUND_DECIMALS = 15
@@ -235,7 +231,7 @@ class _Planner:
             limit=limit,
             offset=offset,
         )
-        _check_no_overflow(plan)
+        check_no_overflow(plan)
         return plan
 
     # --- FROM and modifiers ------------------------------------------------------
@@ -781,7 +777,7 @@ class _Planner:
         centred = ir.Arith(ir.ArithOp.SUB, expr, ir.Lit(value.center / value.scale))
         half_width = value.centered_magnitude / value.scale
         name = self._derived_column(ir.Arith(ir.ArithOp.MUL, centred, centred))
-        squares = self._scaled(name, 0.0, half_width**2, integer=False)
+        squares = fixed_point(name, 0.0, half_width**2, integer=False)
         count = self._part(ir.Part(ir.PartKind.COUNT_VALUES, counted_column=value.column))
         centered_sum = self._part(ir.Part(ir.PartKind.CENTERED_SUM, value=value))
         square_sum = self._part(ir.Part(ir.PartKind.SUM, value=squares))
@@ -866,26 +862,7 @@ class _Planner:
         else:
             name, low, high = self._derived(argument)
             integer = False
-        return self._scaled(name, low, high, integer)
-
-    def _scaled(self, name: str, low: float, high: float, integer: bool) -> ir.FixedPoint:
-        """Fixed point for values in [low, high]: the finest power-of-two scale that cannot overflow."""
-        magnitude = max(abs(low), abs(high))
-        if integer:
-            scale = 1
-        else:
-            # log2 of each side, not of their ratio: a subnormal magnitude makes the ratio infinite
-            headroom = math.log2(_SUM_LIMIT / MAX_ROWS) - math.log2(magnitude) if magnitude > 0 else math.inf
-            bits = MAX_FIXED_POINT_BITS if headroom > MAX_FIXED_POINT_BITS else math.floor(headroom)
-            scale = 2 ** max(0, min(MAX_FIXED_POINT_BITS, bits))
-        lower, upper = math.floor(low * scale), math.ceil(high * scale)
-        # A constant (EXTRACT(YEAR …) over a one-year range) gets a one-unit-wide interval: a superset, so sound.
-        fixed = ir.FixedPoint(name, lower=lower, upper=max(upper, lower + 1), scale=scale)
-        if fixed.magnitude * MAX_ROWS > _SUM_LIMIT:
-            raise PolicyViolation(
-                f"the bounds of {name} are too wide for exact integer sums (at most ±{_SUM_LIMIT // MAX_ROWS})"
-            )
-        return fixed
+        return fixed_point(name, low, high, integer)
 
     # --- expressions inside aggregates ----------------------------------------------
 
@@ -1193,12 +1170,6 @@ def _check_post_comparable(
     left_type, right_type = _post_type(left, policy, key_types), _post_type(right, policy, key_types)
     if ir.ValueType.NULL not in (left_type, right_type) and left_type != right_type:
         raise InvalidSQL(f"cannot compare a {left_type.value} with a {right_type.value}: {fragment(node)}")
-
-
-def _check_no_overflow(plan: ir.QueryPlan) -> None:
-    for part in plan.parts:
-        if plan.sensitivity(part).l1 > _SUM_LIMIT:
-            raise PolicyViolation(f"{part.label}: the contribution bounds times the value bounds overflow 64-bit sums")
 
 
 def _literal(node: exp.Expression) -> ir.Lit:
