@@ -77,7 +77,7 @@ def settings_(draw: st.DrawFn) -> Setting:
     return Setting(
         accounting=draw(st.sampled_from(["pure", "zcdp"])),
         member_level=member_level,
-        max_groups=draw(st.integers(1, 4)) if member_level else 1,
+        max_groups=draw(st.integers(1, 9)) if member_level else 1,
         max_rows_per_group=draw(st.integers(1, 5)) if member_level else 1,
         group_by=draw(st.sampled_from(sorted(KEY_SETS))),
         aggregates=tuple(aggregates),
