@@ -241,7 +241,9 @@ def test_the_charge_covers_what_opendp_says_the_release_costs(base_policy: Polic
     # The two δ shares, the threshold's and the conversion's, add up to at most the δ charged.
     converted = epsilon_of_rho(recomputed.loss, setting.delta - recomputed.threshold_delta)
     assert converted <= setting.epsilon * (1 + RELATIVE)
-    assert converted >= setting.epsilon * 0.9, "noise larger than the budget needs"
+    # Calibrated to the conversion at the rest of δ: half of it with private keys (the threshold's share).
+    design = epsilon_of_rho(recomputed.loss, setting.delta / 2 if private else setting.delta)
+    assert design >= setting.epsilon * 0.8, "noise larger than the budget needs"
 
 
 @pytest.mark.parametrize(
