@@ -50,6 +50,7 @@ def inline_derived_tables(select: exp.Select, columns: Collection[str]) -> exp.S
     for item in outer.expressions:
         if not isinstance(item, exp.Alias | exp.Column | exp.Star):
             item.replace(exp.alias_(item.copy(), default_name(item), quoted=True))  # keep the name the buyer wrote
+    _group_by_output_aliases(outer, names)
     outer_aliases = {item.alias.lower() for item in outer.expressions if isinstance(item, exp.Alias)}
     for column in list(outer.find_all(exp.Column)):
         if column.name.lower() in outer_aliases and column.find_ancestor(exp.Order, exp.Having) is not None:
@@ -73,6 +74,22 @@ def inline_derived_tables(select: exp.Select, columns: Collection[str]) -> exp.S
             condition = exp.and_(exp.Paren(this=condition), exp.Paren(this=outer_where.this))
         outer.set("where", exp.Where(this=condition))
     return outer
+
+
+def _group_by_output_aliases(outer: exp.Select, names: Collection[str]) -> None:
+    """A GROUP BY item naming an output alias (and no column of the inner query) becomes the aliased expression.
+
+    As in SQL, an input column of that name wins over the alias; the rewrite
+    below then resolves the expression's columns through the inner query.
+    """
+    group = outer.args.get("group")
+    if group is None:
+        return
+    aliased = {item.alias.lower(): item.this for item in outer.expressions if isinstance(item, exp.Alias)}
+    for key in group.expressions:
+        name = key.name.lower() if isinstance(key, exp.Column) and not key.table else None
+        if name in aliased and name not in names:
+            key.replace(aliased[name].copy())
 
 
 def _from(select: exp.Select) -> exp.Expression:

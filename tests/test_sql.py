@@ -218,6 +218,18 @@ def test_row_level_ctes_and_derived_tables_are_inlined(engine: Engine, sql: str)
     assert engine.query("shifts", sql, epsilon=0.5).rows
 
 
+def test_group_by_an_output_alias_over_a_cte_groups_by_its_expression(engine: Engine) -> None:
+    policy = engine.policy("shifts")
+    direct = plan_query(parse("SELECT region AS k, COUNT(*) AS n FROM shifts GROUP BY region"), policy)
+    for sql in (
+        "WITH t AS (SELECT * FROM shifts) SELECT region AS k, COUNT(*) AS n FROM t GROUP BY k",
+        "SELECT r AS k, COUNT(*) AS n FROM (SELECT region AS r FROM shifts) t GROUP BY k",
+    ):
+        plan = plan_query(parse(sql), policy)
+        assert [key.values for key in plan.group_keys] == [key.values for key in direct.group_keys], sql
+        assert [column.name for column in plan.output] == ["k", "n"]
+
+
 def test_a_renamed_column_keeps_the_bounds_of_its_source_not_of_its_name(engine: Engine) -> None:
     # ``age`` here is ``hours`` renamed: its bounds are hours' [0, 60], never age's [18, 80].
     sql = "WITH a AS (SELECT hours AS age FROM shifts) SELECT AVG(age) AS m, SUM(age) AS s FROM a"
