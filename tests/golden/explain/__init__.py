@@ -2,8 +2,8 @@
 
 A ``.sql`` file starts with ``-- key: value`` header lines (``dataset``, ``epsilon``, and optionally
 ``delta``, ``buyer``, ``weights: col=w, col=w``); the rest is the query. A refused query's ``.txt`` holds
-its error code and message. The policies are ``policies/`` here (explain reads no data; the small CSV
-files exist only because a policy's source must). Regenerate after an intended change, and review the diff::
+its error code and message. The policies are ``policies/`` here (explain reads no data; the one-row CSV
+files in ``sources/`` exist only because a policy's source must). Regenerate after an intended change, and review the diff::
 
     python -m tests.golden.explain --update
 """
