@@ -29,6 +29,11 @@ class QueryRequest(_Input):
     )
     delta: float | None = Field(default=None, strict=True, description="δ, needed by zcdp datasets.")
     dry_run: bool = Field(default=False, description="Cost and accuracy only: reads no data, charges nothing.")
+    explain: bool = Field(
+        default=False,
+        description="Return the explanation (parts, bounds, sensitivity, noise, cost) instead: reads no data, "
+        "charges nothing.",
+    )
     weights: dict[Annotated[str, Field(max_length=200)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = (
         Field(
             default=None,

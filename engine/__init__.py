@@ -11,6 +11,7 @@ Modules, in the order a query meets them:
 - :mod:`engine.mechanisms` / :mod:`engine.accounting` — OpenDP noise and costs
 - :mod:`engine.ledger` — the durable budget ledger and release log
 - :mod:`engine.postprocess` — noisy parts → released table
+- :mod:`engine.explain` — a query's plan, sensitivity, noise and cost, read by people (``coopdp explain``)
 - :mod:`engine.engine` — :class:`Engine`, tying the steps together
 """
 

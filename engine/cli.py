@@ -25,6 +25,7 @@ from api.auth import Role
 from engine.demo import EXAMPLES, ensure_demo
 from engine.engine import BudgetStatus, Engine
 from engine.errors import BudgetRefused, CoopdpError, InternalError, NotFound, QueryRejected
+from engine.explain_text import render
 from engine.ledger import Quota
 from engine.result import Result
 
@@ -103,22 +104,30 @@ def _weights(pairs: list[str]) -> dict[str, float]:
     return weights
 
 
+SqlArgument = Annotated[str, typer.Argument(help="One SELECT over the dataset's table.")]
+DatasetOption = Annotated[str, typer.Option("--dataset", help="Dataset (table) name.")]
+EpsilonOption = Annotated[float, typer.Option("--epsilon", help="Privacy budget this query may spend.")]
+DeltaOption = Annotated[float | None, typer.Option("--delta", help="δ (needed by zcdp datasets).")]
+BuyerOption = Annotated[str | None, typer.Option("--buyer", help="Charge this buyer's quota.")]
+WeightOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--weight",
+        metavar="COLUMN=W",
+        help="Give an output column W shares of ε (default 1 each); repeat for several columns.",
+    ),
+]
+
+
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="One SELECT over the dataset's table.")],
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset (table) name.")],
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Privacy budget this query may spend.")],
-    delta: Annotated[float | None, typer.Option("--delta", help="δ (needed by zcdp datasets).")] = None,
-    buyer: Annotated[str | None, typer.Option("--buyer", help="Charge this buyer's quota.")] = None,
+    sql: SqlArgument,
+    dataset: DatasetOption,
+    epsilon: EpsilonOption,
+    delta: DeltaOption = None,
+    buyer: BuyerOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Cost and accuracy only; reads no data.")] = False,
-    weight: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--weight",
-            metavar="COLUMN=W",
-            help="Give an output column W shares of ε (default 1 each); repeat for several columns.",
-        ),
-    ] = None,
+    weight: WeightOption = None,
     output: FormatOption = OutputFormat.TABLE,
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
@@ -133,6 +142,28 @@ def query(
         print(json.dumps(result.to_dict()))
     else:
         _print_result(result)
+
+
+@app.command()
+def explain(
+    sql: SqlArgument,
+    dataset: DatasetOption,
+    epsilon: EpsilonOption,
+    delta: DeltaOption = None,
+    buyer: BuyerOption = None,
+    weight: WeightOption = None,
+    output: FormatOption = OutputFormat.TABLE,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Show how a query would be answered (bounds, sensitivity, noise, cost); reads no data, charges nothing."""
+    weights = _weights(weight or [])
+    with _session(policies, ledger, output) as engine:
+        explanation = engine.explain(dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, weights=weights or None)
+    if output is OutputFormat.JSON:
+        print(json.dumps(explanation.to_dict()))
+    else:
+        print(render(explanation), end="")  # plain text: rich markup would eat "[parts 0]"
 
 
 @app.command()

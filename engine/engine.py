@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from sqlglot import exp
+
 from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of
 from engine.backends import BACKENDS, Backend
 from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, UnknownTable, failed_after_charge
+from engine.explain import Explanation, explain
 from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
-from engine.mechanisms import calibrate, part_weights, release
+from engine.mechanisms import NoisePlan, calibrate, part_weights, release
+from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
 from engine.postprocess import accuracy, build_table, rank_accuracy
@@ -41,6 +45,17 @@ class Caller:
     name: str | None
     purpose: str | None
     quota: Quota
+
+
+@dataclass(frozen=True)
+class PlannedQuery:
+    """A query as far as it goes before any data is read: checked, planned and calibrated, nothing charged."""
+
+    policy: Policy
+    caller: Caller
+    statement: exp.Select
+    plan: QueryPlan
+    noise: NoisePlan
 
 
 @dataclass(frozen=True)
@@ -109,13 +124,9 @@ class Engine:
         A repeat (the same idempotency key, or a query whose stored release may
         be reused) returns the stored release, ``cached``, at no cost.
         """
-        policy = self.policy(dataset)
-        request = PrivacyRequest.validate(epsilon, delta, policy.budget)
-        caller = self.caller(policy, buyer)
-        statement = parse(sql)
+        planned = self._plan(dataset, sql, epsilon, delta, buyer, weights)
+        policy, caller, plan, noise = planned.policy, planned.caller, planned.plan, planned.noise
         consent_column = policy.consent_column(caller.purpose)
-        plan = plan_query(statement, policy, consent_column=consent_column)
-        noise = calibrate(plan, request, part_weights(plan, weights) if weights else None)
         if dry_run:
             return Result(
                 None,
@@ -133,7 +144,7 @@ class Engine:
             )
         backend = self.backend(policy)
         backend.check_schema(plan)
-        normalised_sql = normalised(statement) + (_weights_comment(weights) if weights else "")
+        normalised_sql = normalised(planned.statement) + (_weights_comment(weights) if weights else "")
         charge = self.ledger.charge(
             ChargeRequest(
                 dataset,
@@ -174,6 +185,50 @@ class Engine:
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
+
+    def explain(
+        self,
+        dataset: str,
+        sql: str,
+        *,
+        epsilon: float,
+        delta: float | None = None,
+        buyer: str | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> Explanation:
+        """How ``sql`` would be answered (bounds, sensitivity, noise, cost), refused as a query would be.
+
+        Reads no data and charges nothing: like a dry run, it reads the ledger only for the caller and what remains.
+        """
+        planned = self._plan(dataset, sql, epsilon, delta, buyer, weights)
+        caller = planned.caller
+        return explain(
+            planned.plan,
+            planned.noise,
+            planned.policy,
+            sql=normalised(planned.statement),
+            buyer=caller.name,
+            purpose=caller.purpose,
+            remaining=self.remaining(planned.policy, caller),
+        )
+
+    def _plan(
+        self,
+        dataset: str,
+        sql: str,
+        epsilon: float,
+        delta: float | None,
+        buyer: str | None,
+        weights: Mapping[str, float] | None,
+    ) -> PlannedQuery:
+        """Everything decided before data is read: the request checked, the caller, the plan and its noise."""
+        policy = self.policy(dataset)
+        request = PrivacyRequest.validate(epsilon, delta, policy.budget)
+        caller = self.caller(policy, buyer)
+        statement = parse(sql)
+        plan = plan_query(statement, policy, consent_column=policy.consent_column(caller.purpose))
+        noise = calibrate(plan, request, part_weights(plan, weights) if weights else None)
+        return PlannedQuery(policy, caller, statement, plan, noise)
 
     def stored_release(self, query_id: str, buyer: str | None) -> Result:
         """A past release of ``buyer``'s, again, at no cost; another buyer's is as missing as one never made."""

@@ -42,6 +42,8 @@ class PartNoise:
     scale: float
     units_per_value: int
     """Fixed-point units per 1.0 of the column (1 for counts)."""
+    loss: float
+    """This part's share of the query's loss by OpenDP's map: ε (pure) or ρ (zCDP)."""
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,7 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
     if private and delta == 0:
         columns = ", ".join(plan.private_keys)
         raise PolicyViolation(f"GROUP BY {columns} releases keys by a DP threshold, which needs a delta > 0")
-    threshold_delta = (delta if accounting is Accounting.PURE else delta / 2) if private else 0.0
-    conversion_delta = delta - threshold_delta
+    threshold_delta, conversion_delta = delta_split(accounting, delta, private)
     sensitivities = [_sensitivity(plan, part, accounting) for part in plan.parts]
     weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
     if len(weights) != len(plan.parts):
@@ -194,12 +195,21 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
     else:
         raise InternalError("could not calibrate noise within the requested budget")
     parts = tuple(
-        PartNoise(part, s, scale, part.value.scale if part.value else 1)
-        for part, s, scale in zip(plan.parts, sensitivities, scales, strict=True)
+        PartNoise(part, s, scale, part.value.scale if part.value else 1, part_loss)
+        for part, s, scale, part_loss in zip(plan.parts, sensitivities, scales, losses, strict=True)
     )
     spends_delta = accounting is Accounting.ZCDP or private
     cost = Cost(request.epsilon, request.delta if spends_delta else Decimal(0))
     return NoisePlan(accounting, parts, cost, loss, threshold[0] if threshold else None)
+
+
+def delta_split(accounting: Accounting, delta: float, private_keys: bool) -> tuple[float, float]:
+    """How a query's δ divides: (the private-key threshold's, the ρ → ε conversion's).
+
+    Pure DP spends δ only on the threshold; zCDP without private keys only on the conversion; with both, half each.
+    """
+    threshold = (delta if accounting is Accounting.PURE else delta / 2) if private_keys else 0.0
+    return threshold, (0.0 if accounting is Accounting.PURE else delta - threshold)
 
 
 def _scale(plan: QueryPlan, part: Part, accounting: Accounting, multiplier: float, sensitivity: int) -> float:

@@ -80,6 +80,27 @@ def test_dry_run_charges_nothing(policies: Path) -> None:
     assert json.loads(out)["datasets"][0]["spent"] == {"epsilon": 0.0, "delta": 0.0}
 
 
+def test_explain_prints_the_plan_and_charges_nothing(policies: Path) -> None:
+    code, out, _ = _run(policies, "explain", "--dataset", "shifts", "--epsilon", "0.5", "--weight", "n=2", QUERY)
+    assert code == 0
+    assert out.startswith("explain shifts\n") and "part 0: count_rows(*)" in out and "[parts 0]" in out
+    assert "charged: ε 0.5, δ 0" in out
+    code, out, _ = _run(policies, "explain", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", QUERY)
+    assert code == 0
+    document = json.loads(out)
+    assert document["explain"] is True and [key["name"] for key in document["keys"]] == ["region"]
+    assert document["cost"]["epsilon"] == 0.5
+    code, out, _ = _run(policies, "budget", "--dataset", "shifts", "--format", "json")
+    assert json.loads(out)["datasets"][0]["spent"]["epsilon"] == 0
+
+
+def test_a_refused_explain_exits_2_like_the_query(policies: Path) -> None:
+    code, _, err = _run(
+        policies, "explain", "--dataset", "shifts", "--epsilon", "0.5", "--format", "json", "SELECT * FROM shifts"
+    )
+    assert code == 2 and json.loads(err)["error"]["code"] == "policy_violation"
+
+
 def test_budget_shows_spent_and_left(policies: Path) -> None:
     _run(policies, "query", "--dataset", "shifts", "--epsilon", "0.25", QUERY)
     code, out, _ = _run(policies, "budget", "--dataset", "shifts")

@@ -375,7 +375,9 @@ def gaussian_noise_plan(scale: float) -> NoisePlan:
     from engine.mechanisms import PartNoise
     from engine.plan import Part, PartKind
 
-    part = PartNoise(Part(PartKind.COUNT_ROWS), sensitivity=1, scale=scale, units_per_value=1)
+    part = PartNoise(
+        Part(PartKind.COUNT_ROWS), sensitivity=1, scale=scale, units_per_value=1, loss=1 / (2 * scale * scale)
+    )
     return NoisePlan(Accounting.ZCDP, (part,), Cost(Decimal(1), Decimal("1e-6")), loss=1 / (2 * scale * scale))
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
 
 from api.auth import CurrentBuyer, EngineDep
 from api.errors import RateLimited
@@ -43,7 +44,9 @@ class InFlightLimit:
     response_model=QueryResult,
     response_model_exclude_defaults=True,
     status_code=201,
-    responses={200: {"description": "Dry run, or a stored release returned again (cached)"}},
+    responses={
+        200: {"description": "Dry run, a stored release returned again (cached), or the explanation (explain: true)"}
+    },
 )
 def post_query(
     body: QueryRequest,
@@ -52,8 +55,13 @@ def post_query(
     engine: EngineDep,
     buyer: CurrentBuyer,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | JSONResponse:
     with request.app.state.in_flight.slot(buyer.key_hash):
+        if body.explain:
+            explanation = engine.explain(
+                body.dataset, body.sql, epsilon=body.epsilon, delta=body.delta, buyer=buyer.name, weights=body.weights
+            )
+            return JSONResponse(explanation.to_dict())  # its own document, not a QueryResult
         result = engine.query(
             body.dataset,
             body.sql,

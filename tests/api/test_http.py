@@ -134,6 +134,22 @@ def test_dry_run_is_200_and_charges_nothing(server: LiveServer, buyer: BuyerClie
     assert buyer.releases() == []
 
 
+def test_explain_is_200_returns_the_explanation_and_charges_nothing(server: LiveServer, buyer: BuyerClient) -> None:
+    state = _ledger_state(server, "shifts")
+    request = {"dataset": "shifts", "sql": GROUPED, "epsilon": 0.5, "explain": True, "weights": {"n": 2}}
+    response = buyer.http.post("/v1/queries", json=request)
+    assert response.status_code == 200
+    document = response.json()
+    assert document["explain"] is True and document["cost"]["epsilon"] == 0.5
+    assert [part["kind"] for part in document["parts"]][0] == "count_rows"
+    count, total = document["parts"][:2]
+    assert count["read_by"] == ["n"] and count["loss"] == pytest.approx(2 * total["loss"])
+    assert _ledger_state(server, "shifts") == state
+    assert buyer.releases() == []
+    refused = buyer.http.post("/v1/queries", json={**request, "sql": "SELECT * FROM shifts"})
+    assert _error_of(refused) == (400, "policy_violation")
+
+
 def test_weights_split_epsilon_across_output_columns(server: LiveServer, buyer: BuyerClient) -> None:
     even = buyer.query("shifts", GROUPED, epsilon=0.5, dry_run=True).accuracy
     weighted = buyer.query("shifts", GROUPED, epsilon=0.5, dry_run=True, weights={"n": 6}).accuracy

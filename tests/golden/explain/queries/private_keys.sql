@@ -1,0 +1,4 @@
+-- dataset: shifts
+-- epsilon: 1.0
+-- delta: 1e-7
+SELECT city, COUNT(*) AS n FROM shifts GROUP BY city

@@ -1,0 +1,3 @@
+-- dataset: shifts
+-- epsilon: 5.0
+SELECT COUNT(*) FROM shifts

@@ -1,0 +1,3 @@
+-- dataset: shifts
+-- epsilon: 1.0
+SELECT city, COUNT(*) FROM shifts GROUP BY city
