@@ -7,9 +7,14 @@ Modules, in the order a query meets them:
 - :mod:`engine.planner` / :mod:`engine.plan` — AST + policy → typed QueryPlan
 - :mod:`engine.backends` — QueryPlan → exact bounded aggregates (Polars)
 - :mod:`engine.mechanisms` / :mod:`engine.accounting` — OpenDP noise and costs
-- :mod:`engine.ledger` — the durable budget ledger and release log
+- :mod:`engine.ledger` — the durable ledger (charges and releases) and the stewards' governance records
 - :mod:`engine.postprocess` — noisy parts → released table
-- :mod:`engine.engine` — :class:`Engine`, tying the steps together
+- :mod:`engine.result` — the result document
+- :mod:`engine.engine` — :class:`Engine`, tying the steps together and offering governance
+- :mod:`engine.keys` — API key roles and hashing
+
+The interfaces, :mod:`api` (HTTP) and :mod:`cli` (the ``coopdp`` command), call
+:class:`Engine`; nothing here imports them.
 """
 
 from engine.engine import Engine

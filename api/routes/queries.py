@@ -53,7 +53,7 @@ def post_query(
     buyer: CurrentBuyer,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    with request.app.state.in_flight.slot(buyer.key_hash):
+    with request.app.state.in_flight.slot(buyer.key_id):
         result = engine.query(
             body.dataset,
             body.sql,
@@ -79,7 +79,7 @@ def list_queries(engine: EngineDep, buyer: CurrentBuyer) -> list[ReleaseSummary]
             cost=CostBody(**record.cost.to_dict()),
             created_at=record.created_at,
         )
-        for record in engine.ledger.releases(buyer=buyer.name)
+        for record in engine.releases(buyer=buyer.name)
     ]
 
 
