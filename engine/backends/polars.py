@@ -36,7 +36,6 @@ from engine.backends.shared import (
     SAME_TYPE_ARITHMETIC,
     UNIT_WORD,
     VALUE_WORD,
-    chooses_groups,
     counted_columns,
     fixed_name,
     key_type,
@@ -47,6 +46,7 @@ from engine.backends.shared import (
     value_columns,
 )
 from engine.dates import DateField, TruncUnit
+from engine.sensitivity import chooses_groups
 
 _DATE_FIELDS: dict[DateField, Callable[[pl.Expr], pl.Expr]] = {
     DateField.YEAR: lambda d: d.dt.year(),

@@ -105,11 +105,3 @@ def value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
 def counted_columns(plan: ir.QueryPlan) -> list[str]:
     """Columns whose non-NULL rows a part counts, or whose values a part sums."""
     return sorted({part.column for part in plan.parts if part.column is not None})
-
-
-def chooses_groups(plan: ir.QueryPlan) -> bool:
-    """Whether a member can touch more groups than ``max_groups``, so that each member's groups must be chosen."""
-    possible = 1
-    for key in plan.group_keys:
-        possible *= len(key.values or ())
-    return bool(plan.group_keys) and (bool(plan.private_keys) or plan.contribution.max_groups < possible)

@@ -35,7 +35,6 @@ from engine.backends.shared import (
     UNIT_WORD,
     VALUE_WORD,
     check_columns,
-    chooses_groups,
     counted_columns,
     fixed_name,
     key_type,
@@ -46,6 +45,7 @@ from engine.backends.shared import (
 )
 from engine.backends.spark_session import SparkSettings, get_session
 from engine.errors import PolicyError
+from engine.sensitivity import chooses_groups
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
