@@ -1,11 +1,8 @@
-"""Bearer API keys: shown once at creation, stored only as SHA-256 hashes; roles steward and buyer."""
+"""Bearer API keys (made and verified by :mod:`engine.keys`): who is calling, and in which role."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,56 +10,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine import Engine
 from engine.errors import Forbidden, Unauthorized
-from engine.ledger import KeyRecord
-
-KEY_PREFIX = "cdp_"
-
-
-class Role(StrEnum):
-    STEWARD = "steward"
-    BUYER = "buyer"
+from engine.keys import Role
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     role: Role
-    key_hash: str
     key_id: str
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    """Keys are 256 random bits, so a plain SHA-256 is a safe (and constant-cost) verifier."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class IssuedKey:
-    """A key just made: ``secret`` is shown to its holder once and stored nowhere."""
-
-    record: KeyRecord
-    secret: str
-
-    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
-        return f"IssuedKey(record={self.record!r}, secret='…')"
-
-
-def create_key(engine: Engine, name: str, role: Role, actor: str) -> IssuedKey:
-    """Make a key for ``name`` (a buyer is registered too); return it: the only time it is seen.
-
-    Buyers and stewards are separate principals: a name held by one role is refused for the other (409).
-    """
-    buyer = engine.ledger.buyer(name) if role is Role.BUYER else None
-    if role is Role.BUYER and buyer is None:
-        engine.ledger.upsert_buyer(name, None, actor)
-    if buyer is not None and buyer.revoked:
-        raise Forbidden(f"buyer {name!r} is revoked; restore it (POST /v1/buyers) before giving it a key")
-    key = new_key()
-    return IssuedKey(engine.ledger.add_key(hash_key(key), name, role.value, actor), key)
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `coopdp keys create`.")
@@ -80,12 +35,8 @@ def current_principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    key_hash = hash_key(credentials.credentials)
-    record = engine.ledger.key(key_hash)
-    if record is None:
-        raise Unauthorized("unknown or revoked API key")
-    engine.ledger.key_used(record.id)
-    return Principal(record.name, Role(record.role), key_hash, record.id)
+    record = engine.authenticate(credentials.credentials)
+    return Principal(record.name, Role(record.role), record.id)
 
 
 def current_buyer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:

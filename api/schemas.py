@@ -7,18 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import Role
-
-Cell = str | int | float | bool | None
+from engine.keys import Role
+from engine.result import CostBody, Result
 
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class CostBody(BaseModel):
-    epsilon: float
-    delta: float
 
 
 class QueryRequest(_Input):
@@ -43,22 +37,10 @@ class QueryRequest(_Input):
     )
 
 
-class QueryResult(BaseModel):
-    query_id: str | None
-    dataset: str
-    buyer: str | None
-    columns: list[str]
-    rows: list[list[Cell]]
-    accuracy: dict[str, float | None]
-    cost: CostBody
-    remaining: CostBody
-    cached: bool
-    dry_run: bool = False
-    private_keys: list[str] = Field(default=[], description="GROUP BY columns whose keys passed a DP threshold")
-    notes: list[str] = Field(default=[], description="substitutions made, e.g. MIN answered as a DP quantile")
-    rank_accuracy: dict[str, int] = Field(
-        default={}, description="quantile columns: rows of rank a cell may be off by (95%), beyond one grid step"
-    )
+class QueryResult(Result):
+    """A released result, or a dry run's cost and accuracy."""
+
+    # The document is defined once, by engine.result.Result: this class only gives it its HTTP name.
 
 
 class ReleaseSummary(BaseModel):

@@ -9,10 +9,15 @@ Modules, in the order a query meets them:
 - :mod:`engine.sensitivity` — sensitivities, fixed-point scales, overflow checks
 - :mod:`engine.backends` — QueryPlan → exact bounded aggregates (Polars)
 - :mod:`engine.mechanisms` / :mod:`engine.accounting` — OpenDP noise and costs
-- :mod:`engine.ledger` — the durable budget ledger and release log
+- :mod:`engine.ledger` — the durable ledger (charges and releases) and the stewards' governance records
 - :mod:`engine.postprocess` — noisy parts → released table
 - :mod:`engine.explain` — a query's plan, sensitivity, noise and cost, read by people (``coopdp explain``)
-- :mod:`engine.engine` — :class:`Engine`, tying the steps together
+- :mod:`engine.result` — the result document
+- :mod:`engine.engine` — :class:`Engine`, tying the steps together and offering governance
+- :mod:`engine.keys` — API key roles and hashing
+
+The interfaces, :mod:`api` (HTTP) and :mod:`cli` (the ``coopdp`` command), call
+:class:`Engine`; nothing here imports them.
 """
 
 from engine.engine import Engine

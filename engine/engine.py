@@ -2,6 +2,9 @@
 
 parse → plan → calibrate → (dry run stops here) → check schema → charge →
 execute → noise → post-process → record.
+
+It also offers the governance the API and the CLI need (buyers, keys, budgets,
+quotas, releases, the audit log), so neither reaches into the ledger.
 """
 
 from __future__ import annotations
@@ -15,11 +18,24 @@ from pathlib import Path
 
 from sqlglot import exp
 
-from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of
+from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of, exact
 from engine.backends import BACKENDS, Backend
-from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, UnknownTable, failed_after_charge
+from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, Unauthorized, UnknownTable, failed_after_charge
 from engine.explain import Explanation, explain
-from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
+from engine.keys import IssuedKey, Role, hash_key, new_key
+from engine.ledger import (
+    UNLIMITED,
+    AuditEntry,
+    BuyerRecord,
+    ChargeRequest,
+    Governance,
+    KeyRecord,
+    Ledger,
+    Quota,
+    ReleaseRecord,
+    StoredRelease,
+    open_ledger,
+)
 from engine.mechanisms import NoisePlan, calibrate, part_weights, release
 from engine.plan import QueryPlan
 from engine.planner import plan_query
@@ -81,6 +97,7 @@ class Engine:
     def __init__(self, policies: dict[str, Policy], ledger: Ledger, backends: dict[str, Backend] | None = None) -> None:
         self.policies = policies
         self.ledger = ledger
+        self.governance = Governance(ledger.database)
         self.backends: dict[str, Backend] = dict(backends or {})
         """Built on first use, one per name, shared by every dataset that names it (a Spark session is costly)."""
 
@@ -129,14 +146,15 @@ class Engine:
         consent_column = policy.consent_column(caller.purpose)
         if dry_run:
             return Result(
-                None,
-                dataset,
-                caller.name,
-                [c.name for c in plan.output],
-                [],
-                accuracy(plan, noise),
-                noise.cost,
-                self.remaining(policy, caller),
+                query_id=None,
+                dataset=dataset,
+                buyer=caller.name,
+                columns=[c.name for c in plan.output],
+                rows=[],
+                accuracy=accuracy(plan, noise),
+                cost=noise.cost,
+                remaining=self.remaining(policy, caller),
+                cached=False,
                 dry_run=True,
                 private_keys=list(plan.private_keys),
                 notes=list(plan.notes),
@@ -171,14 +189,15 @@ class Engine:
             # a bug: planning should have refused what fails; its text may hold data
             raise failed_after_charge(charge.query_id, error) from None
         result = Result(
-            charge.query_id,
-            dataset,
-            caller.name,
-            table.columns,
-            table.rows,
-            table.accuracy,
-            noise.cost,
-            self.remaining(policy, caller),
+            query_id=charge.query_id,
+            dataset=dataset,
+            buyer=caller.name,
+            columns=table.columns,
+            rows=table.rows,
+            accuracy=table.accuracy,
+            cost=noise.cost,
+            remaining=self.remaining(policy, caller),
+            cached=False,
             private_keys=list(plan.private_keys),
             notes=[*plan.notes, *table.notes],
             rank_accuracy=rank_accuracy(plan, noise),
@@ -255,7 +274,7 @@ class Engine:
             return Caller(None, None, UNLIMITED)
         declared = policy.buyers.get(buyer)
         default_quota = Quota.of(declared.epsilon, declared.delta) if declared else UNLIMITED
-        record = self.ledger.buyer(buyer)
+        record = self.governance.buyer(buyer)
         if record is not None and record.revoked:
             raise Forbidden(f"buyer {buyer!r} has been revoked")
         if declared is None and policy.buyers:
@@ -265,7 +284,7 @@ class Engine:
 
     def budget(self, policy: Policy) -> Cost:
         """The dataset's total budget: a steward's stored one, else the policy's."""
-        return self.ledger.budget(policy.name) or budget_of(policy.budget)
+        return self.governance.budget(policy.name) or budget_of(policy.budget)
 
     def remaining(self, policy: Policy, caller: Caller) -> Cost:
         """What this caller may still spend: the dataset's budget left, capped by the buyer's quota."""
@@ -273,7 +292,7 @@ class Engine:
         left = self.budget(policy) - spent.dataset
         if caller.name is None:
             return left
-        quota = self.ledger.quota(policy.name, caller.name, caller.quota)
+        quota = self.governance.quota(policy.name, caller.name, caller.quota)
         return Cost(
             _capped(left.epsilon, quota.epsilon, spent.buyer.epsilon),
             _capped(left.delta, quota.delta, spent.buyer.delta),
@@ -287,6 +306,77 @@ class Engine:
             )
             for policy in policies
         ]
+
+    # --- governance: what the API and the CLI offer stewards, buyers and members ------------
+
+    def set_budget(self, dataset: str, *, epsilon: float, delta: float, actor: str) -> BudgetStatus:
+        """Set a dataset's total budget; refused (PolicyViolation) below what is already spent."""
+        policy = self.policy(dataset)
+        self.governance.set_budget(policy.name, Cost(exact(epsilon), exact(delta)), actor)
+        (status,) = self.budgets(policy.name)
+        return status
+
+    def set_quota(self, dataset: str, buyer: str, *, epsilon: float | None, delta: float | None, actor: str) -> None:
+        """Set a registered buyer's ε and δ quotas on a dataset; they replace the policy's (None: no quota)."""
+        policy = self.policy(dataset)
+        self.buyer(buyer)
+        self.governance.set_quota(policy.name, buyer, Quota.of(epsilon, delta), actor)
+
+    def buyer(self, name: str) -> BuyerRecord:
+        record = self.governance.buyer(name)
+        if record is None:
+            raise NotFound(f"no buyer {name!r}")
+        return record
+
+    def buyers(self) -> list[BuyerRecord]:
+        return self.governance.buyers()
+
+    def upsert_buyer(self, name: str, purpose: str | None, actor: str) -> BuyerRecord:
+        """Create a buyer (or set its purpose; a revoked buyer is restored, its old keys stay revoked)."""
+        self.governance.upsert_buyer(name, purpose, actor)
+        return self.buyer(name)
+
+    def revoke_buyer(self, name: str, actor: str) -> BuyerRecord:
+        """Revoke a registered buyer and every buyer key of that name."""
+        self.buyer(name)
+        self.governance.revoke_buyer(name, actor)
+        return self.buyer(name)
+
+    def create_key(self, name: str, role: Role, actor: str) -> IssuedKey:
+        """Make a key for ``name`` (a buyer is registered too); return it: the only time it is seen.
+
+        Buyers and stewards are separate principals: a name held by one role is refused for the other (409).
+        """
+        buyer = self.governance.buyer(name) if role is Role.BUYER else None
+        if role is Role.BUYER and buyer is None:
+            self.governance.upsert_buyer(name, None, actor)
+        if buyer is not None and buyer.revoked:
+            raise Forbidden(f"buyer {name!r} is revoked; restore it (POST /v1/buyers) before giving it a key")
+        key = new_key()
+        return IssuedKey(self.governance.add_key(hash_key(key), name, role.value, actor), key)
+
+    def authenticate(self, key: str) -> KeyRecord:
+        """The live key ``key`` is, its use recorded; Unauthorized when unknown or revoked."""
+        record = self.governance.key(hash_key(key))
+        if record is None:
+            raise Unauthorized("unknown or revoked API key")
+        self.governance.key_used(record.id)
+        return record
+
+    def keys(self) -> list[KeyRecord]:
+        """Every key, live and revoked: never a secret nor a hash."""
+        return self.governance.keys()
+
+    def revoke_key(self, key_id: str, actor: str) -> KeyRecord:
+        """Revoke one key of either role; the last live steward key is refused (Conflict)."""
+        return self.governance.revoke_key(key_id, actor)
+
+    def audit(self) -> list[AuditEntry]:
+        return self.governance.audit()
+
+    def releases(self, dataset: str | None = None, buyer: str | None = None) -> list[ReleaseRecord]:
+        """The release log (the transparency log of a dataset, or a buyer's own releases): never a result."""
+        return self.ledger.releases(dataset, buyer)
 
     def close(self) -> None:
         self.ledger.close()

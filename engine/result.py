@@ -1,16 +1,51 @@
-"""The released result: what a buyer receives, and its JSON form."""
+"""The released result: what a buyer receives, and its JSON document, defined once.
+
+The HTTP API serves this model as it is (``api.schemas.QueryResult`` only
+renames it), the CLI prints its document, and the ledger stores it for reuse.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from engine.accounting import ZERO, Cost
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator
+
+from engine.accounting import ZERO, Cost, exact
 from engine.postprocess import Value
 
 
-@dataclass(frozen=True)
-class Result:
+class CostBody(BaseModel):
+    """An (ε, δ) privacy cost or budget, as JSON numbers."""
+
+    epsilon: float
+    delta: float
+
+
+def _exact_cost(value: object) -> Cost:
+    """A :class:`Cost` as it is, or a document's cost read back as the decimals it shows."""
+    if isinstance(value, Cost):
+        return value
+    body = CostBody.model_validate(value)
+    return Cost(exact(body.epsilon), exact(body.delta))
+
+
+def _cost_body(cost: Cost) -> CostBody:
+    return CostBody(**cost.to_dict())
+
+
+ExactCost = Annotated[
+    Cost,
+    PlainValidator(_exact_cost, json_schema_input_type=CostBody),
+    PlainSerializer(_cost_body, return_type=CostBody),
+]
+"""An exact :class:`Cost` in the engine, a :class:`CostBody` in the document."""
+
+
+class Result(BaseModel):
+    """What a buyer receives: the noisy table, its accuracy, its cost, and what the buyer may still spend."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
     query_id: str | None
     """None for a dry run (nothing was released)."""
     dataset: str
@@ -18,15 +53,17 @@ class Result:
     columns: list[str]
     rows: list[list[Value]]
     accuracy: dict[str, float | None]
-    cost: Cost
-    remaining: Cost
-    cached: bool = False
+    """Per noisy column, the half-width of a 95% interval for one cell."""
+    cost: ExactCost
+    remaining: ExactCost
+    cached: bool
+    """A stored release handed over again, at no cost (always in the document)."""
     dry_run: bool = False
-    private_keys: list[str] = field(default_factory=list)
+    private_keys: list[str] = []
     """GROUP BY columns whose keys were released by a DP threshold (not listed in the policy)."""
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = []
     """Substitutions the buyer should know of (e.g. MIN answered as a DP quantile)."""
-    rank_accuracy: dict[str, int] = field(default_factory=dict)
+    rank_accuracy: dict[str, int] = {}
     """Quantile columns: with 95% probability a cell's rank is off by at most this many rows (beyond one grid step)."""
 
     @classmethod
@@ -48,23 +85,5 @@ class Result:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        document: dict[str, Any] = {
-            "query_id": self.query_id,
-            "dataset": self.dataset,
-            "buyer": self.buyer,
-            "columns": self.columns,
-            "rows": self.rows,
-            "accuracy": self.accuracy,
-            "cost": self.cost.to_dict(),
-            "remaining": self.remaining.to_dict(),
-            "cached": self.cached,
-        }
-        if self.dry_run:
-            document["dry_run"] = True
-        if self.private_keys:
-            document["private_keys"] = self.private_keys
-        if self.notes:
-            document["notes"] = self.notes
-        if self.rank_accuracy:
-            document["rank_accuracy"] = self.rank_accuracy
-        return document
+        """The document: the fields that are always there, and the optional ones only where they say something."""
+        return self.model_dump(exclude_defaults=True)

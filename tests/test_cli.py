@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
+from cli import app
 
 runner = CliRunner()
 QUERY = "SELECT region, COUNT(*) AS n, SUM(hours) AS h, AVG(age) FROM shifts WHERE age >= 25 GROUP BY region ORDER BY n DESC"

@@ -41,7 +41,7 @@ def _coopdp() -> list[str]:
     script = Path(sys.executable).parent / "coopdp"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "from engine.cli import app; app()"]
+    return [sys.executable, "-c", "from cli import app; app()"]
 
 
 def _environment() -> dict[str, str]:

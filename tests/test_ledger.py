@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from engine.accounting import Cost, exact
 from engine.errors import BudgetExhausted, LedgerError, QuotaExhausted
 from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, open_ledger
-from engine.ledger_db import SQLiteDatabase
+from engine.ledger.database import SQLiteDatabase
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
 

@@ -28,7 +28,16 @@ from engine.errors import (
     PolicyViolation,
     QuotaExhausted,
 )
-from engine.ledger import UNLIMITED, ChargeReceipt, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
+from engine.ledger import (
+    UNLIMITED,
+    ChargeReceipt,
+    ChargeRequest,
+    Governance,
+    Ledger,
+    Quota,
+    StoredRelease,
+    open_ledger,
+)
 from tests.pg_server import free_port
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
@@ -39,6 +48,12 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
     opened = open_ledger(ledger_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def governance(ledger: Ledger) -> Governance:
+    """The stewards' records, on the same database as ``ledger``."""
+    return Governance(ledger.database)
 
 
 def _request(
@@ -160,14 +175,14 @@ def test_quota_is_charged_per_buyer(ledger: Ledger) -> None:
     assert len(ledger.releases(buyer="lab")) == 1
 
 
-def test_stored_quotas_override_the_policy(ledger: Ledger) -> None:
-    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("1.5"))
-    ledger.set_quota("pool", "lab", Quota(Decimal("0.5")), actor="steward")
-    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("0.5"))
+def test_stored_quotas_override_the_policy(ledger: Ledger, governance: Governance) -> None:
+    assert governance.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("1.5"))
+    governance.set_quota("pool", "lab", Quota(Decimal("0.5")), actor="steward")
+    assert governance.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("0.5"))
     with pytest.raises(QuotaExhausted):
         ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
-    ledger.set_quota("pool", "lab", UNLIMITED, actor="steward")  # lifted: unlimited, whatever the policy says
-    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == UNLIMITED
+    governance.set_quota("pool", "lab", UNLIMITED, actor="steward")  # lifted: unlimited, whatever the policy says
+    assert governance.quota("pool", "lab", Quota(Decimal("1.5"))) == UNLIMITED
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     assert ledger.spent("pool", "lab").buyer.epsilon == Decimal("2.0")
@@ -295,7 +310,7 @@ def test_charges_survive_reopening(ledger_url: str) -> None:
     ledger = open_ledger(ledger_url)
     receipt = ledger.charge(_request("0.5", buyer="lab"))
     ledger.record_result(receipt.query_id, "{}")
-    ledger.set_budget("pool", Cost(Decimal("7"), Decimal("1e-6")), actor="steward")
+    Governance(ledger.database).set_budget("pool", Cost(Decimal("7"), Decimal("1e-6")), actor="steward")
     ledger.close()
     reopened = open_ledger(ledger_url)  # the schema is created again, idempotently
     try:
@@ -303,7 +318,7 @@ def test_charges_survive_reopening(ledger_url: str) -> None:
         assert reopened.spent("pool", "lab").buyer.epsilon == Decimal("0.5")
         assert [r.query_id for r in reopened.releases()] == [receipt.query_id]
         assert reopened.release(receipt.query_id).result == "{}"  # type: ignore[union-attr]
-        assert reopened.budget("pool") == Cost(Decimal("7"), Decimal("1e-6"))
+        assert Governance(reopened.database).budget("pool") == Cost(Decimal("7"), Decimal("1e-6"))
     finally:
         reopened.close()
 
@@ -376,70 +391,71 @@ def test_an_idempotency_key_reused_for_another_query_is_refused(ledger: Ledger) 
 # --- governance -------------------------------------------------------------------------------
 
 
-def test_a_stored_budget_overrides_the_policy(ledger: Ledger) -> None:
-    assert ledger.budget("pool") is None
+def test_a_stored_budget_overrides_the_policy(ledger: Ledger, governance: Governance) -> None:
+    assert governance.budget("pool") is None
     ledger.charge(_request("5.0"))
-    ledger.set_budget("pool", Cost(Decimal("6.0"), Decimal("1e-6")), actor="steward")
-    assert ledger.budget("pool") == Cost(Decimal("6.0"), Decimal("1e-6"))
+    governance.set_budget("pool", Cost(Decimal("6.0"), Decimal("1e-6")), actor="steward")
+    assert governance.budget("pool") == Cost(Decimal("6.0"), Decimal("1e-6"))
     ledger.charge(_request("1.0"))
     with pytest.raises(BudgetExhausted):
         ledger.charge(_request("0.1"))
     assert ledger.spent("pool").dataset.epsilon == Decimal("6.0")
 
 
-def test_a_budget_is_never_set_below_what_is_spent(ledger: Ledger) -> None:
+def test_a_budget_is_never_set_below_what_is_spent(ledger: Ledger, governance: Governance) -> None:
     ledger.charge(_request("2.5", delta="1e-7"))
     with pytest.raises(PolicyViolation, match="already spent epsilon 2.5"):
-        ledger.set_budget("pool", Cost(Decimal("2.4"), Decimal("1e-6")), actor="steward")
+        governance.set_budget("pool", Cost(Decimal("2.4"), Decimal("1e-6")), actor="steward")
     with pytest.raises(PolicyViolation):
-        ledger.set_budget("pool", Cost(Decimal("9"), Decimal("1e-8")), actor="steward")  # δ below spent
-    assert ledger.budget("pool") is None
-    assert [entry.action for entry in ledger.audit()] == []  # a refusal is not audited as a change
-    ledger.set_budget("pool", Cost(Decimal("2.5"), Decimal("1e-7")), actor="steward")  # exactly what is spent
+        governance.set_budget("pool", Cost(Decimal("9"), Decimal("1e-8")), actor="steward")  # δ below spent
+    assert governance.budget("pool") is None
+    assert [entry.action for entry in governance.audit()] == []  # a refusal is not audited as a change
+    governance.set_budget("pool", Cost(Decimal("2.5"), Decimal("1e-7")), actor="steward")  # exactly what is spent
     with pytest.raises(BudgetExhausted):
         ledger.charge(_request("0.1"))
 
 
-def test_buyers_round_trip(ledger: Ledger) -> None:
-    assert ledger.buyer("lab") is None and ledger.buyers() == []
-    ledger.upsert_buyer("lab", "research", actor="steward")
-    ledger.upsert_buyer("acme", None, actor="steward")
-    lab = ledger.buyer("lab")
+def test_buyers_round_trip(governance: Governance) -> None:
+    assert governance.buyer("lab") is None and governance.buyers() == []
+    governance.upsert_buyer("lab", "research", actor="steward")
+    governance.upsert_buyer("acme", None, actor="steward")
+    lab = governance.buyer("lab")
     assert lab is not None and (lab.name, lab.purpose, lab.revoked) == ("lab", "research", False) and lab.created_at
-    assert [b.name for b in ledger.buyers()] == ["acme", "lab"]
-    ledger.upsert_buyer("lab", "marketing", actor="steward")
-    assert ledger.buyer("lab").purpose == "marketing"  # type: ignore[union-attr]
-    ledger.revoke_buyer("lab", actor="steward")
-    assert ledger.buyer("lab").revoked  # type: ignore[union-attr]
-    ledger.upsert_buyer("lab", "research", actor="steward")
-    assert not ledger.buyer("lab").revoked  # type: ignore[union-attr]
+    assert [b.name for b in governance.buyers()] == ["acme", "lab"]
+    governance.upsert_buyer("lab", "marketing", actor="steward")
+    assert governance.buyer("lab").purpose == "marketing"  # type: ignore[union-attr]
+    governance.revoke_buyer("lab", actor="steward")
+    assert governance.buyer("lab").revoked  # type: ignore[union-attr]
+    governance.upsert_buyer("lab", "research", actor="steward")
+    assert not governance.buyer("lab").revoked  # type: ignore[union-attr]
 
 
-def test_keys_round_trip_and_revoking_a_buyer_revokes_its_keys(ledger: Ledger) -> None:
-    ledger.upsert_buyer("lab", None, actor="cli")
-    ledger.add_key("h1", "lab", "buyer", actor="cli")
-    ledger.add_key("h2", "lab", "buyer", actor="cli")
-    ledger.add_key("h3", "alice", "steward", actor="cli")
-    assert ledger.key("h1") is not None and (ledger.key("h1").name, ledger.key("h1").role) == ("lab", "buyer")  # type: ignore[union-attr]
-    assert ledger.key("h3").role == "steward"  # type: ignore[union-attr]
-    assert ledger.key("nope") is None
+def test_keys_round_trip_and_revoking_a_buyer_revokes_its_keys(governance: Governance) -> None:
+    governance.upsert_buyer("lab", None, actor="cli")
+    governance.add_key("h1", "lab", "buyer", actor="cli")
+    governance.add_key("h2", "lab", "buyer", actor="cli")
+    governance.add_key("h3", "alice", "steward", actor="cli")
+    h1 = governance.key("h1")
+    assert h1 is not None and (h1.name, h1.role) == ("lab", "buyer")
+    assert governance.key("h3").role == "steward"  # type: ignore[union-attr]
+    assert governance.key("nope") is None
     with pytest.raises(LedgerError):
-        ledger.add_key("h1", "lab", "buyer", actor="cli")  # a hash is stored once
-    ledger.revoke_buyer("lab", actor="steward")
-    assert ledger.key("h1") is None and ledger.key("h2") is None
-    assert ledger.key("h3") is not None
-    ledger.upsert_buyer("lab", None, actor="steward")
-    assert ledger.key("h1") is None  # re-admitting a buyer does not revive its old keys
+        governance.add_key("h1", "lab", "buyer", actor="cli")  # a hash is stored once
+    governance.revoke_buyer("lab", actor="steward")
+    assert governance.key("h1") is None and governance.key("h2") is None
+    assert governance.key("h3") is not None
+    governance.upsert_buyer("lab", None, actor="steward")
+    assert governance.key("h1") is None  # re-admitting a buyer does not revive its old keys
 
 
-def test_the_audit_log_records_every_governance_change(ledger: Ledger) -> None:
-    ledger.upsert_buyer("lab", "research", actor="steward")
-    ledger.add_key("h1", "lab", "buyer", actor="cli")
-    ledger.set_quota("pool", "lab", Quota(Decimal("1.5")), actor="steward")
-    ledger.set_quota("pool", "lab", UNLIMITED, actor="steward")
-    ledger.set_budget("pool", Cost(Decimal("8"), Decimal("1e-6")), actor="steward")
-    ledger.revoke_buyer("lab", actor="steward")
-    entries = ledger.audit()
+def test_the_audit_log_records_every_governance_change(ledger: Ledger, governance: Governance) -> None:
+    governance.upsert_buyer("lab", "research", actor="steward")
+    governance.add_key("h1", "lab", "buyer", actor="cli")
+    governance.set_quota("pool", "lab", Quota(Decimal("1.5")), actor="steward")
+    governance.set_quota("pool", "lab", UNLIMITED, actor="steward")
+    governance.set_budget("pool", Cost(Decimal("8"), Decimal("1e-6")), actor="steward")
+    governance.revoke_buyer("lab", actor="steward")
+    entries = governance.audit()
     assert [(e.actor, e.action) for e in entries] == [
         ("steward", "upsert_buyer"),
         ("cli", "create_key"),
@@ -452,7 +468,7 @@ def test_the_audit_log_records_every_governance_change(ledger: Ledger) -> None:
     assert entries[4].detail == "pool: epsilon 8, delta 0.000001"
     assert all(e.at for e in entries)
     ledger.charge(_request("0.5"))
-    assert len(ledger.audit()) == 6  # charges are in the release log, not the audit log
+    assert len(governance.audit()) == 6  # charges are in the release log, not the audit log
 
 
 def test_releases_filter_by_dataset_and_buyer(ledger: Ledger) -> None:
@@ -579,65 +595,65 @@ def test_a_delta_quota_caps_a_buyer_and_leaves_delta_to_the_others(ledger: Ledge
     assert ledger.spent("pool").dataset == Cost(Decimal("0.4"), Decimal("3e-7"))
 
 
-def test_a_stored_delta_quota_overrides_the_policy_and_is_audited(ledger: Ledger) -> None:
-    ledger.set_quota("pool", "lab", Quota(Decimal("2"), Decimal("1e-7")), actor="steward")
-    assert ledger.quota("pool", "lab", Quota(delta=Decimal("5e-7"))) == Quota(Decimal("2"), Decimal("1e-7"))
+def test_a_stored_delta_quota_overrides_the_policy_and_is_audited(ledger: Ledger, governance: Governance) -> None:
+    governance.set_quota("pool", "lab", Quota(Decimal("2"), Decimal("1e-7")), actor="steward")
+    assert governance.quota("pool", "lab", Quota(delta=Decimal("5e-7"))) == Quota(Decimal("2"), Decimal("1e-7"))
     with pytest.raises(QuotaExhausted):
         ledger.charge(_request("0.1", delta="2e-7", buyer="lab", quota_of=Quota(delta=Decimal("5e-7"))))
-    assert ledger.audit()[-1].detail == "pool/lab: epsilon 2, delta 1E-7"
+    assert governance.audit()[-1].detail == "pool/lab: epsilon 2, delta 1E-7"
 
 
-def test_keys_are_listed_without_secrets_and_revoked_by_id(ledger: Ledger) -> None:
-    first = ledger.add_key("hash-steward-1", "root", "steward", actor="cli")
-    buyer = ledger.add_key("hash-buyer", "lab", "buyer", actor="root")
+def test_keys_are_listed_without_secrets_and_revoked_by_id(governance: Governance) -> None:
+    first = governance.add_key("hash-steward-1", "root", "steward", actor="cli")
+    buyer = governance.add_key("hash-buyer", "lab", "buyer", actor="root")
     assert first.id.startswith("k_") and first.id != buyer.id and "hash" not in first.id
-    listed = ledger.keys()
+    listed = governance.keys()
     assert [(k.id, k.name, k.role, k.revoked, k.last_used_at) for k in listed] == [
         (first.id, "root", "steward", False, None),
         (buyer.id, "lab", "buyer", False, None),
     ]
     assert not any("hash" in str(value) for key in listed for value in key.__dict__.values())
     with pytest.raises(Conflict, match="last live steward key"):
-        ledger.revoke_key(first.id, actor="root")
-    second = ledger.add_key("hash-steward-2", "second", "steward", actor="root")
-    assert ledger.revoke_key(first.id, actor="second").revoked
-    assert ledger.key("hash-steward-1") is None and ledger.key("hash-steward-2") == second
+        governance.revoke_key(first.id, actor="root")
+    second = governance.add_key("hash-steward-2", "second", "steward", actor="root")
+    assert governance.revoke_key(first.id, actor="second").revoked
+    assert governance.key("hash-steward-1") is None and governance.key("hash-steward-2") == second
     with pytest.raises(Conflict):
-        ledger.revoke_key(second.id, actor="second")
-    assert ledger.revoke_key(buyer.id, actor="second").revoked and ledger.key("hash-buyer") is None
+        governance.revoke_key(second.id, actor="second")
+    assert governance.revoke_key(buyer.id, actor="second").revoked and governance.key("hash-buyer") is None
     with pytest.raises(NotFound):
-        ledger.revoke_key("k_missing", actor="second")
-    assert [e.action for e in ledger.audit()].count("revoke_key") == 2
+        governance.revoke_key("k_missing", actor="second")
+    assert [e.action for e in governance.audit()].count("revoke_key") == 2
 
 
-def test_a_name_is_a_buyers_or_a_stewards_never_both(ledger: Ledger) -> None:
-    ledger.add_key("hash-steward", "root", "steward", actor="cli")
-    ledger.add_key("hash-buyer", "lab", "buyer", actor="root")
+def test_a_name_is_a_buyers_or_a_stewards_never_both(governance: Governance) -> None:
+    governance.add_key("hash-steward", "root", "steward", actor="cli")
+    governance.add_key("hash-buyer", "lab", "buyer", actor="root")
     with pytest.raises(Conflict):
-        ledger.add_key("hash-2", "root", "buyer", actor="root")
+        governance.add_key("hash-2", "root", "buyer", actor="root")
     with pytest.raises(Conflict):
-        ledger.upsert_buyer("root", None, actor="root")
+        governance.upsert_buyer("root", None, actor="root")
     with pytest.raises(Conflict):
-        ledger.add_key("hash-3", "lab", "steward", actor="root")
-    ledger.upsert_buyer("other", None, actor="root")
+        governance.add_key("hash-3", "lab", "steward", actor="root")
+    governance.upsert_buyer("other", None, actor="root")
     with pytest.raises(Conflict):  # a registered buyer without a key yet
-        ledger.add_key("hash-4", "other", "steward", actor="root")
-    assert len(ledger.keys()) == 2
+        governance.add_key("hash-4", "other", "steward", actor="root")
+    assert len(governance.keys()) == 2
 
 
-def test_key_use_is_recorded_at_most_once_a_minute(ledger: Ledger) -> None:
-    key = ledger.add_key("hash", "root", "steward", actor="cli")
-    ledger.key_used(key.id)
-    (first,) = ledger.keys()
+def test_key_use_is_recorded_at_most_once_a_minute(governance: Governance) -> None:
+    key = governance.add_key("hash", "root", "steward", actor="cli")
+    governance.key_used(key.id)
+    (first,) = governance.keys()
     assert first.last_used_at is not None and first.last_used_at >= first.created_at
-    writes = len(ledger.audit())
-    ledger.key_used(key.id)
-    assert ledger.keys() == [first] and len(ledger.audit()) == writes
+    writes = len(governance.audit())
+    governance.key_used(key.id)
+    assert governance.keys() == [first] and len(governance.audit()) == writes
 
 
 def test_an_older_ledger_gains_the_new_columns(ledger_url: str) -> None:
     """A ledger made before key ids, δ quotas and failed releases opens, and its keys get ids."""
-    from engine.ledger_db import open_database
+    from engine.ledger.database import open_database
 
     database = open_database(ledger_url)
     with database.transaction() as tx:
@@ -652,10 +668,11 @@ def test_an_older_ledger_gains_the_new_columns(ledger_url: str) -> None:
         tx.execute("INSERT INTO api_keys VALUES ('h', 'root', 'steward', '2024-01-01T00:00:00+00:00', NULL)")
         tx.execute("INSERT INTO quotas VALUES ('pool', 'lab', '1.5')")
     ledger = Ledger(database)
+    governance = Governance(database)
     try:
-        (key,) = ledger.keys()
-        assert key.id.startswith("k_") and ledger.key("h") == key
-        assert ledger.quota("pool", "lab", UNLIMITED) == Quota(Decimal("1.5"))
+        (key,) = governance.keys()
+        assert key.id.startswith("k_") and governance.key("h") == key
+        assert governance.quota("pool", "lab", UNLIMITED) == Quota(Decimal("1.5"))
     finally:
         ledger.close()
 
@@ -707,9 +724,9 @@ def test_a_failed_query_releases_its_waiters_uncharged_and_is_never_reused(ledge
 def test_an_abandoned_pending_release_is_not_waited_for(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    import engine.ledger
+    import engine.ledger.charges
 
     abandoned = ledger.charge(_request("0.5", buyer="lab", reuse_key="same"))
-    monkeypatch.setattr(engine.ledger, "PENDING_STALE_AFTER", timedelta(0))
+    monkeypatch.setattr(engine.ledger.charges, "PENDING_STALE_AFTER", timedelta(0))
     fresh = ledger.charge(_request("0.5", buyer="lab", reuse_key="same"))
     assert isinstance(abandoned, ChargeReceipt) and isinstance(fresh, ChargeReceipt)

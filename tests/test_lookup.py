@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from engine import Engine
 from engine.backends.polars import PolarsBackend
-from engine.cli import app
 from engine.errors import InvalidSQL, PolicyError, PolicyViolation, UnknownColumn, UnknownTable, Unsupported
 from engine.lookup import MAX_LOOKUP_ROWS
 from engine.planner import plan_query

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from api.settings import Settings
+from cli import app as cli
 from engine import Engine
-from engine.cli import app as cli
 from tests.api.in_process import serve
 
 OVERFLOWING = "SELECT COUNT(*) * 1e308 * 10 AS x, COUNT(*) / 0 AS y, -COUNT(*) * 1e308 * 10 AS z FROM shifts"

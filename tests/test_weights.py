@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from engine import Engine
 from engine.accounting import Accounting, PrivacyRequest
-from engine.cli import app
 from engine.errors import PolicyViolation, UnknownColumn
 from engine.mechanisms import calibrate, part_weights
 from engine.planner import plan_query

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.auth import CurrentPrincipal, EngineDep, Role
+from api.auth import CurrentPrincipal, EngineDep
 from api.schemas import ColumnInfo, CostBody, DatasetInfo, PublicTableInfo
 from engine import Engine
 from engine.errors import Forbidden
+from engine.keys import Role
 from engine.policy import Policy
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

@@ -56,7 +56,7 @@ def post_query(
     buyer: CurrentBuyer,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any] | JSONResponse:
-    with request.app.state.in_flight.slot(buyer.key_hash):
+    with request.app.state.in_flight.slot(buyer.key_id):
         if body.explain:
             explanation = engine.explain(
                 body.dataset, body.sql, epsilon=body.epsilon, delta=body.delta, buyer=buyer.name, weights=body.weights
@@ -87,7 +87,7 @@ def list_queries(engine: EngineDep, buyer: CurrentBuyer) -> list[ReleaseSummary]
             cost=CostBody(**record.cost.to_dict()),
             created_at=record.created_at,
         )
-        for record in engine.ledger.releases(buyer=buyer.name)
+        for record in engine.releases(buyer=buyer.name)
     ]
 
 

@@ -26,6 +26,6 @@ def transparency(dataset: str, engine: EngineDep) -> TransparencyLog:
             TransparencyEntry(
                 at=r.created_at, buyer=r.buyer, purpose=r.purpose, sql=r.sql, cost=CostBody(**r.cost.to_dict())
             )
-            for r in engine.ledger.releases(dataset)
+            for r in engine.releases(dataset)
         ],
     )

@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from api.client import Client
-from engine.cli import app as cli
+from cli import app as cli
 from tests.conftest import small_pool, write_dataset
 
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 import httpx
 from typer.testing import CliRunner
 
+from cli import app as cli
 from engine import Engine
 from engine.accounting import Cost
-from engine.cli import app as cli
 from engine.errors import CoopdpError
 from engine.ledger import open_ledger
 

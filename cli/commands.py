@@ -21,12 +21,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api.auth import Role
 from engine.demo import EXAMPLES, ensure_demo
 from engine.engine import BudgetStatus, Engine
-from engine.errors import BudgetRefused, CoopdpError, InternalError, NotFound, QueryRejected
+from engine.errors import BudgetRefused, CoopdpError, InternalError, QueryRejected
 from engine.explain_text import render
-from engine.ledger import Quota
+from engine.keys import Role
 from engine.result import Result
 
 EXIT_CODES: dict[type[CoopdpError], int] = {QueryRejected: 2, BudgetRefused: 3}
@@ -201,9 +200,7 @@ def quota(
     """Set a buyer's ε and δ quotas on a dataset; they replace the policy's (a part left out is lifted)."""
     with _session(policies, ledger, OutputFormat.TABLE) as engine:
         name = engine.policy(dataset).name
-        if engine.ledger.buyer(buyer) is None:
-            raise NotFound(f"no buyer {buyer!r}")
-        engine.ledger.set_quota(name, buyer, Quota.of(epsilon, delta), actor="cli")
+        engine.set_quota(name, buyer, epsilon=epsilon, delta=delta, actor="cli")
     console.print(f"{escape(buyer)} on {name}: epsilon {epsilon or 'unlimited'}, delta {delta or 'unlimited'}")
 
 
@@ -257,10 +254,8 @@ def create_key(
     ledger: LedgerOption = None,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
-    from api.auth import create_key as make_key
-
     with _session(policies, ledger, OutputFormat.TABLE) as engine:
-        issued = make_key(engine, buyer, role, actor="cli")
+        issued = engine.create_key(buyer, role, actor="cli")
     print(issued.secret)
 
 
@@ -272,7 +267,7 @@ def list_keys(
 ) -> None:
     """List every key, live and revoked (id, name, role, created, last used); never a secret."""
     with _session(policies, ledger, output) as engine:
-        records = engine.ledger.keys()
+        records = engine.keys()
     if output is OutputFormat.JSON:
         print(json.dumps({"keys": [asdict(record) for record in records]}))
         return
@@ -299,7 +294,7 @@ def revoke_key(
 ) -> None:
     """Revoke one key, a buyer's or a steward's; the last live steward key is refused (exit 1)."""
     with _session(policies, ledger, OutputFormat.TABLE) as engine:
-        record = engine.ledger.revoke_key(key_id, actor="cli")
+        record = engine.revoke_key(key_id, actor="cli")
     console.print(f"revoked {record.id} ({escape(record.name)}, {record.role})", highlight=False)
 
 
