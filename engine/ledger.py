@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from engine.accounting import ZERO, Cost
+from engine.accounting import ZERO, ChargeReceipt, Cost
 from engine.errors import BudgetExhausted, Conflict, PolicyViolation, QuotaExhausted
 from engine.ledger_db import Database, Transaction, open_database
 
@@ -76,14 +76,6 @@ class ChargeRequest:
         """What an idempotent retry must repeat: the same dataset, SQL and cost."""
         material = json.dumps([self.dataset, self.sql, str(self.cost.epsilon), str(self.cost.delta)])
         return hashlib.sha256(material.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChargeReceipt:
-    """Proof that ``cost`` was durably charged for ``query_id``."""
-
-    query_id: str
-    cost: Cost
 
 
 @dataclass(frozen=True)
