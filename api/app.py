@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
-from api.errors import PayloadTooLarge, error_response
+from api.errors import PayloadTooLarge, RequestTimeout, error_response
 from api.routes import datasets, governance, queries, transparency
 from api.settings import Settings
 from engine import Engine
@@ -39,19 +41,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     return app
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, whether declared up front or sent in chunks.
+    """Refuse request bodies over ``max_bytes`` with 413, whether declared up front or sent in chunks, and
+    bodies not wholly received within ``timeout_s`` with 408 (a client trickling a body cannot hold a worker).
 
     The body is read here (at most ``max_bytes`` of it) and replayed to the app.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,8 +67,14 @@ class BodyLimit:
             return
         messages: list[Message] = []
         size = 0
+        deadline = time.monotonic() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                timeout = RequestTimeout(f"the request body was not received within {self.timeout_s:g} s")
+                await error_response(timeout)(scope, receive, send)
+                return
             messages.append(message)
             size += len(message.get("body", b""))
             if size > self.max_bytes:

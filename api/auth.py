@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine import Engine
 from engine.errors import Forbidden, Unauthorized
+from engine.ledger import KeyRecord
 
 KEY_PREFIX = "cdp_"
 
@@ -27,6 +28,7 @@ class Principal:
     name: str
     role: Role
     key_hash: str
+    key_id: str
 
 
 def new_key() -> str:
@@ -38,16 +40,29 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(engine: Engine, name: str, role: Role, actor: str) -> str:
-    """Make a key for ``name`` (a buyer is registered too); return it: the only time it is seen."""
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just made: ``secret`` is shown to its holder once and stored nowhere."""
+
+    record: KeyRecord
+    secret: str
+
+    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
+        return f"IssuedKey(record={self.record!r}, secret='…')"
+
+
+def create_key(engine: Engine, name: str, role: Role, actor: str) -> IssuedKey:
+    """Make a key for ``name`` (a buyer is registered too); return it: the only time it is seen.
+
+    Buyers and stewards are separate principals: a name held by one role is refused for the other (409).
+    """
     buyer = engine.ledger.buyer(name) if role is Role.BUYER else None
     if role is Role.BUYER and buyer is None:
         engine.ledger.upsert_buyer(name, None, actor)
     if buyer is not None and buyer.revoked:
         raise Forbidden(f"buyer {name!r} is revoked; restore it (POST /v1/buyers) before giving it a key")
     key = new_key()
-    engine.ledger.add_key(hash_key(key), name, role.value, actor)
-    return key
+    return IssuedKey(engine.ledger.add_key(hash_key(key), name, role.value, actor), key)
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `coopdp keys create`.")
@@ -69,7 +84,8 @@ def current_principal(
     record = engine.ledger.key(key_hash)
     if record is None:
         raise Unauthorized("unknown or revoked API key")
-    return Principal(record.name, Role(record.role), key_hash)
+    engine.ledger.key_used(record.id)
+    return Principal(record.name, Role(record.role), key_hash, record.id)
 
 
 def current_buyer(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:

@@ -174,18 +174,37 @@ class Buyer:
 
 @dataclass(frozen=True)
 class CreatedKey:
-    """A new API key: ``key`` is shown only this once (the server keeps its hash)."""
+    """A new API key: ``key`` is shown only this once (the server keeps its hash); ``id`` names it for revoking."""
 
+    id: str
     name: str
     role: str
     key: str
 
     def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
-        return f"CreatedKey(name={self.name!r}, role={self.role!r}, key='…')"
+        return f"CreatedKey(id={self.id!r}, name={self.name!r}, role={self.role!r}, key='…')"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CreatedKey:
-        return cls(data["name"], data["role"], data["key"])
+        return cls(data["id"], data["name"], data["role"], data["key"])
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as stewards see it: never its secret."""
+
+    id: str
+    name: str
+    role: str
+    created_at: str
+    last_used_at: str | None
+    revoked: bool
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ApiKey:
+        return cls(
+            data["id"], data["name"], data["role"], data["created_at"], data["last_used_at"], bool(data["revoked"])
+        )
 
 
 @dataclass(frozen=True)
@@ -346,10 +365,18 @@ class Client:
         """A new key for ``name``; the returned ``key`` is never shown again."""
         return CreatedKey.from_dict(self._call("POST", "/v1/keys", json={"name": name, "role": role}))
 
-    def set_quota(self, dataset: str, buyer: str, epsilon: float | None) -> float | None:
-        """Set a buyer's ε quota on a dataset (None lifts it); returns the quota now in force."""
+    def keys(self) -> list[ApiKey]:
+        """Every key, live and revoked, oldest first."""
+        return [ApiKey.from_dict(item) for item in self._call("GET", "/v1/keys")]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke one key, a buyer's or a steward's (never the last live steward key: 409)."""
+        return ApiKey.from_dict(self._call("DELETE", f"/v1/keys/{_segment(key_id)}"))
+
+    def set_quota(self, dataset: str, buyer: str, epsilon: float | None, delta: float | None = None) -> float | None:
+        """Set a buyer's quota on a dataset, ε and δ (None lifts each); returns the ε quota now in force."""
         path = f"/v1/datasets/{_segment(dataset)}/quotas/{_segment(buyer)}"
-        return self._call("PUT", path, json={"epsilon": epsilon})["epsilon"]
+        return self._call("PUT", path, json={"epsilon": epsilon, "delta": delta})["epsilon"]
 
     def audit(self) -> list[AuditEntry]:
         """The governance audit log, oldest first."""

@@ -49,12 +49,16 @@ class PayloadTooLarge(CoopdpError):
     code = "payload_too_large"
 
 
-STATUS |= {RateLimited: 429, PayloadTooLarge: 413}
+class RequestTimeout(CoopdpError):
+    code = "request_timeout"
+
+
+STATUS |= {RateLimited: 429, PayloadTooLarge: 413, RequestTimeout: 408}
 
 
 def error_response(error: CoopdpError) -> JSONResponse:
     status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 500)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Connection": "close"} if status == 408 else None
     return JSONResponse(error.to_dict(), status_code=status, headers=headers)
 
 

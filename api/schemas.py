@@ -128,13 +128,30 @@ class KeyCreate(_Input):
 
 
 class KeyCreated(BaseModel):
+    id: str
     name: str
     role: Role
     key: str = Field(description="Shown once: only its hash is stored.")
 
 
 class QuotaUpdate(_Input):
-    epsilon: float | None = Field(gt=0, allow_inf_nan=False, description="null lifts the quota")
+    """Replaces the buyer's stored quota on the dataset, both parts (the policy's no longer applies)."""
+
+    epsilon: float | None = Field(gt=0, allow_inf_nan=False, description="null lifts the ε quota")
+    delta: float | None = Field(
+        default=None, ge=0, lt=1, allow_inf_nan=False, description="δ quota; null or absent: none"
+    )
+
+
+class KeyBody(BaseModel):
+    """An API key as stewards see it: never its secret nor its hash."""
+
+    id: str
+    name: str
+    role: Role
+    created_at: str
+    last_used_at: str | None = Field(description="to the minute: written at most once a minute per server process")
+    revoked: bool
 
 
 class AuditBody(BaseModel):

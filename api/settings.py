@@ -19,3 +19,5 @@ class Settings(BaseSettings):
     """Queries one API key may have in flight; more are refused with 429."""
     max_body_bytes: int = Field(default=1_000_000, ge=1_000)
     """Largest request body accepted (413 beyond)."""
+    body_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """Seconds a client has to send a whole request body (408 and the connection closed beyond)."""

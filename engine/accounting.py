@@ -1,7 +1,10 @@
 """Privacy costs as exact values, composition, and budget arithmetic.
 
 Costs are :class:`~decimal.Decimal` so that thousands of charges of 0.1 add
-up to exactly what was asked (no float drift in the ledger). Composition of
+up to exactly what was asked (no float drift in the ledger). Their arithmetic
+runs in an unbounded context that refuses to round: the default context keeps
+28 digits, so 1000 + 4e-28 would round back to 1000 and a spent budget would
+keep answering tiny charges for free. Composition of
 the measurements inside one query uses the losses OpenDP's privacy maps
 report; the zCDP → (ε, δ) conversion is OpenDP's too.
 """
@@ -12,7 +15,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, Rounded
 from enum import StrEnum
 
 import opendp.prelude as dp
@@ -30,6 +33,10 @@ class Accounting(StrEnum):
     """ρ-zCDP inside a query, discrete Gaussian noise, charged as (ε, δ)."""
 
 
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, Rounded])
+"""Adds and subtracts costs without rounding (an inexact result raises instead of passing silently)."""
+
+
 def exact(value: float | int | str | Decimal) -> Decimal:
     """The decimal a person typed: ``0.1`` stays ``Decimal('0.1')``."""
     return value if isinstance(value, Decimal) else Decimal(repr(float(value)) if not isinstance(value, str) else value)
@@ -43,10 +50,10 @@ class Cost:
     delta: Decimal
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(self.epsilon + other.epsilon, self.delta + other.delta)
+        return Cost(EXACT.add(self.epsilon, other.epsilon), EXACT.add(self.delta, other.delta))
 
     def __sub__(self, other: Cost) -> Cost:
-        return Cost(self.epsilon - other.epsilon, self.delta - other.delta)
+        return Cost(EXACT.subtract(self.epsilon, other.epsilon), EXACT.subtract(self.delta, other.delta))
 
     def within(self, budget: Cost) -> bool:
         return self.epsilon <= budget.epsilon and self.delta <= budget.delta
@@ -97,8 +104,11 @@ class PrivacyRequest:
             raise PolicyViolation("delta must be at least 0 and below 1")
         if accounting is Accounting.ZCDP and dlt == 0:
             raise PolicyViolation("this dataset uses zcdp accounting: give a delta > 0 (e.g. --delta 1e-7)")
-        if dlt > budget.delta:
-            raise PolicyViolation(f"delta {dlt} is above this dataset's whole delta budget ({budget.delta})")
+        if exact(dlt) > budget.delta_per_query:
+            raise PolicyViolation(
+                f"delta {dlt} is above this dataset's max_delta_per_query ({budget.delta_per_query}), "
+                "so that no one query can take the delta every other buyer needs"
+            )
         return cls(exact(eps), exact(dlt), accounting)
 
 

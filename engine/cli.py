@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -23,7 +24,8 @@ from rich.table import Table
 from api.auth import Role
 from engine.demo import EXAMPLES, ensure_demo
 from engine.engine import BudgetStatus, Engine
-from engine.errors import BudgetRefused, CoopdpError, InternalError, QueryRejected
+from engine.errors import BudgetRefused, CoopdpError, InternalError, NotFound, QueryRejected
+from engine.ledger import Quota
 from engine.result import Result
 
 EXIT_CODES: dict[type[CoopdpError], int] = {QueryRejected: 2, BudgetRefused: 3}
@@ -157,6 +159,24 @@ def budget(
 
 
 @app.command()
+def quota(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset (table) name.")],
+    buyer: Annotated[str, typer.Option("--buyer", help="A registered buyer.")],
+    epsilon: Annotated[float | None, typer.Option("--epsilon", help="ε quota (left out: none).")] = None,
+    delta: Annotated[float | None, typer.Option("--delta", help="δ quota (left out: none).")] = None,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Set a buyer's ε and δ quotas on a dataset; they replace the policy's (a part left out is lifted)."""
+    with _session(policies, ledger, OutputFormat.TABLE) as engine:
+        name = engine.policy(dataset).name
+        if engine.ledger.buyer(buyer) is None:
+            raise NotFound(f"no buyer {buyer!r}")
+        engine.ledger.set_quota(name, buyer, Quota.of(epsilon, delta), actor="cli")
+    console.print(f"{escape(buyer)} on {name}: epsilon {epsilon or 'unlimited'}, delta {delta or 'unlimited'}")
+
+
+@app.command()
 def demo(
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
@@ -209,8 +229,47 @@ def create_key(
     from api.auth import create_key as make_key
 
     with _session(policies, ledger, OutputFormat.TABLE) as engine:
-        key = make_key(engine, buyer, role, actor="cli")
-    print(key)
+        issued = make_key(engine, buyer, role, actor="cli")
+    print(issued.secret)
+
+
+@keys_app.command("list")
+def list_keys(
+    output: FormatOption = OutputFormat.TABLE,
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """List every key, live and revoked (id, name, role, created, last used); never a secret."""
+    with _session(policies, ledger, output) as engine:
+        records = engine.ledger.keys()
+    if output is OutputFormat.JSON:
+        print(json.dumps({"keys": [asdict(record) for record in records]}))
+        return
+    table = Table(title="API keys", caption="times in UTC, to the minute")
+    for column in ("id", "name", "role", "created", "last used", "state"):
+        table.add_column(column, no_wrap=column in ("id", "state"))
+    for record in records:
+        last_used = _minute(record.last_used_at) if record.last_used_at else "never"
+        state = "revoked" if record.revoked else "live"
+        table.add_row(record.id, escape(record.name), record.role, _minute(record.created_at), last_used, state)
+    console.print(table)
+
+
+def _minute(timestamp: str) -> str:
+    """``2024-05-01T12:34:56.789+00:00`` → ``2024-05-01 12:34``."""
+    return timestamp[:16].replace("T", " ")
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id, from `coopdp keys list`.")],
+    policies: PoliciesOption = Path("policies"),
+    ledger: LedgerOption = None,
+) -> None:
+    """Revoke one key, a buyer's or a steward's; the last live steward key is refused (exit 1)."""
+    with _session(policies, ledger, OutputFormat.TABLE) as engine:
+        record = engine.ledger.revoke_key(key_id, actor="cli")
+    console.print(f"revoked {record.id} ({escape(record.name)}, {record.role})", highlight=False)
 
 
 def _budget_dict(status: BudgetStatus) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from engine.accounting import Cost, PrivacyRequest, budget_of, exact
+from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of
 from engine.backends import BACKENDS, Backend
 from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, UnknownTable, failed_after_charge
-from engine.ledger import ChargeRequest, Ledger, StoredRelease, open_ledger
+from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
 from engine.mechanisms import calibrate, part_weights, release
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
@@ -25,6 +25,8 @@ from engine.result import Result
 from engine.sql import normalised, parse
 
 DEFAULT_LEDGER_NAME = "coopdp.db"
+IN_FLIGHT_WAIT_S = 60.0
+"""How long a query waits for the identical query in flight before it (to share its release, never charged)."""
 
 
 def default_ledger_url(policies: Path) -> str:
@@ -38,7 +40,7 @@ class Caller:
 
     name: str | None
     purpose: str | None
-    quota: Decimal | None
+    quota: Quota
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,11 @@ class Engine:
             exact_aggregates = backend.execute(plan)
             noisy = release(noise, exact_aggregates, charge)
             table = build_table(plan, noise, noisy.keys, noisy.parts)
-        except CoopdpError:
-            raise
-        except Exception as error:  # a bug: planning should have refused what fails; its text may hold data
+        except BaseException as error:
+            self.ledger.record_failure(charge.query_id)  # identical queries waiting for it stop, uncharged
+            if isinstance(error, CoopdpError) or not isinstance(error, Exception):
+                raise
+            # a bug: planning should have refused what fails; its text may hold data
             raise failed_after_charge(charge.query_id, error) from None
         result = Result(
             charge.query_id,
@@ -172,30 +176,30 @@ class Engine:
         return result
 
     def stored_release(self, query_id: str, buyer: str | None) -> Result:
-        """A past release of ``buyer``'s, again, at no cost."""
+        """A past release of ``buyer``'s, again, at no cost; another buyer's is as missing as one never made."""
         record = self.ledger.release(query_id)
-        if record is None or record.result is None:
+        if record is None or record.result is None or record.buyer != buyer:
             raise NotFound(f"no release {query_id!r}")
-        if record.buyer != buyer:
-            raise Forbidden(f"release {query_id!r} belongs to another buyer")
         policy = self.policy(record.dataset)
         return self._stored(StoredRelease(record.query_id, record.result), policy, self.caller(policy, buyer))
 
     def _stored(self, stored: StoredRelease, policy: Policy, caller: Caller) -> Result:
-        if stored.result is None:
+        """The stored release, waiting for it while the identical query that was charged for it is answered."""
+        if stored.failed:
             raise Conflict(
-                f"query {stored.query_id} with this Idempotency-Key was charged but has no stored answer: it is still "
-                "being answered (retry shortly) or was interrupted (its charge stands; ask again with a new key)"
+                f"query {stored.query_id} with this Idempotency-Key was charged but failed before its answer: "
+                "its charge stands; ask again with a new key"
             )
-        document = json.loads(stored.result)
+        answer = stored.result or self.ledger.wait_for_result(stored.query_id, IN_FLIGHT_WAIT_S)
+        document = json.loads(answer)
         return Result.from_dict(document, buyer=caller.name, remaining=self.remaining(policy, caller), cached=True)
 
     def caller(self, policy: Policy, buyer: str | None) -> Caller:
         """Who is asking: the buyer's purpose and quota default, from the ledger or the policy."""
         if buyer is None:
-            return Caller(None, None, None)
+            return Caller(None, None, UNLIMITED)
         declared = policy.buyers.get(buyer)
-        default_quota = exact(declared.epsilon) if declared and declared.epsilon is not None else None
+        default_quota = Quota.of(declared.epsilon, declared.delta) if declared else UNLIMITED
         record = self.ledger.buyer(buyer)
         if record is not None and record.revoked:
             raise Forbidden(f"buyer {buyer!r} has been revoked")
@@ -212,10 +216,13 @@ class Engine:
         """What this caller may still spend: the dataset's budget left, capped by the buyer's quota."""
         spent = self.ledger.spent(policy.name, caller.name)
         left = self.budget(policy) - spent.dataset
-        quota = self.ledger.quota(policy.name, caller.name, caller.quota) if caller.name else None
-        if quota is not None:
-            return Cost(min(left.epsilon, quota - spent.buyer.epsilon), left.delta)
-        return left
+        if caller.name is None:
+            return left
+        quota = self.ledger.quota(policy.name, caller.name, caller.quota)
+        return Cost(
+            _capped(left.epsilon, quota.epsilon, spent.buyer.epsilon),
+            _capped(left.delta, quota.delta, spent.buyer.delta),
+        )
 
     def budgets(self, dataset: str | None = None) -> list[BudgetStatus]:
         policies = [self.policy(dataset)] if dataset else [self.policies[name] for name in sorted(self.policies)]
@@ -228,6 +235,10 @@ class Engine:
 
     def close(self) -> None:
         self.ledger.close()
+
+
+def _capped(left: Decimal, quota: Decimal | None, spent_by_buyer: Decimal) -> Decimal:
+    return left if quota is None else min(left, EXACT.subtract(quota, spent_by_buyer))
 
 
 def _weights_comment(weights: Mapping[str, float]) -> str:

@@ -29,6 +29,9 @@ _CHARGE_LOCK = 0x636F6F70  # "coop": the advisory lock every PostgreSQL write tr
 class Transaction(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]: ...
 
+    def columns(self, table: str) -> list[str]:
+        """The names of ``table``'s columns (to add those a newer schema has)."""
+
 
 class Database(Protocol):
     url: str
@@ -99,6 +102,9 @@ class _SQLiteTransaction:
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
         return self._connection.execute(sql, tuple(parameters)).fetchall()
 
+    def columns(self, table: str) -> list[str]:
+        return [column[0] for column in self._connection.execute(f"SELECT * FROM {table} LIMIT 0").description]
+
 
 class PostgresDatabase:
     """A PostgreSQL server; one connection shared by threads under a lock."""
@@ -149,6 +155,10 @@ class _PostgresTransaction:
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
         self._cursor.execute(sql.replace("?", "%s"), tuple(parameters))
         return self._cursor.fetchall() if self._cursor.description else []
+
+    def columns(self, table: str) -> list[str]:
+        self._cursor.execute(f"SELECT * FROM {table} LIMIT 0")
+        return [column.name for column in self._cursor.description]
 
 
 def open_database(url: str) -> Database:

@@ -23,7 +23,8 @@ import opendp.prelude as dp
 from engine.accounting import Accounting, ChargeReceipt, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
 from engine.backends.base import ExactAggregates
 from engine.errors import InternalError, PolicyViolation, UnknownColumn
-from engine.plan import Part, PartKind, QueryPlan, Sensitivity
+from engine.plan import Part, PartKind, QueryPlan
+from engine.sensitivity import Sensitivity
 
 ALPHA = 0.05
 """Accuracy is the half-width of a (1 - ALPHA) interval: 95%."""

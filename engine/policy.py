@@ -13,6 +13,7 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -165,18 +166,31 @@ class BudgetSection(_Strict):
     delta: float = Field(ge=0, lt=1, allow_inf_nan=False)
     accounting: Literal["pure", "zcdp"]
     max_epsilon_per_query: float = Field(gt=0, allow_inf_nan=False)
+    max_delta_per_query: float | None = Field(default=None, ge=0, lt=1, allow_inf_nan=False)
+    """Default: a tenth of ``delta``, so that no one query (or one buyer) can take the δ every other buyer needs."""
 
     @model_validator(mode="after")
     def _per_query_within_total(self) -> BudgetSection:
         if self.max_epsilon_per_query > self.epsilon:
             raise ValueError("max_epsilon_per_query must not exceed the dataset's epsilon")
+        if self.max_delta_per_query is not None and self.max_delta_per_query > self.delta:
+            raise ValueError("max_delta_per_query must not exceed the dataset's delta")
         if self.accounting == "zcdp" and self.delta == 0:
             raise ValueError('accounting = "zcdp" needs delta > 0 (its cost is reported as (epsilon, delta))')
         return self
 
+    @property
+    def delta_per_query(self) -> Decimal:
+        """The most δ one query may spend, exactly as written (a tenth of ``delta`` unless declared)."""
+        if self.max_delta_per_query is not None:
+            return Decimal(repr(self.max_delta_per_query))
+        return Decimal(repr(self.delta)).scaleb(-1)
+
 
 class BuyerPolicy(_Strict):
     epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    delta: float | None = Field(default=None, ge=0, lt=1, allow_inf_nan=False)
+    """The buyer's δ quota on this dataset (default: none beyond the dataset's δ)."""
     purpose: str | None = None
 
 

@@ -25,7 +25,7 @@ epsilon = {epsilon}
 delta = {delta}
 accounting = "{accounting}"
 max_epsilon_per_query = {max_epsilon_per_query}
-
+{delta_per_query}
 [columns.member_id]
 type = "id"
 
@@ -94,10 +94,15 @@ def write_dataset(
     delta: float = 1e-6,
     accounting: str = "pure",
     max_epsilon_per_query: float = 2.0,
+    whole_delta_per_query: bool = True,
     extra: str = "",
     suffix: str = "parquet",
 ) -> Path:
-    """Write ``frame`` and its policy under ``root``; return the policies directory."""
+    """Write ``frame`` and its policy under ``root``; return the policies directory.
+
+    ``whole_delta_per_query`` lets one query spend the pool's whole δ (``max_delta_per_query = delta``), as tests
+    not about δ governance assume; False leaves the policy's default cap (a tenth of δ).
+    """
     (root / "data").mkdir(parents=True, exist_ok=True)
     policies = root / "policies"
     policies.mkdir(parents=True, exist_ok=True)
@@ -115,6 +120,7 @@ def write_dataset(
             delta=delta,
             accounting=accounting,
             max_epsilon_per_query=max_epsilon_per_query,
+            delta_per_query=f"max_delta_per_query = {delta}\n" if whole_delta_per_query else "",
             extra=extra,
         )
     )

@@ -113,3 +113,44 @@ def test_the_installed_command_runs_the_demo(tmp_path: Path) -> None:
         timeout=120,
     )
     assert json.loads(budget.stdout)["datasets"][0]["spent"]["epsilon"] == pytest.approx(0.9)
+
+
+def test_keys_are_listed_and_revoked_by_id_never_the_last_steward_key(policies: Path) -> None:
+    code, first_secret, _ = _run(policies, "keys", "create", "--buyer", "root", "--role", "steward")
+    assert code == 0
+    assert _run(policies, "keys", "create", "--buyer", "lab")[0] == 0
+    code, out, _ = _run(policies, "keys", "list", "--format", "json")
+    assert code == 0
+    keys = json.loads(out)["keys"]
+    assert [(k["name"], k["role"], k["revoked"], k["last_used_at"]) for k in keys] == [
+        ("root", "steward", False, None),
+        ("lab", "buyer", False, None),
+    ]
+    assert all(set(k) == {"id", "name", "role", "created_at", "last_used_at", "revoked"} for k in keys)
+    assert first_secret.strip() not in out
+    root, lab = keys[0]["id"], keys[1]["id"]
+    code, _, err = _run(policies, "keys", "revoke", root)
+    assert code == 1 and "last live steward key" in err
+    code, out, _ = _run(policies, "keys", "revoke", lab)
+    assert code == 0 and f"revoked {lab} (lab, buyer)" in out
+    code, out, _ = _run(policies, "keys", "list")
+    assert code == 0 and "revoked" in out and root in out
+    code, _, err = _run(policies, "keys", "revoke", "k_missing")
+    assert code == 1 and "not_found" in err
+    code, _, err = _run(policies, "keys", "create", "--buyer", "lab", "--role", "steward")
+    assert code == 1 and "conflict" in err
+
+
+def test_quota_sets_a_buyers_epsilon_and_delta_on_a_dataset(policies: Path) -> None:
+    assert _run(policies, "keys", "create", "--buyer", "lab")[0] == 0
+    code, out, _ = _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.5", "--delta", "0")
+    assert code == 0 and "epsilon 0.5" in out
+    assert _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.5", QUERY)[0] == 0
+    code, _, err = _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.1", QUERY)
+    assert code == 3 and "quota_exhausted" in err
+    code, _, err = _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0")
+    assert code == 2 and "epsilon quota" in err
+    code, _, err = _run(policies, "quota", "--dataset", "shifts", "--buyer", "nobody", "--delta", "1e-7")
+    assert code == 1 and "not_found" in err
+    assert _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab")[0] == 0  # both lifted
+    assert _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.1", QUERY)[0] == 0

@@ -27,6 +27,7 @@ import pytest
 
 from engine.accounting import Cost
 from engine.ledger import Ledger, open_ledger
+from tests.api.conftest import REPOSITORY
 from tests.conftest import small_pool, write_dataset
 from tests.pg_server import free_port
 
@@ -43,6 +44,13 @@ def _coopdp() -> list[str]:
     return [sys.executable, "-c", "from engine.cli import app; app()"]
 
 
+def _environment() -> dict[str, str]:
+    """No ``COOPDP_*`` settings of ours leak in, and the processes run this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COOPDP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
+    return env
+
+
 def _client() -> httpx.Client:
     return httpx.Client(timeout=REQUEST_TIMEOUT, trust_env=False)  # trust_env off: never through a proxy
 
@@ -54,7 +62,7 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COOPDP_")}
+        env = _environment()
         env["COOPDP_MAX_CONCURRENT_QUERIES_PER_KEY"] = "100"  # this test is about the ledger, not the rate limit
         with log.open("ab") as output:
             self.process = subprocess.Popen(
@@ -155,6 +163,7 @@ def key(policies: Path, ledger_url: str) -> str:
         text=True,
         timeout=120,
         check=False,
+        env=_environment(),
     )
     assert result.returncode == 0, result.stderr
     printed = result.stdout.strip().splitlines()[-1]
@@ -349,5 +358,32 @@ def test_an_idempotent_retry_gets_the_same_release_and_one_charge(start_server: 
         assert ledger.spent("shifts").dataset.epsilon == Decimal("1.0")
         releases = _check_books(ledger)
         assert sorted(r.query_id for r in releases) == sorted([first.json()["query_id"], *ids])
+    finally:
+        ledger.close()
+
+
+@pytest.mark.slow
+def test_identical_queries_in_flight_on_three_workers_are_charged_once(
+    start_server: Any, key: str, ledger_url: str
+) -> None:
+    """A burst of one query (no Idempotency-Key) across the workers: one charge; every other gets that release."""
+    server = start_server()
+    sql = "SELECT region, SUM(hours) AS h FROM shifts GROUP BY region"
+    barrier = threading.Barrier(12, timeout=60)
+
+    def fire(_: int) -> httpx.Response:
+        barrier.wait()
+        return _post(server.base, key, sql, 0.5)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        burst = list(pool.map(fire, range(12), timeout=120))
+    statuses = Counter(r.status_code for r in burst)
+    assert statuses == Counter({201: 1, 200: 11}), [(r.status_code, r.text[:200]) for r in burst]
+    assert len({(r.json()["query_id"], str(r.json()["rows"])) for r in burst}) == 1
+    assert sum(r.json()["cached"] for r in burst) == 11
+    ledger = open_ledger(ledger_url)
+    try:
+        assert ledger.spent("shifts").dataset.epsilon == Decimal("0.5")
+        assert len(_check_books(ledger)) == 1
     finally:
         ledger.close()

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import tempfile
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from engine.accounting import Cost
+from engine.accounting import Cost, exact
 from engine.errors import BudgetExhausted, LedgerError, QuotaExhausted
-from engine.ledger import ChargeRequest, Ledger, open_ledger
+from engine.ledger import UNLIMITED, ChargeRequest, Ledger, Quota, open_ledger
 from engine.ledger_db import SQLiteDatabase
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
@@ -24,7 +28,7 @@ def _request(epsilon: str = "0.5", buyer: str | None = None, quota: str | None =
         sql="SELECT COUNT(*) FROM pool",
         cost=Cost(Decimal(epsilon), Decimal(0)),
         budget=BUDGET,
-        quota=Decimal(quota) if quota else None,
+        quota=Quota(Decimal(quota)) if quota else UNLIMITED,
     )
 
 
@@ -49,7 +53,7 @@ def test_thousands_of_small_charges_add_up_exactly(tmp_path: Path) -> None:
     ledger = _sqlite(tmp_path / "ledger.db")
     budget = Cost(Decimal("1000"), Decimal(0))
     for _ in range(2000):
-        ledger.charge(ChargeRequest("pool", None, "q", Cost(Decimal("0.1"), Decimal(0)), budget, None))
+        ledger.charge(ChargeRequest("pool", None, "q", Cost(Decimal("0.1"), Decimal(0)), budget, UNLIMITED))
     assert ledger.spent("pool").dataset.epsilon == Decimal("200.0")
 
 
@@ -111,3 +115,38 @@ def test_an_unwritable_ledger_fails_closed(tmp_path: Path) -> None:
 def test_unknown_ledger_urls_are_refused() -> None:
     with pytest.raises(LedgerError, match="unsupported ledger URL"):
         open_ledger("mysql://nope")
+
+
+_AMOUNTS = st.one_of(
+    st.floats(min_value=1e-300, max_value=1e-20),  # far below the 28 digits Decimal keeps by default
+    st.floats(min_value=1e-6, max_value=2.0),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(budget=st.floats(min_value=0.5, max_value=3.0), charges=st.lists(st.tuples(_AMOUNTS, _AMOUNTS), max_size=12))
+def test_any_charges_are_granted_exactly_while_they_fit_and_summed_exactly(
+    budget: float, charges: list[tuple[float, float]]
+) -> None:
+    """Against an independent oracle (fractions): a charge is granted iff it fits exactly; the sum is exact."""
+    limit = Cost(exact(budget), exact(budget))
+    spent = Fraction(0), Fraction(0)
+    with tempfile.TemporaryDirectory() as directory:
+        ledger = _sqlite(Path(directory) / "ledger.db")
+        try:
+            for epsilon, delta in charges:
+                cost = Cost(exact(epsilon), exact(delta))
+                after = spent[0] + Fraction(cost.epsilon), spent[1] + Fraction(cost.delta)
+                fits = after[0] <= Fraction(limit.epsilon) and after[1] <= Fraction(limit.delta)
+                try:
+                    ledger.charge(ChargeRequest("pool", "lab", "q", cost, limit, UNLIMITED))
+                    granted = True
+                except BudgetExhausted:
+                    granted = False
+                assert granted == fits
+                spent = after if granted else spent
+            stored = ledger.spent("pool", "lab")
+            assert (Fraction(stored.dataset.epsilon), Fraction(stored.dataset.delta)) == spent
+            assert stored.dataset == stored.buyer
+        finally:
+            ledger.close()

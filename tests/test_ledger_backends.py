@@ -19,8 +19,16 @@ from typing import Any
 import pytest
 
 from engine.accounting import Cost
-from engine.errors import BudgetExhausted, CoopdpError, LedgerError, PolicyViolation, QuotaExhausted
-from engine.ledger import ChargeReceipt, ChargeRequest, Ledger, StoredRelease, open_ledger
+from engine.errors import (
+    BudgetExhausted,
+    Conflict,
+    CoopdpError,
+    LedgerError,
+    NotFound,
+    PolicyViolation,
+    QuotaExhausted,
+)
+from engine.ledger import UNLIMITED, ChargeReceipt, ChargeRequest, Ledger, Quota, StoredRelease, open_ledger
 from tests.pg_server import free_port
 
 BUDGET = Cost(Decimal("5.0"), Decimal("1e-6"))
@@ -39,6 +47,7 @@ def _request(
     delta: str = "0",
     buyer: str | None = None,
     quota: str | None = None,
+    quota_of: Quota | None = None,
     dataset: str = "pool",
     sql: str = "SELECT COUNT(*) FROM pool",
     budget: Cost = BUDGET,
@@ -51,7 +60,7 @@ def _request(
         sql=sql,
         cost=Cost(Decimal(epsilon), Decimal(delta)),
         budget=budget,
-        quota=Decimal(quota) if quota is not None else None,
+        quota=quota_of or (Quota(Decimal(quota)) if quota is not None else UNLIMITED),
         purpose="research" if buyer else None,
         reuse_key=reuse_key,
         idempotency_key=idempotency_key,
@@ -152,13 +161,13 @@ def test_quota_is_charged_per_buyer(ledger: Ledger) -> None:
 
 
 def test_stored_quotas_override_the_policy(ledger: Ledger) -> None:
-    assert ledger.quota("pool", "lab", Decimal("1.5")) == Decimal("1.5")
-    ledger.set_quota("pool", "lab", Decimal("0.5"), actor="steward")
-    assert ledger.quota("pool", "lab", Decimal("1.5")) == Decimal("0.5")
+    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("1.5"))
+    ledger.set_quota("pool", "lab", Quota(Decimal("0.5")), actor="steward")
+    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == Quota(Decimal("0.5"))
     with pytest.raises(QuotaExhausted):
         ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
-    ledger.set_quota("pool", "lab", None, actor="steward")  # lifted: unlimited, whatever the policy says
-    assert ledger.quota("pool", "lab", Decimal("1.5")) is None
+    ledger.set_quota("pool", "lab", UNLIMITED, actor="steward")  # lifted: unlimited, whatever the policy says
+    assert ledger.quota("pool", "lab", Quota(Decimal("1.5"))) == UNLIMITED
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     ledger.charge(_request("1.0", buyer="lab", quota="1.5"))
     assert ledger.spent("pool", "lab").buyer.epsilon == Decimal("2.0")
@@ -305,14 +314,13 @@ def test_charges_survive_reopening(ledger_url: str) -> None:
 def test_a_reused_release_is_free(ledger: Ledger) -> None:
     first = ledger.charge(_request("0.5", buyer="lab", reuse_key="k"))
     assert isinstance(first, ChargeReceipt)
-    # Not reusable before its result is recorded: a second query is charged on its own.
-    second = ledger.charge(_request("0.5", buyer="lab", reuse_key="k"))
-    assert isinstance(second, ChargeReceipt)
+    # While it is still being answered, an identical query is not charged: it gets the pending release.
+    assert ledger.charge(_request("0.5", buyer="lab", reuse_key="k")) == StoredRelease(first.query_id, None)
     ledger.record_result(first.query_id, '{"rows": [[42]]}')
     repeat = ledger.charge(_request("0.5", buyer="lab", reuse_key="k"))
     assert repeat == StoredRelease(first.query_id, '{"rows": [[42]]}')
-    assert ledger.spent("pool").dataset.epsilon == Decimal("1.0")
-    assert len(ledger.releases()) == 2
+    assert ledger.spent("pool").dataset.epsilon == Decimal("0.5")
+    assert len(ledger.releases()) == 1
     assert isinstance(ledger.charge(_request("0.5", buyer="lab", reuse_key="other")), ChargeReceipt)
     assert isinstance(ledger.charge(_request("0.5", buyer="lab")), ChargeReceipt)  # no key: no reuse
 
@@ -427,8 +435,8 @@ def test_keys_round_trip_and_revoking_a_buyer_revokes_its_keys(ledger: Ledger) -
 def test_the_audit_log_records_every_governance_change(ledger: Ledger) -> None:
     ledger.upsert_buyer("lab", "research", actor="steward")
     ledger.add_key("h1", "lab", "buyer", actor="cli")
-    ledger.set_quota("pool", "lab", Decimal("1.5"), actor="steward")
-    ledger.set_quota("pool", "lab", None, actor="steward")
+    ledger.set_quota("pool", "lab", Quota(Decimal("1.5")), actor="steward")
+    ledger.set_quota("pool", "lab", UNLIMITED, actor="steward")
     ledger.set_budget("pool", Cost(Decimal("8"), Decimal("1e-6")), actor="steward")
     ledger.revoke_buyer("lab", actor="steward")
     entries = ledger.audit()
@@ -532,3 +540,176 @@ def test_a_postgresql_ledger_recovers_once_the_server_is_back(postgres_ledger_ur
         assert ledger.spent("pool").dataset.epsilon >= Decimal("0.5")
     finally:
         ledger.close()
+
+
+# --- issue 11: exact accounting, δ governance, keys, in-flight reuse -------------------------------
+
+
+def test_ten_thousand_tiny_charges_land_exactly(ledger: Ledger) -> None:
+    """At 28 digits, 5 + 4e-28 rounded back to 5: a spent budget answered tiny charges for free (issue 11, 7)."""
+    budget = Cost(Decimal("5.000000000000000000000004"), Decimal("1e-6"))
+    ledger.charge(_request("5.0", buyer="lab", budget=budget))
+    for _ in range(10_000):
+        ledger.charge(_request("4e-28", delta="1e-300", buyer="lab", budget=budget))
+    spent = ledger.spent("pool", "lab")
+    assert spent.dataset == spent.buyer == _release_total(ledger)
+    assert spent.dataset == Cost(Decimal("5.000000000000000000000004"), Decimal("1e-296"))
+    with pytest.raises(BudgetExhausted):  # the budget is spent to its last digit
+        ledger.charge(_request("4e-28", buyer="lab", budget=budget))
+    assert len(ledger.releases()) == 10_001
+
+
+def test_a_spent_budget_refuses_a_charge_below_the_default_precision(ledger: Ledger) -> None:
+    ledger.charge(_request("5.0"))
+    for _ in range(3):
+        with pytest.raises(BudgetExhausted):
+            ledger.charge(_request("4e-28"))
+    assert ledger.spent("pool").dataset.epsilon == Decimal("5.0") and len(ledger.releases()) == 1
+
+
+def test_a_delta_quota_caps_a_buyer_and_leaves_delta_to_the_others(ledger: Ledger) -> None:
+    quota = Quota(delta=Decimal("2e-7"))
+    ledger.charge(_request("0.1", delta="1e-7", buyer="greedy", quota_of=quota))
+    ledger.charge(_request("0.1", delta="1e-7", buyer="greedy", quota_of=quota))
+    with pytest.raises(QuotaExhausted, match="delta 0 of its quota"):
+        ledger.charge(_request("0.1", delta="1e-10", buyer="greedy", quota_of=quota))
+    ledger.charge(_request("0.1", buyer="greedy", quota_of=quota))  # pure ε still fits its ε (unlimited)
+    ledger.charge(_request("0.1", delta="1e-7", buyer="patient", quota_of=quota))  # another buyer: its own quota
+    assert ledger.spent("pool", "greedy").buyer == Cost(Decimal("0.3"), Decimal("2e-7"))
+    assert ledger.spent("pool").dataset == Cost(Decimal("0.4"), Decimal("3e-7"))
+
+
+def test_a_stored_delta_quota_overrides_the_policy_and_is_audited(ledger: Ledger) -> None:
+    ledger.set_quota("pool", "lab", Quota(Decimal("2"), Decimal("1e-7")), actor="steward")
+    assert ledger.quota("pool", "lab", Quota(delta=Decimal("5e-7"))) == Quota(Decimal("2"), Decimal("1e-7"))
+    with pytest.raises(QuotaExhausted):
+        ledger.charge(_request("0.1", delta="2e-7", buyer="lab", quota_of=Quota(delta=Decimal("5e-7"))))
+    assert ledger.audit()[-1].detail == "pool/lab: epsilon 2, delta 1E-7"
+
+
+def test_keys_are_listed_without_secrets_and_revoked_by_id(ledger: Ledger) -> None:
+    first = ledger.add_key("hash-steward-1", "root", "steward", actor="cli")
+    buyer = ledger.add_key("hash-buyer", "lab", "buyer", actor="root")
+    assert first.id.startswith("k_") and first.id != buyer.id and "hash" not in first.id
+    listed = ledger.keys()
+    assert [(k.id, k.name, k.role, k.revoked, k.last_used_at) for k in listed] == [
+        (first.id, "root", "steward", False, None),
+        (buyer.id, "lab", "buyer", False, None),
+    ]
+    assert not any("hash" in str(value) for key in listed for value in key.__dict__.values())
+    with pytest.raises(Conflict, match="last live steward key"):
+        ledger.revoke_key(first.id, actor="root")
+    second = ledger.add_key("hash-steward-2", "second", "steward", actor="root")
+    assert ledger.revoke_key(first.id, actor="second").revoked
+    assert ledger.key("hash-steward-1") is None and ledger.key("hash-steward-2") == second
+    with pytest.raises(Conflict):
+        ledger.revoke_key(second.id, actor="second")
+    assert ledger.revoke_key(buyer.id, actor="second").revoked and ledger.key("hash-buyer") is None
+    with pytest.raises(NotFound):
+        ledger.revoke_key("k_missing", actor="second")
+    assert [e.action for e in ledger.audit()].count("revoke_key") == 2
+
+
+def test_a_name_is_a_buyers_or_a_stewards_never_both(ledger: Ledger) -> None:
+    ledger.add_key("hash-steward", "root", "steward", actor="cli")
+    ledger.add_key("hash-buyer", "lab", "buyer", actor="root")
+    with pytest.raises(Conflict):
+        ledger.add_key("hash-2", "root", "buyer", actor="root")
+    with pytest.raises(Conflict):
+        ledger.upsert_buyer("root", None, actor="root")
+    with pytest.raises(Conflict):
+        ledger.add_key("hash-3", "lab", "steward", actor="root")
+    ledger.upsert_buyer("other", None, actor="root")
+    with pytest.raises(Conflict):  # a registered buyer without a key yet
+        ledger.add_key("hash-4", "other", "steward", actor="root")
+    assert len(ledger.keys()) == 2
+
+
+def test_key_use_is_recorded_at_most_once_a_minute(ledger: Ledger) -> None:
+    key = ledger.add_key("hash", "root", "steward", actor="cli")
+    ledger.key_used(key.id)
+    (first,) = ledger.keys()
+    assert first.last_used_at is not None and first.last_used_at >= first.created_at
+    writes = len(ledger.audit())
+    ledger.key_used(key.id)
+    assert ledger.keys() == [first] and len(ledger.audit()) == writes
+
+
+def test_an_older_ledger_gains_the_new_columns(ledger_url: str) -> None:
+    """A ledger made before key ids, δ quotas and failed releases opens, and its keys get ids."""
+    from engine.ledger_db import open_database
+
+    database = open_database(ledger_url)
+    with database.transaction() as tx:
+        tx.execute(
+            "CREATE TABLE api_keys (key_hash TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, revoked_at TEXT)"
+        )
+        tx.execute(
+            "CREATE TABLE quotas (dataset TEXT NOT NULL, buyer TEXT NOT NULL, epsilon TEXT, "
+            "PRIMARY KEY (dataset, buyer))"
+        )
+        tx.execute("INSERT INTO api_keys VALUES ('h', 'root', 'steward', '2024-01-01T00:00:00+00:00', NULL)")
+        tx.execute("INSERT INTO quotas VALUES ('pool', 'lab', '1.5')")
+    ledger = Ledger(database)
+    try:
+        (key,) = ledger.keys()
+        assert key.id.startswith("k_") and ledger.key("h") == key
+        assert ledger.quota("pool", "lab", UNLIMITED) == Quota(Decimal("1.5"))
+    finally:
+        ledger.close()
+
+
+def test_identical_queries_in_flight_are_charged_once(ledger_url: str) -> None:
+    """Threads, each with its own connection (as worker processes have): one charge, one release for all."""
+    open_ledger(ledger_url).close()
+    ledgers = [open_ledger(ledger_url) for _ in range(6)]
+    start = threading.Barrier(len(ledgers))
+    outcomes: list[ChargeReceipt | StoredRelease] = []
+
+    def ask(ledger: Ledger) -> None:
+        start.wait(timeout=30)
+        outcomes.append(ledger.charge(_request("0.5", buyer="lab", reuse_key="same")))
+
+    threads = [threading.Thread(target=ask, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        (receipt,) = [o for o in outcomes if isinstance(o, ChargeReceipt)]
+        assert [o for o in outcomes if isinstance(o, StoredRelease)] == [StoredRelease(receipt.query_id, None)] * 5
+        waiter = threading.Timer(0.3, ledgers[0].record_result, (receipt.query_id, '{"rows": [[1]]}'))
+        waiter.start()
+        assert ledgers[1].wait_for_result(receipt.query_id, timeout_s=30) == '{"rows": [[1]]}'
+        waiter.join()
+        assert ledgers[2].spent("pool", "lab").buyer.epsilon == Decimal("0.5") and len(ledgers[2].releases()) == 1
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
+def test_a_failed_query_releases_its_waiters_uncharged_and_is_never_reused(ledger: Ledger) -> None:
+    receipt = ledger.charge(_request("0.5", buyer="lab", reuse_key="same"))
+    assert isinstance(receipt, ChargeReceipt)
+    failing = threading.Timer(0.3, ledger.record_failure, (receipt.query_id,))
+    failing.start()
+    with pytest.raises(Conflict, match="failed after its charge; nothing was charged"):
+        ledger.wait_for_result(receipt.query_id, timeout_s=30)
+    failing.join()
+    assert ledger.spent("pool").dataset.epsilon == Decimal("0.5")  # its charge stands, the waiter paid nothing
+    again = ledger.charge(_request("0.5", buyer="lab", reuse_key="same"))  # asked again: a new release
+    assert isinstance(again, ChargeReceipt) and again.query_id != receipt.query_id
+    with pytest.raises(Conflict, match="still being answered"):
+        ledger.wait_for_result(again.query_id, timeout_s=0.2)
+
+
+def test_an_abandoned_pending_release_is_not_waited_for(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    import engine.ledger
+
+    abandoned = ledger.charge(_request("0.5", buyer="lab", reuse_key="same"))
+    monkeypatch.setattr(engine.ledger, "PENDING_STALE_AFTER", timedelta(0))
+    fresh = ledger.charge(_request("0.5", buyer="lab", reuse_key="same"))
+    assert isinstance(abandoned, ChargeReceipt) and isinstance(fresh, ChargeReceipt)

@@ -12,12 +12,14 @@ from api.schemas import (
     BuyerBody,
     BuyerCreate,
     CostBody,
+    KeyBody,
     KeyCreate,
     KeyCreated,
     QuotaUpdate,
 )
 from engine.accounting import Cost, exact
 from engine.errors import NotFound
+from engine.ledger import Quota
 
 router = APIRouter(prefix="/v1", tags=["governance"])
 
@@ -50,7 +52,7 @@ def list_buyers(engine: EngineDep, _: CurrentSteward) -> list[BuyerBody]:
 
 @router.delete("/buyers/{name}", response_model=BuyerBody)
 def revoke_buyer(name: str, engine: EngineDep, steward: CurrentSteward) -> BuyerBody:
-    """Revoke a buyer and every key it holds."""
+    """Revoke a buyer and every buyer key of that name (a steward's key is revoked by id, DELETE /v1/keys/{id})."""
     _buyer(engine, name)
     engine.ledger.revoke_buyer(name, steward.name)
     return _buyer(engine, name)
@@ -58,15 +60,28 @@ def revoke_buyer(name: str, engine: EngineDep, steward: CurrentSteward) -> Buyer
 
 @router.post("/keys", response_model=KeyCreated, status_code=status.HTTP_201_CREATED)
 def create_api_key(body: KeyCreate, engine: EngineDep, steward: CurrentSteward) -> KeyCreated:
-    """A new key; the response is the only time it is shown."""
-    return KeyCreated(name=body.name, role=body.role, key=create_key(engine, body.name, body.role, steward.name))
+    """A new key; the response is the only time it is shown. A name is a buyer's or a steward's, never both (409)."""
+    issued = create_key(engine, body.name, body.role, steward.name)
+    return KeyCreated(id=issued.record.id, name=body.name, role=body.role, key=issued.secret)
+
+
+@router.get("/keys", response_model=list[KeyBody])
+def list_keys(engine: EngineDep, _: CurrentSteward) -> list[KeyBody]:
+    """Every key, live and revoked: never a secret nor a hash."""
+    return [KeyBody(**record.__dict__) for record in engine.ledger.keys()]
+
+
+@router.delete("/keys/{key_id}", response_model=KeyBody)
+def revoke_key(key_id: str, engine: EngineDep, steward: CurrentSteward) -> KeyBody:
+    """Revoke one key of either role; the last live steward key is refused (409)."""
+    return KeyBody(**engine.ledger.revoke_key(key_id, steward.name).__dict__)
 
 
 @router.put("/datasets/{name}/quotas/{buyer}", response_model=QuotaUpdate)
 def set_quota(name: str, buyer: str, body: QuotaUpdate, engine: EngineDep, steward: CurrentSteward) -> QuotaUpdate:
     policy = engine.policy(name)
     _buyer(engine, buyer)
-    engine.ledger.set_quota(policy.name, buyer, None if body.epsilon is None else exact(body.epsilon), steward.name)
+    engine.ledger.set_quota(policy.name, buyer, Quota.of(body.epsilon, body.delta), steward.name)
     return body
 
 

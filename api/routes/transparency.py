@@ -6,14 +6,17 @@ from fastapi import APIRouter
 
 from api.auth import EngineDep
 from api.schemas import CostBody, TransparencyEntry, TransparencyLog
+from engine.errors import UnknownTable
 
 router = APIRouter(prefix="/v1/transparency", tags=["transparency"])
 
 
 @router.get("/{dataset}", response_model=TransparencyLog)
 def transparency(dataset: str, engine: EngineDep) -> TransparencyLog:
-    """Public: no key needed."""
-    (status,) = engine.budgets(engine.policy(dataset).name)
+    """Public: no key needed; an unknown dataset is a plain 404 that names no other."""
+    if dataset not in engine.policies:
+        raise UnknownTable(f"unknown dataset {dataset!r}")
+    (status,) = engine.budgets(dataset)
     return TransparencyLog(
         dataset=dataset,
         budget=CostBody(**status.budget.to_dict()),

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from engine import plan as ir
-from engine.backends.shared import chooses_groups, fixed_name, part_name, value_columns
+from engine.backends.shared import fixed_name, part_name, value_columns
+from engine.sensitivity import chooses_groups
 
 F = TypeVar("F")
 E = TypeVar("E")

@@ -84,11 +84,3 @@ def part_name(index: int) -> str:
 def value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
     """The columns a part sums or samples, with their fixed-point bounds."""
     return {part.value.column: part.value for part in plan.parts if part.value is not None}
-
-
-def chooses_groups(plan: ir.QueryPlan) -> bool:
-    """Whether a member can touch more groups than ``max_groups``, so that each member's groups must be chosen."""
-    possible = 1
-    for key in plan.group_keys:
-        possible *= len(key.values or ())
-    return bool(plan.group_keys) and (bool(plan.private_keys) or plan.contribution.max_groups < possible)

@@ -29,6 +29,9 @@ from api.client import Client
 from engine.cli import app as cli
 from tests.conftest import small_pool, write_dataset
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+"""This checkout: the server must run its code, not whatever copy the environment installed."""
+
 CONSENT = '[purposes.commercial]\nconsent_column = "member_flag"\n'
 
 MAIN_DATASETS: dict[str, dict[str, object]] = {
@@ -122,8 +125,13 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout
 
 
 @contextmanager
-def running_server(root: Path, datasets: dict[str, dict[str, object]]) -> Iterator[LiveServer]:
-    """Write the pools and policies under ``root``, make keys with the CLI, serve; stop on exit."""
+def running_server(
+    root: Path, datasets: dict[str, dict[str, object]], settings: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
+    """Write the pools and policies under ``root``, make keys with the CLI, serve; stop on exit.
+
+    ``settings`` are extra ``COOPDP_*`` environment variables for the server.
+    """
     policies = root / "policies"
     for name, options in datasets.items():
         options = dict(options)
@@ -138,6 +146,7 @@ def running_server(root: Path, datasets: dict[str, dict[str, object]]) -> Iterat
     buyer_key = cli_create_key(policies, ledger_url, "alice", "buyer")
     env = {name: value for name, value in os.environ.items() if not name.startswith("COOPDP_")}
     env |= {"COOPDP_POLICIES": str(policies), "COOPDP_LEDGER": ledger_url, "PYTHONUNBUFFERED": "1"}
+    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))} | (settings or {})
     log = root / "server.log"
     for attempt in itertools.count():
         port = _free_port()

@@ -21,7 +21,7 @@ def serve(app: FastAPI, scenario: Scenario) -> None:
     async def main() -> None:
         async with app.router.lifespan_context(app):
             engine: Engine = app.state.engine
-            headers = {"Authorization": f"Bearer {create_key(engine, 'lab', Role.BUYER, actor='test')}"}
+            headers = {"Authorization": f"Bearer {create_key(engine, 'lab', Role.BUYER, actor='test').secret}"}
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://coopdp.test") as client:
                 await scenario(client, engine, headers)

@@ -181,7 +181,13 @@ def test_releases_are_listed_and_fetched_again_for_free_only_by_their_buyer(
     assert (again.query_id, again.columns, again.rows) == (second.query_id, second.columns, second.rows)
     assert again.cached and again.cost.epsilon == 0
     assert _ledger_state(server, "shifts") == state
-    with _raises("forbidden", 403):
+    # Another buyer's release answers exactly like one never made: its existence is not revealed (issue 11, 10).
+    theirs = other.http.get(f"/v1/queries/{second.query_id}")
+    missing = other.http.get("/v1/queries/q_0000000000000000")
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == {"error": {"code": "not_found", "message": f"no release '{second.query_id}'"}}
+    assert missing.json() == {"error": {"code": "not_found", "message": "no release 'q_0000000000000000'"}}
+    with _raises("not_found", 404):
         other.release(second.query_id)
     with _raises("not_found", 404):
         owner.release("q_0000000000000000")
@@ -393,13 +399,13 @@ def test_revoking_a_buyer_never_revokes_a_stewards_key(server: LiveServer, stewa
 def test_the_audit_log_records_every_governance_action(server: LiveServer, steward: Client) -> None:
     before = len(steward.audit())
     steward.create_buyer("erin_buyer", purpose="research")
-    steward.create_key("erin_buyer")
+    key = steward.create_key("erin_buyer")
     steward.set_quota("quotas", "erin_buyer", 1.0)
     steward.revoke_buyer("erin_buyer")
     entries = steward.audit()[before:]
     assert [(e.actor, e.action, e.detail) for e in entries] == [
         ("steward", "upsert_buyer", "erin_buyer: purpose research"),
-        ("steward", "create_key", "erin_buyer (buyer)"),
+        ("steward", "create_key", f"{key.id}: erin_buyer (buyer)"),
         ("steward", "set_quota", "quotas/erin_buyer: epsilon 1.0"),
         ("steward", "revoke_buyer", "erin_buyer"),
     ]

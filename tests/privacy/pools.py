@@ -9,6 +9,7 @@ is a leak; ``dirty_pool`` adds NaN, infinities and huge values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,17 @@ EXTRA_COLUMNS = """
 type = "category"
 """
 """An e-mail per member: near-unique, with no public keys (so only a DP threshold could release one)."""
+
+
+def shows_planted(planted: str, shown: str) -> bool:
+    """Whether ``planted`` appears in ``shown`` as a whole token, not inside a longer word or printed number.
+
+    A noisy 1987654.25 or 0.9876543 in an answer is no leak of 987654; a
+    released ``987654`` or ``987654.321``, or a key ``ZZLEAK42``, is.
+    """
+    before = r"(?<![\w.])" if planted[0].isalnum() else ""
+    after = r"(?![\w]|\.\d)" if planted[-1].isalnum() else ""
+    return re.search(before + re.escape(planted) + after, shown, re.IGNORECASE) is not None
 
 
 def planted_pool() -> pl.DataFrame:

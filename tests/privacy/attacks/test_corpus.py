@@ -31,7 +31,7 @@ from tests.privacy.channels import (
     spent,
 )
 from tests.privacy.deadline import within
-from tests.privacy.pools import PLANTED, PLANTED_DATASETS, write_planted
+from tests.privacy.pools import PLANTED, PLANTED_DATASETS, shows_planted, write_planted
 
 ATTACKS = load()
 
@@ -56,9 +56,10 @@ def label(outcome: Outcome) -> str:
 
 
 def assert_nothing_planted_leaks(step: Step, outcome: Outcome) -> None:
+    """No planted value the SQL does not name shows, as a whole token, in what the caller saw."""
     for planted in PLANTED:
         if planted.lower() not in step.sql.lower():
-            assert planted.lower() not in outcome.text.lower(), f"{planted!r} leaked: {outcome.text[:500]}"
+            assert not shows_planted(planted, outcome.text), f"{planted!r} leaked: {outcome.text[:500]}"
 
 
 def assert_only_finite_numbers(document: dict[str, Any]) -> None:

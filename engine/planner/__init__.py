@@ -1,0 +1,121 @@
+"""AST + Policy → QueryPlan, as a pipeline of small passes.
+
+Every check that can refuse a query happens here, before any data is read
+and before anything is charged. The plan is built from the validated AST
+only; bounds, keys and contribution limits come from the policy alone.
+
+The passes, in order (each a module of this package):
+
+1. ``allowlist`` and ``inline``: every node is one the planner models; CTEs and derived tables are inlined.
+2. ``checks``: constructs refused whole (subqueries left after inlining, DISTINCT).
+3. ``from_clause``: the scope, i.e. the dataset's table and the public tables joined on their key.
+4. ``rows``: WHERE as a typed row expression (with ``names`` and ``temporal``), plus join and consent filters.
+5. ``keys``: GROUP BY keys and their key sets (``bins`` for FLOOR/CEIL, ``intervals`` for their bounds).
+6. ``output`` and ``aggregates``: the SELECT list; each aggregate as bounded parts (``intervals`` for bounds).
+7. ``clauses``: HAVING, ORDER BY, LIMIT, OFFSET on released values.
+8. the plan: source columns, contribution bounds, the threshold part of private keys, and the overflow check.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from engine import plan as ir
+from engine.allowlist import check_allowed
+from engine.inline import inline_derived_tables
+from engine.planner import clauses
+from engine.planner.aggregates import Measures, is_aggregate
+from engine.planner.checks import refuse_constructs
+from engine.planner.context import PlanContext
+from engine.planner.from_clause import resolve_scope
+from engine.planner.keys import group_keys
+from engine.planner.output import PostExprs, select_list
+from engine.planner.scope import Reads
+from engine.planner.sql_forms import COLUMN_KINDS
+from engine.policy import Policy
+from engine.sensitivity import check_no_overflow
+
+__all__ = ["plan_query"]
+
+
+def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = None) -> ir.QueryPlan:
+    """Validate ``select`` against ``policy`` and build its plan.
+
+    With ``consent_column``, rows where that bool column is not true are
+    dropped before anything else (members who did not consent never count).
+    """
+    check_allowed(select)
+    flat = inline_derived_tables(select, list(policy.columns))
+    refuse_constructs(flat)
+    reads = Reads()
+    context = PlanContext.of(resolve_scope(flat, policy, reads), reads, is_aggregate)
+    where = _row_filter(flat, context, consent_column)
+    grouping = group_keys(flat, context)
+    post = PostExprs(grouping, Measures(context))
+    output = select_list(flat, post)
+    having = clauses.having(flat, output, post)
+    order_by = clauses.order_by(flat, output, post)
+    limit, offset = clauses.limit(flat)
+    contribution = _contribution(policy, reads)
+    threshold_part = _threshold_part(policy, grouping.keys, post.measures)
+    plan = ir.QueryPlan(
+        dataset=policy.name,
+        source=_source(policy, reads),
+        where=where,
+        group_keys=grouping.keys,
+        contribution=contribution,
+        parts=tuple(post.measures.parts),
+        derived=tuple(reads.derived),
+        notes=tuple(dict.fromkeys(post.measures.notes)),
+        aggregates=tuple(post.measures.aggregates),
+        output=output,
+        threshold_part=threshold_part,
+        having=having,
+        order_by=order_by,
+        limit=limit,
+        offset=offset,
+    )
+    check_no_overflow(plan)
+    return plan
+
+
+def _row_filter(select: exp.Select, context: PlanContext, consent_column: str | None) -> ir.RowExpr | None:
+    """WHERE, after the join filters and the consent filter: the rows every part reads."""
+    where = select.args.get("where")
+    row_filter = context.rows.predicate(where.this) if where is not None else None
+    join_filters = context.names.scope.join_filters
+    if join_filters:
+        row_filter = ir.And((*join_filters, *([row_filter] if row_filter is not None else [])))
+    if consent_column is not None:
+        context.reads.columns.add(consent_column)
+        consent = ir.Compare(ir.CompareOp.EQ, ir.Col(consent_column), ir.Lit(True))
+        row_filter = consent if row_filter is None else ir.And((consent, row_filter))
+    return row_filter
+
+
+def _contribution(policy: Policy, reads: Reads) -> ir.Contribution:
+    """How much one unit may add, from the policy; the unit column is read to bound each member."""
+    if policy.unit_column:
+        reads.columns.add(policy.unit_column)
+    privacy = policy.privacy
+    return ir.Contribution(
+        unit_column=policy.unit_column,
+        max_groups=privacy.max_groups or 1,
+        max_rows_per_group=privacy.max_rows_per_group or 1,
+    )
+
+
+def _threshold_part(policy: Policy, keys: tuple[ir.GroupKey, ...], measures: Measures) -> int | None:
+    """With private keys: a key is released only if its noisy count of units passes a threshold."""
+    if all(key.values is not None for key in keys):
+        return None
+    units = ir.PartKind.COUNT_UNITS if policy.unit_column else ir.PartKind.COUNT_ROWS
+    return measures.part(ir.Part(units))
+
+
+def _source(policy: Policy, reads: Reads) -> ir.Source:
+    paths, uri = policy.source_paths, policy.source_uri
+    location = uri.rstrip("/") if uri else paths[0].name
+    source_format = ir.SourceFormat.CSV if location.lower().endswith(".csv") else ir.SourceFormat.PARQUET
+    columns = tuple((name, COLUMN_KINDS[policy.columns[name].type]) for name in sorted(reads.columns))
+    return ir.Source(paths, source_format, columns, uri, policy.text_formats(reads.columns))
