@@ -65,6 +65,18 @@ class Cost:
 ZERO = Cost(Decimal(0), Decimal(0))
 
 
+@dataclass(frozen=True)
+class ChargeReceipt:
+    """Proof that ``cost`` was durably charged for ``query_id``: the ledger issues it, noise is drawn only against it.
+
+    Defined here, beside :class:`Cost`, so that the mechanisms can demand one
+    without depending on the ledger that issues it.
+    """
+
+    query_id: str
+    cost: Cost
+
+
 def budget_of(section: BudgetSection) -> Cost:
     return Cost(exact(section.epsilon), exact(section.delta))
 

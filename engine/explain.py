@@ -320,9 +320,7 @@ def _post_exprs(predicate: ir.PostPredicate) -> list[ir.PostExpr]:
 
 
 def _cost(noise: NoisePlan) -> CostExplanation:
-    threshold_delta, conversion_delta = delta_split(
-        noise.accounting, float(noise.cost.delta), noise.threshold is not None
-    )
+    threshold_delta, conversion_delta = delta_split(noise.mode, float(noise.cost.delta), noise.threshold is not None)
     converted = zcdp_to_epsilon(noise.loss, conversion_delta) if noise.accounting is Accounting.ZCDP else None
     return CostExplanation(noise.accounting, noise.cost, noise.loss, threshold_delta, conversion_delta, converted)
 

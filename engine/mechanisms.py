@@ -4,25 +4,27 @@ Each measured part of a plan (a vector of bounded integer aggregates, one
 entry per group) gets its own OpenDP measurement: discrete Laplace under pure
 DP, discrete Gaussian under zCDP. Their privacy maps, not hand-written
 formulas, give the loss; the query's budget is split across parts evenly, or
-in proportion to weights the buyer gives its output columns.
+in proportion to weights the buyer gives its output columns. What differs
+between the two is chosen once, as the accounting mode's :class:`Mode`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import opendp.prelude as dp
 
-from engine.accounting import Accounting, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
+from engine.accounting import Accounting, ChargeReceipt, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
 from engine.backends.base import ExactAggregates
 from engine.errors import InternalError, PolicyViolation, UnknownColumn
-from engine.ledger import ChargeReceipt
 from engine.plan import Part, PartKind, QueryPlan
+from engine.sensitivity import Sensitivity
 
 ALPHA = 0.05
 """Accuracy is the half-width of a (1 - ALPHA) interval: 95%."""
@@ -31,6 +33,87 @@ _QUANTILE_GRID = 1000
 _EXACT_GAUSSIAN_ACCURACY_SCALE = 10_000.0
 MAX_WEIGHT_RATIO = 1e6
 """Weights further apart than this would starve a part of budget (and strain floating point)."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What an accounting mode fixes for every measurement of a query, chosen once from its :class:`Accounting`.
+
+    The loss is ε under pure DP and ρ under zCDP; a noise ``scale`` is
+    ``multiplier × sensitivity``, so that a part with ``spread(weight)`` pays
+    its weight's share of the loss.
+    """
+
+    norm: Callable[[Sensitivity], int]
+    """The sensitivity the noise is calibrated to: L1 (Laplace) or L2 (Gaussian)."""
+    make_noise: Callable[..., dp.Measurement]
+    """OpenDP's constructor of integer vector noise: discrete Laplace or discrete Gaussian."""
+    vector_metric: dp.Metric
+    quantile_measure: dp.Measure
+    make_threshold: Callable[..., dp.Measurement]
+    """OpenDP's constructor of the noisy threshold that releases private keys."""
+    threshold_metric: dp.Metric
+    accuracy: Callable[[float, float], float]
+    """(scale, alpha) → half-width of the (1 - alpha) interval of one noisy integer."""
+    largest_loss: Callable[[float, float], float]
+    """(ε, δ) → the largest loss a request of (ε, δ) allows."""
+    epsilon_of: Callable[[float, float], float]
+    """(loss, δ) → the ε of the (ε, δ) that the loss is charged as."""
+    multiplier: Callable[[float, float], float]
+    """(total weight, loss) → the first multiplier to try for that loss, split in proportion to the weights."""
+    spread: Callable[[float], float]
+    """A part's weight → the factor on its multiplier (the loss falls as 1/scale, or 1/scale² for ρ)."""
+    quantile_scale: Callable[[float], float]
+    """A quantile's loss at scale 1 → its scale per unit of multiplier."""
+    threshold_delta_share: float
+    """The share of the request's δ that the private-key threshold may spend; the rest pays the conversion."""
+    spends_delta: bool
+    """Whether every query is charged its δ, not only one with private keys."""
+
+
+def _gaussian_accuracy(scale: float, alpha: float) -> float:
+    if scale <= _EXACT_GAUSSIAN_ACCURACY_SCALE:
+        return float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
+    # OpenDP sums the discrete tail term by term (slow for large scales). There
+    # P(|X| >= k) is about the continuous P(|Y| >= k - 1/2), so the continuous
+    # half-width plus one, rounded up, is sound (checked against OpenDP's exact
+    # answer around the cut-over in tests/test_noise_distribution.py).
+    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, alpha))) + 2.0
+
+
+PURE = Mode(
+    norm=lambda sensitivity: sensitivity.l1,
+    make_noise=dp.m.make_laplace,
+    vector_metric=dp.l1_distance(T="i64"),
+    quantile_measure=dp.max_divergence(),
+    make_threshold=dp.m.make_laplace_threshold,
+    threshold_metric=dp.l01inf_distance(dp.absolute_distance(T="i64")),
+    accuracy=lambda scale, alpha: float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)),
+    largest_loss=lambda epsilon, delta: epsilon,
+    epsilon_of=lambda epsilon, delta: epsilon,
+    multiplier=lambda total, epsilon: total / epsilon,
+    spread=lambda weight: 1 / weight,
+    quantile_scale=lambda epsilon_at_unit_scale: epsilon_at_unit_scale,
+    threshold_delta_share=1.0,
+    spends_delta=False,
+)
+ZCDP = Mode(
+    norm=lambda sensitivity: sensitivity.l2,
+    make_noise=dp.m.make_gaussian,
+    vector_metric=dp.l2_distance(T="i64"),
+    quantile_measure=dp.zero_concentrated_divergence(),
+    make_threshold=dp.m.make_gaussian_threshold,
+    threshold_metric=dp.l02inf_distance(dp.absolute_distance(T="i64")),
+    accuracy=_gaussian_accuracy,
+    largest_loss=largest_rho,
+    epsilon_of=zcdp_to_epsilon,
+    multiplier=lambda total, rho: math.sqrt(total / (2 * rho)) if rho > 0 else math.inf,
+    spread=lambda weight: 1 / math.sqrt(weight),
+    quantile_scale=lambda rho_at_unit_scale: math.sqrt(2 * rho_at_unit_scale),
+    threshold_delta_share=0.5,
+    spends_delta=True,
+)
+MODES = {Accounting.PURE: PURE, Accounting.ZCDP: ZCDP}
 
 
 @dataclass(frozen=True)
@@ -66,10 +149,14 @@ class NoisePlan:
     """The composed loss OpenDP's maps report: ε (pure) or ρ (zCDP)."""
     threshold: Threshold | None = None
 
+    @property
+    def mode(self) -> Mode:
+        return MODES[self.accounting]
+
     def accuracy(self, index: int, alpha: float = ALPHA) -> float:
         """Half-width of the (1 - alpha) interval around one noisy cell of part ``index``, in the column's units."""
         noise = self.parts[index]
-        return _integer_accuracy(self.accounting, noise.scale, alpha) / noise.units_per_value
+        return self.mode.accuracy(noise.scale, alpha) / noise.units_per_value
 
     def rank_accuracy(self, index: int, alpha: float = ALPHA) -> float:
         """For a quantile part: rows by which, with probability 1 - alpha, one released cell may miss its quantile.
@@ -89,23 +176,8 @@ class NoisePlan:
         return noise.scale * math.log(len(quantile_candidates(noise.part)) / alpha)
 
 
-def _integer_accuracy(accounting: Accounting, scale: float, alpha: float) -> float:
-    if accounting is Accounting.PURE:
-        return float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
-    if scale <= _EXACT_GAUSSIAN_ACCURACY_SCALE:
-        return float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
-    # OpenDP sums the discrete tail term by term (slow for large scales). There
-    # P(|X| >= k) is about the continuous P(|Y| >= k - 1/2), so the continuous
-    # half-width plus one, rounded up, is sound (checked against OpenDP's exact
-    # answer around the cut-over in tests/test_noise_distribution.py).
-    return math.floor(float(dp.gaussian_scale_to_accuracy(scale, alpha))) + 2.0
-
-
-def _measurement(accounting: Accounting, scale: float) -> dp.Measurement:
-    domain = dp.vector_domain(dp.atom_domain(T="i64"))
-    if accounting is Accounting.PURE:
-        return dp.m.make_laplace(domain, dp.l1_distance(T="i64"), scale=scale)
-    return dp.m.make_gaussian(domain, dp.l2_distance(T="i64"), scale=scale)
+def _measurement(mode: Mode, scale: float) -> dp.Measurement:
+    return mode.make_noise(dp.vector_domain(dp.atom_domain(T="i64")), mode.vector_metric, scale=scale)
 
 
 def part_weights(plan: QueryPlan, weights: Mapping[str, float]) -> tuple[float, ...]:
@@ -154,41 +226,35 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
     whose threshold is the smallest that keeps its δ within the request's
     (pure DP), or half of it (zCDP; the other half pays the ρ → ε conversion).
     """
-    accounting = request.accounting
+    mode = MODES[request.accounting]
     epsilon, delta = float(request.epsilon), float(request.delta)
     private = plan.threshold_part is not None
     if private and delta == 0:
         columns = ", ".join(plan.private_keys)
         raise PolicyViolation(f"GROUP BY {columns} releases keys by a DP threshold, which needs a delta > 0")
-    threshold_delta, conversion_delta = delta_split(accounting, delta, private)
-    sensitivities = [_sensitivity(plan, part, accounting) for part in plan.parts]
+    threshold_delta, conversion_delta = delta_split(mode, delta, private)
+    sensitivities = [mode.norm(plan.sensitivity(part)) for part in plan.parts]
     weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
     if len(weights) != len(plan.parts):
         raise InternalError("one weight per measured part is needed")
-    total = math.fsum(weights)
-    if accounting is Accounting.PURE:
-        target = epsilon
-        multiplier = total / epsilon
-        spread = [1 / weight for weight in weights]
-    else:
-        target = largest_rho(epsilon, conversion_delta)
-        multiplier = math.sqrt(total / (2 * target)) if target > 0 else math.inf
-        spread = [1 / math.sqrt(weight) for weight in weights]
+    target = mode.largest_loss(epsilon, conversion_delta)
+    multiplier = mode.multiplier(math.fsum(weights), target)
+    spread = [mode.spread(weight) for weight in weights]
     for _ in range(_ATTEMPTS):
         pairs = list(zip(plan.parts, sensitivities, spread, strict=True))
-        scales = [_scale(plan, part, accounting, multiplier * f, s) for part, s, f in pairs]
+        scales = [_scale(plan, part, mode, multiplier * f, s) for part, s, f in pairs]
         if not all(math.isfinite(scale) for scale in scales):
             raise PolicyViolation(
                 f"epsilon {request.epsilon} and delta {request.delta} are too small: no finite noise scale fits them"
             )
-        losses = [_loss(plan, part, accounting, scale, s) for (part, s, _), scale in zip(pairs, scales, strict=True)]
+        losses = [_loss(plan, part, mode, scale, s) for (part, s, _), scale in zip(pairs, scales, strict=True)]
         threshold = None
         if plan.threshold_part is not None:
             share = spread[plan.threshold_part]
-            threshold = _threshold(plan, accounting, multiplier * share, threshold_delta)
+            threshold = _threshold(plan, mode, multiplier * share, threshold_delta)
             losses[plan.threshold_part] = threshold[1]
         loss = compose(losses)
-        fits = loss <= target and (accounting is Accounting.PURE or zcdp_to_epsilon(loss, conversion_delta) <= epsilon)
+        fits = loss <= target and mode.epsilon_of(loss, conversion_delta) <= epsilon
         if fits and (threshold is None or threshold[0].delta <= threshold_delta):
             break
         multiplier = math.nextafter(multiplier * (1 + 1e-12), math.inf)
@@ -198,43 +264,46 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
         PartNoise(part, s, scale, part.value.scale if part.value else 1, part_loss)
         for part, s, scale, part_loss in zip(plan.parts, sensitivities, scales, losses, strict=True)
     )
-    spends_delta = accounting is Accounting.ZCDP or private
-    cost = Cost(request.epsilon, request.delta if spends_delta else Decimal(0))
-    return NoisePlan(accounting, parts, cost, loss, threshold[0] if threshold else None)
+    cost = Cost(request.epsilon, request.delta if mode.spends_delta or private else Decimal(0))
+    return NoisePlan(request.accounting, parts, cost, loss, threshold[0] if threshold else None)
 
 
-def delta_split(accounting: Accounting, delta: float, private_keys: bool) -> tuple[float, float]:
+def delta_split(mode: Mode, delta: float, private_keys: bool) -> tuple[float, float]:
     """How a query's δ divides: (the private-key threshold's, the ρ → ε conversion's).
 
     Pure DP spends δ only on the threshold; zCDP without private keys only on the conversion; with both, half each.
     """
-    threshold = (delta if accounting is Accounting.PURE else delta / 2) if private_keys else 0.0
-    return threshold, (0.0 if accounting is Accounting.PURE else delta - threshold)
+    threshold = delta * mode.threshold_delta_share if private_keys else 0.0
+    return threshold, (delta - threshold if mode.spends_delta else 0.0)
 
 
-def _scale(plan: QueryPlan, part: Part, accounting: Accounting, multiplier: float, sensitivity: int) -> float:
+def _scale(plan: QueryPlan, part: Part, mode: Mode, multiplier: float, sensitivity: int) -> float:
     """The part's noise scale for an equal share of the loss (1/multiplier ε, or 1/(2·multiplier²) ρ)."""
     if part.kind is not PartKind.QUANTILE:
         return multiplier * sensitivity
-    at_unit_scale = _loss(plan, part, accounting, 1.0, sensitivity)  # the loss shrinks as 1/scale (ρ: 1/scale²)
-    return multiplier * (at_unit_scale if accounting is Accounting.PURE else math.sqrt(2 * at_unit_scale))
+    at_unit_scale = _loss(plan, part, mode, 1.0, sensitivity)  # the loss shrinks as 1/scale (ρ: 1/scale²)
+    return multiplier * mode.quantile_scale(at_unit_scale)
 
 
-def _loss(plan: QueryPlan, part: Part, accounting: Accounting, scale: float, sensitivity: int) -> float:
+def _loss(plan: QueryPlan, part: Part, mode: Mode, scale: float, sensitivity: int) -> float:
     """The part's privacy loss by OpenDP's map; a quantile pays once in each group a unit can touch."""
     if part.kind is not PartKind.QUANTILE:
-        return float(_measurement(accounting, scale).map(sensitivity))
+        return float(_measurement(mode, scale).map(sensitivity))
     bound = plan.sensitivity(part)
-    return bound.groups * float(_quantile_measurement(part, accounting, scale).map(bound.per_group))
+    return bound.groups * float(_quantile_measurement(part, mode, scale).map(bound.per_group))
 
 
-def _quantile_measurement(part: Part, accounting: Accounting, scale: float) -> dp.Measurement:
+def _quantile_measurement(part: Part, mode: Mode, scale: float) -> dp.Measurement:
     """OpenDP's exponential-mechanism quantile over a grid of candidates inside the bounds."""
     assert part.value is not None and part.alpha is not None
-    measure = dp.max_divergence() if accounting is Accounting.PURE else dp.zero_concentrated_divergence()
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     return dp.m.make_private_quantile(
-        domain, dp.symmetric_distance(), measure, candidates=quantile_candidates(part), alpha=part.alpha, scale=scale
+        domain,
+        dp.symmetric_distance(),
+        mode.quantile_measure,
+        candidates=quantile_candidates(part),
+        alpha=part.alpha,
+        scale=scale,
     )
 
 
@@ -248,25 +317,21 @@ def quantile_candidates(part: Part) -> list[float]:
     return [low + (high - low) * i / _QUANTILE_GRID for i in range(_QUANTILE_GRID + 1)]
 
 
-def _threshold_measurement(accounting: Accounting, scale: float, value: int) -> dp.Measurement:
+def _threshold_measurement(mode: Mode, scale: float, value: int) -> dp.Measurement:
     domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
-    if accounting is Accounting.PURE:
-        metric = dp.l01inf_distance(dp.absolute_distance(T="i64"))
-        return dp.m.make_laplace_threshold(domain, metric, scale=scale, threshold=value)
-    metric = dp.l02inf_distance(dp.absolute_distance(T="i64"))
-    return dp.m.make_gaussian_threshold(domain, metric, scale=scale, threshold=value)
+    return mode.make_threshold(domain, mode.threshold_metric, scale=scale, threshold=value)
 
 
-def _threshold(plan: QueryPlan, accounting: Accounting, multiplier: float, delta: float) -> tuple[Threshold, float]:
+def _threshold(plan: QueryPlan, mode: Mode, multiplier: float, delta: float) -> tuple[Threshold, float]:
     """The smallest threshold whose δ (by OpenDP's map) fits ``delta``, and its ε or ρ."""
     assert plan.threshold_part is not None
     sensitivity = plan.sensitivity(plan.parts[plan.threshold_part])
-    middle = sensitivity.l1 if accounting is Accounting.PURE else sensitivity.l2
+    middle = mode.norm(sensitivity)
     distance = (sensitivity.groups, middle, sensitivity.per_group)
     scale = multiplier * middle
 
     def spent(value: int) -> tuple[float, float]:
-        loss, spent_delta = _threshold_measurement(accounting, scale, value).map(distance)
+        loss, spent_delta = _threshold_measurement(mode, scale, value).map(distance)
         return float(loss), float(spent_delta)
 
     high = 1
@@ -282,12 +347,7 @@ def _threshold(plan: QueryPlan, accounting: Accounting, multiplier: float, delta
     return Threshold(plan.threshold_part, high, spent_delta), loss
 
 
-def _sensitivity(plan: QueryPlan, part: Part, accounting: Accounting) -> int:
-    sensitivity = plan.sensitivity(part)
-    return sensitivity.l1 if accounting is Accounting.PURE else sensitivity.l2
-
-
-def add_noise(noise: NoisePlan, exact: Sequence[Sequence[int]], receipt: ChargeReceipt) -> list[list[int]]:
+def add_noise(noise: NoisePlan, exact: Sequence[Sequence[Any]], receipt: ChargeReceipt) -> list[list[int]]:
     """Noisy copies of the exact bounded aggregates, one list per part.
 
     Takes the ledger's receipt so that noise is only ever drawn after the
@@ -300,16 +360,16 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[int]], receipt: ChargeR
     noisy = []
     for part_noise, values in zip(noise.parts, exact, strict=True):
         if part_noise.part.kind is PartKind.QUANTILE:
-            noisy.append(_noisy_quantiles(noise.accounting, part_noise, values))
+            noisy.append(_noisy_quantiles(noise.mode, part_noise, values))
             continue
-        measurement = _measurement(noise.accounting, part_noise.scale)
+        measurement = _measurement(noise.mode, part_noise.scale)
         noisy.append(list(measurement([int(value) for value in values])))
     return noisy
 
 
-def _noisy_quantiles(accounting: Accounting, part_noise: PartNoise, groups: Sequence[Sequence[int]]) -> list[int]:
+def _noisy_quantiles(mode: Mode, part_noise: PartNoise, groups: Sequence[Sequence[int]]) -> list[int]:
     """One released quantile per group, as fixed-point integers (like every other part)."""
-    measurement = _quantile_measurement(part_noise.part, accounting, part_noise.scale)
+    measurement = _quantile_measurement(part_noise.part, mode, part_noise.scale)
     units = part_noise.units_per_value
     # A float64 array crosses into OpenDP as one buffer; a list of Python floats is converted value by value.
     return [round(float(measurement(np.asarray(values, dtype=np.float64) / units)) * units) for values in groups]
@@ -329,7 +389,7 @@ def release(noise: NoisePlan, exact: ExactAggregates, receipt: ChargeReceipt) ->
         return NoisyAggregates(list(exact.keys), add_noise(noise, exact.parts, receipt))
     threshold = noise.threshold
     part_noise = noise.parts[threshold.part_index]
-    measurement = _threshold_measurement(noise.accounting, part_noise.scale, threshold.value)
+    measurement = _threshold_measurement(noise.mode, part_noise.scale, threshold.value)
     encoded = [json.dumps(list(key), default=str) for key in exact.keys]  # dates (public keys beside) as ISO text
     others = [values for index, values in enumerate(exact.parts) if index != threshold.part_index]
     noisy_others = add_noise(_without(noise, threshold.part_index), others, receipt)

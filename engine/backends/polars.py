@@ -1,13 +1,10 @@
 """QueryPlan → Polars LazyFrame → exact bounded aggregates.
 
-Member-level bounding is done by aggregating each member's rows per group
-first (row count, non-NULL count and integer sum of the clamped values), then
-capping: counts at ``max_rows_per_group`` and sums at the member's (floored)
-mean times that capped count. Groups beyond ``max_groups`` per member are
-dropped at random: the smallest draws of the per-query seeded hash of
-``engine.backends.draw``, which the Spark backend computes bit for bit the
-same. This two-level aggregation is the least work any member-level bound
-needs, and it streams.
+Reading, filtering and clamping to fixed point are done here; the bounding
+itself (``engine.backends.bounding``, shared with the Spark backend) runs on
+Polars expressions that this module supplies. Its member-level bounding, two
+levels of aggregation (per member and group, then per group), is the least
+work any member-level bound needs, and it streams.
 
 NULL and NaN values of a numeric column are NULL: COUNT(col), SUM and AVG
 skip them, as SQL does. ±inf are clamped to the bounds. Sources are read with
@@ -20,33 +17,25 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import polars as pl
 
 from engine import plan as ir
+from engine.backends import bounding
 from engine.backends import draw as hashing
 from engine.backends.base import ExactAggregates
 from engine.backends.polars_read import KINDS, check_pool, read_pool, stored_files
 from engine.backends.shared import (
-    COPY_WORD,
-    GROUP_DRAW,
-    ROWS,
     SAME_TYPE_ARITHMETIC,
-    UNIT_WORD,
-    VALUE_WORD,
-    counted_columns,
     fixed_name,
     key_type,
     like_regex,
     part_name,
-    quantile_parts,
-    sample_draw_name,
     value_columns,
 )
 from engine.dates import DateField, TruncUnit
-from engine.sensitivity import chooses_groups
 
 _DATE_FIELDS: dict[DateField, Callable[[pl.Expr], pl.Expr]] = {
     DateField.YEAR: lambda d: d.dt.year(),
@@ -118,32 +107,24 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     if plan.where is not None:
         frame = frame.filter(_row_expr(plan.where))
     if plan.derived:
-        frame = frame.with_columns(_row_expr(d.expr).cast(KINDS[d.kind]).alias(d.name) for d in plan.derived)
+        frame = frame.with_columns(_row_expr(d.expr).cast(_derived_type(d)).alias(d.name) for d in plan.derived)
     for key in plan.group_keys:
         keep = pl.col(key.column).is_not_null() if key.values is None else pl.col(key.column).is_in(list(key.values))
         frame = frame.filter(keep)
-    columns = value_columns(plan)
     kinds = dict(plan.source.columns)
     frame = frame.with_columns(
-        _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items()
+        _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in value_columns(plan).items()
     )
-    keys = [key.column for key in plan.group_keys]
     unit = plan.contribution.unit_column
-    if unit is None:
-        bounded = _aggregate(frame, keys, _row_level_parts(plan))
-    else:
-        unit_dtype = read_types.get(unit, pl.String())
-        frame = _with_sample_draws(frame, plan, unit_dtype, seed)
-        per_member = frame.group_by([unit, *keys]).agg(_member_statistics(plan, columns))
-        per_member = per_member.with_columns(_member_level_parts(plan))
-        if chooses_groups(plan):
-            per_member = _with_word(per_member, unit, unit_dtype, UNIT_WORD)
-            per_member = _with_key_words(per_member, plan)
-            words = [UNIT_WORD, *(_key_word_name(i) for i in range(len(keys)))]
-            per_member = _with_draw(per_member, seed, words, GROUP_DRAW)
-            per_member = _keep_random_groups(per_member, unit, pl.col(GROUP_DRAW), plan.contribution.max_groups)
-        bounded = _aggregate(per_member, keys, [_combine(plan, i) for i in range(len(plan.parts))])
+    integer_unit = unit is not None and read_types.get(unit, pl.String()).is_integer()
+    bounded = bounding.bounded(frame, plan, seed, integer_unit, _PolarsPrimitives(grouped=bool(plan.group_keys)))
     return _with_all_keys(bounded, plan)
+
+
+def _derived_type(derived: ir.DerivedColumn) -> pl.DataType:
+    target = KINDS[derived.kind]
+    assert target is not None, "a computed column has a declared kind"
+    return target
 
 
 def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:
@@ -157,119 +138,6 @@ def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> pl.Expr:
         return column.clip(value.lower, value.upper).alias(fixed_name(value.column))
     scaled = column.cast(pl.Float64) * value.scale
     return scaled.clip(value.lower, value.upper).cast(pl.Int64).alias(fixed_name(value.column))
-
-
-def _row_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
-    """Each row is a unit: counts and sums over rows need no capping."""
-    expressions = []
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.COUNT_ROWS:
-            expression = pl.len().cast(pl.Int64)
-        elif part.kind is ir.PartKind.COUNT_VALUES:
-            assert part.counted_column is not None
-            expression = pl.col(part.counted_column).count().cast(pl.Int64)
-        elif part.kind is ir.PartKind.QUANTILE:
-            assert part.value is not None
-            values = pl.col(fixed_name(part.value.column)).drop_nulls()
-            expression = values if plan.group_keys else values.implode()
-        else:
-            assert part.value is not None
-            fixed = pl.col(fixed_name(part.value.column))
-            if part.kind is ir.PartKind.CENTERED_SUM:
-                fixed = fixed - part.value.center
-            expression = fixed.sum()
-        expressions.append(expression.alias(part_name(index)))
-    return expressions
-
-
-def _with_sample_draws(frame: pl.LazyFrame, plan: ir.QueryPlan, unit_dtype: pl.DataType, seed: int) -> pl.LazyFrame:
-    """Per row, for each quantile part: the draw that orders a member's values in a group (smallest kept).
-
-    The draw hashes the seed, the member, the value and which copy of that
-    value it is (1st, 2nd, … within the member and group), so equal values
-    are drawn independently and the kept values are a uniform sample.
-    """
-    quantiles = quantile_parts(plan)
-    unit = plan.contribution.unit_column
-    if not quantiles or unit is None:
-        return frame
-    keys = [key.column for key in plan.group_keys]
-    frame = _with_word(frame, unit, unit_dtype, UNIT_WORD)
-    for index, part in quantiles:
-        assert part.value is not None
-        fixed = fixed_name(part.value.column)
-        frame = frame.with_columns(
-            pl.col(fixed).reinterpret(signed=False).alias(VALUE_WORD),
-            pl.int_range(pl.len(), dtype=pl.UInt64).over([unit, *keys, fixed]).alias(COPY_WORD),
-        )
-        frame = _with_draw(frame, seed, [UNIT_WORD, VALUE_WORD, COPY_WORD], sample_draw_name(index))
-    return frame
-
-
-def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[pl.Expr]:
-    """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum.
-
-    For a quantile, up to ``max_rows_per_group`` of the member's values: those with the smallest draws.
-    """
-    statistics = [pl.len().cast(pl.Int64).alias(ROWS)]
-    cap = plan.contribution.max_rows_per_group
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.QUANTILE:
-            assert part.value is not None
-            fixed = pl.col(fixed_name(part.value.column))
-            sampled = fixed.sort_by(pl.col(sample_draw_name(index))).drop_nulls().head(cap)
-            statistics.append(sampled.alias(part_name(index)))
-    statistics += [pl.col(name).count().cast(pl.Int64).alias(f"__n_{name}") for name in counted_columns(plan)]
-    statistics += [pl.col(fixed_name(name)).sum().alias(f"__s_{name}") for name in columns]
-    return statistics
-
-
-def _member_level_parts(plan: ir.QueryPlan) -> list[pl.Expr]:
-    """Cap one member's contribution to one group: at most ``max_rows_per_group`` rows' worth.
-
-    Sums become the member's floored mean (inside the bounds) times the capped
-    count, so a member adds at most ``cap × magnitude`` to a group.
-    """
-    cap = plan.contribution.max_rows_per_group
-    expressions = []
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.QUANTILE:
-            continue  # already bounded: the member's sampled values
-        if part.kind is ir.PartKind.COUNT_ROWS:
-            expression = pl.min_horizontal(pl.col(ROWS), cap)
-        elif part.kind is ir.PartKind.COUNT_UNITS:
-            expression = pl.lit(1)  # this member, in this group
-        elif part.kind is ir.PartKind.COUNT_VALUES:
-            expression = pl.min_horizontal(pl.col(f"__n_{part.counted_column}"), cap)
-        else:
-            assert part.value is not None
-            column = part.value.column
-            count = pl.col(f"__n_{column}")
-            center = part.value.center if part.kind is ir.PartKind.CENTERED_SUM else 0
-            mean = pl.col(f"__s_{column}") // count - center
-            expression = pl.when(count > 0).then(mean * pl.min_horizontal(count, cap)).otherwise(0)
-        expressions.append(expression.cast(pl.Int64).alias(part_name(index)))
-    return expressions
-
-
-def _combine(plan: ir.QueryPlan, index: int) -> pl.Expr:
-    """Members' bounded contributions to a group: summed, or (quantiles) pooled into one list."""
-    column = pl.col(part_name(index))
-    if plan.parts[index].kind is not ir.PartKind.QUANTILE:
-        return column.sum()
-    pooled = column.explode().drop_nulls()
-    return pooled if plan.group_keys else pooled.implode()
-
-
-def _keep_random_groups(frame: pl.LazyFrame, unit: str, draw: pl.Expr, max_groups: int) -> pl.LazyFrame:
-    """Keep at most ``max_groups`` groups per member: those with the smallest draws (the seed is new every query)."""
-    if max_groups == 1:  # the common case: a minimum per member is far cheaper than a rank
-        return frame.filter(draw == draw.min().over(unit)).filter(pl.col(unit).is_first_distinct())
-    return frame.filter(draw.rank("ordinal").over(unit) <= max_groups)
-
-
-def _aggregate(frame: pl.LazyFrame, keys: list[str], expressions: list[pl.Expr]) -> pl.LazyFrame:
-    return frame.group_by(keys).agg(expressions) if keys else frame.select(expressions)
 
 
 def _with_all_keys(bounded: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
@@ -343,27 +211,99 @@ def _with_word(frame: pl.LazyFrame, column: str, stored: pl.DataType, name: str)
     return frame.with_columns(hashing.mix(pl.col(name), _UINT64).fill_null(null_word).alias(name))
 
 
-def _with_draw(frame: pl.LazyFrame, seed: int, words: list[str], name: str) -> pl.LazyFrame:
+def _with_draw(frame: pl.LazyFrame, seed: int, words: Sequence[str], name: str) -> pl.LazyFrame:
     """Add ``name``: the draw of the word columns ``words``, one column step per word."""
     for step in hashing.draw_steps(seed, [pl.col(word) for word in words], pl.col(name), _UINT64):
         frame = frame.with_columns(step.alias(name))
     return frame
 
 
-def _key_word_name(index: int) -> str:
-    return f"__word_key_{index}"
+class _PolarsPrimitives:
+    """``bounding.Primitives`` over Polars lazy frames and expressions.
 
+    Aggregations run inside ``group_by().agg()``, or (without keys) in a
+    ``select``, where a list must be imploded to stay one value: ``grouped`` says which.
+    """
 
-def _with_key_words(frame: pl.LazyFrame, plan: ir.QueryPlan) -> pl.LazyFrame:
-    """Per group key, its word: a public key's position in the policy's key set; a private key's text word."""
-    for index, key in enumerate(plan.group_keys):
-        if key.values is None:
-            frame = _with_word(frame, key.column, pl.String(), _key_word_name(index))
-        else:
-            positions = list(range(len(key.values)))
-            word = pl.col(key.column).replace_strict(list(key.values), positions, return_dtype=pl.UInt64)
-            frame = frame.with_columns(word.alias(_key_word_name(index)))
-    return frame
+    def __init__(self, grouped: bool) -> None:
+        self._grouped = grouped
+
+    def column(self, name: str) -> pl.Expr:
+        return pl.col(name)
+
+    def literal(self, value: int) -> pl.Expr:
+        return pl.lit(value)
+
+    def int64(self, value: pl.Expr) -> pl.Expr:
+        return value.cast(pl.Int64)
+
+    def minus(self, value: pl.Expr, constant: int) -> pl.Expr:
+        return value - constant
+
+    def times(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left * right
+
+    def floor_divide(self, numerator: pl.Expr, divisor: pl.Expr) -> pl.Expr:
+        return numerator // divisor
+
+    def least(self, value: pl.Expr, cap: int) -> pl.Expr:
+        return pl.min_horizontal(value, cap)
+
+    def positive(self, value: pl.Expr) -> pl.Expr:
+        return value > 0
+
+    def when(self, condition: pl.Expr, then: pl.Expr, otherwise: pl.Expr) -> pl.Expr:
+        return pl.when(condition).then(then).otherwise(otherwise)
+
+    def integer_word(self, value: pl.Expr) -> pl.Expr:
+        return value.reinterpret(signed=False)
+
+    def position(self, column: str, values: tuple[object, ...]) -> pl.Expr:
+        positions = list(range(len(values)))
+        return pl.col(column).replace_strict(list(values), positions, return_dtype=pl.UInt64)
+
+    def occurrence(self, within: Sequence[str]) -> pl.Expr:
+        return pl.int_range(pl.len(), dtype=pl.UInt64).over(within)
+
+    def count_rows(self) -> pl.Expr:
+        return pl.len().cast(pl.Int64)
+
+    def count(self, value: pl.Expr) -> pl.Expr:
+        return value.count().cast(pl.Int64)
+
+    def sum(self, value: pl.Expr) -> pl.Expr:
+        return value.sum()
+
+    def values(self, value: pl.Expr) -> pl.Expr:
+        return self._one_list(value.drop_nulls())
+
+    def smallest(self, value: pl.Expr, order: pl.Expr, count: int) -> pl.Expr:
+        return value.sort_by(order).drop_nulls().head(count)
+
+    def pooled(self, lists: pl.Expr) -> pl.Expr:
+        return self._one_list(lists.explode().drop_nulls())
+
+    def _one_list(self, values: pl.Expr) -> pl.Expr:
+        return values if self._grouped else values.implode()
+
+    def with_columns(self, frame: pl.LazyFrame, columns: Mapping[str, pl.Expr]) -> pl.LazyFrame:
+        return frame.with_columns(expression.alias(name) for name, expression in columns.items())
+
+    def aggregate(self, frame: pl.LazyFrame, keys: Sequence[str], columns: Mapping[str, pl.Expr]) -> pl.LazyFrame:
+        expressions = [expression.alias(name) for name, expression in columns.items()]
+        return frame.group_by(keys).agg(expressions) if keys else frame.select(expressions)
+
+    def keep_first(self, frame: pl.LazyFrame, within: str, order: str, count: int) -> pl.LazyFrame:
+        drawn = pl.col(order)
+        if count == 1:  # the common case: a minimum per member is far cheaper than a rank
+            return frame.filter(drawn == drawn.min().over(within)).filter(pl.col(within).is_first_distinct())
+        return frame.filter(drawn.rank("ordinal").over(within) <= count)
+
+    def with_word(self, frame: pl.LazyFrame, column: str, integer: bool, name: str) -> pl.LazyFrame:
+        return _with_word(frame, column, pl.Int64() if integer else pl.String(), name)
+
+    def with_draw(self, frame: pl.LazyFrame, seed: int, words: Sequence[str], name: str) -> pl.LazyFrame:
+        return _with_draw(frame, seed, words, name)
 
 
 def _row_expr(expr: ir.RowExpr) -> pl.Expr:

@@ -71,12 +71,6 @@ def check_columns(plan: ir.QueryPlan, stored: Mapping[str, T], readable: Callabl
 
 # --- names and plan facts both backends use ----------------------------------------
 
-ROWS = "__rows"
-UNIT_WORD = "__word_unit"
-VALUE_WORD = "__word_value"
-COPY_WORD = "__word_copy"
-GROUP_DRAW = "__draw_group"
-
 
 def fixed_name(column: str) -> str:
     """The column holding ``column`` clamped to fixed point."""
@@ -87,21 +81,6 @@ def part_name(index: int) -> str:
     return f"__part_{index}"
 
 
-def sample_draw_name(index: int) -> str:
-    """The column of draws ordering a member's values for quantile part ``index``."""
-    return f"__draw_{index}"
-
-
-def quantile_parts(plan: ir.QueryPlan) -> list[tuple[int, ir.Part]]:
-    """The quantile parts and their indices (their inputs are bounded samples, not sums)."""
-    return [(index, part) for index, part in enumerate(plan.parts) if part.kind is ir.PartKind.QUANTILE]
-
-
 def value_columns(plan: ir.QueryPlan) -> dict[str, ir.FixedPoint]:
     """The columns a part sums or samples, with their fixed-point bounds."""
     return {part.value.column: part.value for part in plan.parts if part.value is not None}
-
-
-def counted_columns(plan: ir.QueryPlan) -> list[str]:
-    """Columns whose non-NULL rows a part counts, or whose values a part sums."""
-    return sorted({part.column for part in plan.parts if part.column is not None})

@@ -6,10 +6,9 @@ names and literals never pass through SQL text (no quoting, no injection),
 and the hash's higher-order functions are ordinary Python calls.
 
 The work is the Polars backend's, step for step: read and cast the declared
-columns, filter, derive, clamp to fixed point, then (member level) aggregate
-per member and group, cap each member's counts and sums, keep at most
-``max_groups`` groups per member by the shared seeded hash
-(``engine.backends.draw``), and sum per group. Only that small per-group
+columns, filter, derive, clamp to fixed point, then bound each unit's
+contribution and aggregate by the shared ``engine.backends.bounding``, on the
+Spark primitives of ``engine.backends.spark_primitives``. Only that small per-group
 table (and, for quantiles, the bounded samples) comes back to the driver,
 which lays it onto the policy's public keys. Noise is added afterwards, on
 the driver, by the same OpenDP code as for Polars.
@@ -27,25 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine import plan as ir
+from engine.backends import bounding
 from engine.backends.base import ExactAggregates
-from engine.backends.shared import (
-    COPY_WORD,
-    GROUP_DRAW,
-    ROWS,
-    UNIT_WORD,
-    VALUE_WORD,
-    check_columns,
-    counted_columns,
-    fixed_name,
-    key_type,
-    part_name,
-    quantile_parts,
-    sample_draw_name,
-    value_columns,
-)
+from engine.backends.shared import check_columns, fixed_name, key_type, part_name, value_columns
 from engine.backends.spark_session import SparkSettings, get_session
 from engine.errors import PolicyError
-from engine.sensitivity import chooses_groups
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -102,6 +87,7 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
     from pyspark.sql import functions as F
 
     from engine.backends.spark_exprs import row_expr
+    from engine.backends.spark_primitives import SparkPrimitives
 
     scan = _scan(session, plan.source)
     stored = _stored_types(scan)
@@ -118,18 +104,9 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
     frame = frame.select(
         "*", *(_fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items())
     )
-    keys = [key.column for key in plan.group_keys]
     unit = plan.contribution.unit_column
-    if unit is None:
-        return _aggregate(frame, keys, _row_level_parts(plan))
-    integer_unit = stored[unit].typeName() in _INTEGRAL
-    frame = _with_sample_draws(frame, plan, integer_unit, seed)
-    per_member = frame.groupBy(unit, *keys).agg(*_member_statistics(plan, columns))
-    per_member = per_member.select(unit, *keys, *_member_level_parts(plan))
-    if chooses_groups(plan):
-        per_member = _with_group_draw(per_member, plan, integer_unit, seed)
-        per_member = _keep_random_groups(per_member, unit, plan.contribution.max_groups)
-    return _aggregate(per_member, keys, [_combine(plan, index) for index in range(len(plan.parts))])
+    integer_unit = unit is not None and stored[unit].typeName() in _INTEGRAL
+    return bounding.bounded(frame, plan, seed, integer_unit, SparkPrimitives())
 
 
 # --- reading -----------------------------------------------------------------------
@@ -217,147 +194,6 @@ def _fixed_point(value: ir.FixedPoint, kind: ir.ColumnKind) -> Column:
         return clamp(column, value.lower, value.upper).cast("long").alias(fixed_name(value.column))
     scaled = clamp(column.cast("double") * value.scale, value.lower, value.upper)
     return to_long(scaled, f"value of {value.column}").alias(fixed_name(value.column))
-
-
-# --- bounding ----------------------------------------------------------------------
-
-
-def _row_level_parts(plan: ir.QueryPlan) -> list[Column]:
-    """Each row is a unit: counts and sums over rows need no capping."""
-    from pyspark.sql import functions as F
-
-    expressions = []
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.COUNT_ROWS:
-            expression = F.count(F.lit(1))
-        elif part.kind is ir.PartKind.COUNT_VALUES:
-            assert part.counted_column is not None
-            expression = F.count(F.col(part.counted_column))
-        elif part.kind is ir.PartKind.QUANTILE:
-            assert part.value is not None
-            expression = F.collect_list(F.col(fixed_name(part.value.column)))
-        else:
-            assert part.value is not None
-            fixed = F.col(fixed_name(part.value.column))
-            if part.kind is ir.PartKind.CENTERED_SUM:
-                fixed = fixed - part.value.center
-            expression = F.coalesce(F.sum(fixed), F.lit(0).cast("long"))
-        expressions.append(expression.alias(part_name(index)))
-    return expressions
-
-
-def _with_sample_draws(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, seed: int) -> DataFrame:
-    """Per row, for each quantile part, the draw ordering a member's values in a group (as the Polars backend)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    from engine.backends.spark_exprs import with_draw, with_word
-
-    quantiles = quantile_parts(plan)
-    unit = plan.contribution.unit_column
-    if not quantiles or unit is None:
-        return frame
-    keys = [key.column for key in plan.group_keys]
-    frame = with_word(frame, unit, integer_unit, UNIT_WORD)
-    for index, part in quantiles:
-        assert part.value is not None
-        fixed = fixed_name(part.value.column)
-        copies = Window.partitionBy(unit, *keys, fixed).orderBy(fixed)
-        frame = frame.withColumn(VALUE_WORD, F.col(fixed)).withColumn(COPY_WORD, F.row_number().over(copies) - 1)
-        frame = with_draw(frame, seed, [UNIT_WORD, VALUE_WORD, COPY_WORD], sample_draw_name(index))
-    return frame
-
-
-def _member_statistics(plan: ir.QueryPlan, columns: dict[str, ir.FixedPoint]) -> list[Column]:
-    """Per member and group: rows; non-NULL rows per column a part reads; sums; quantile samples (smallest draws)."""
-    from pyspark.sql import functions as F
-
-    statistics = [F.count(F.lit(1)).alias(ROWS)]
-    cap = plan.contribution.max_rows_per_group
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.QUANTILE:
-            assert part.value is not None
-            fixed = F.col(fixed_name(part.value.column))
-            drawn = F.collect_list(
-                F.when(fixed.isNotNull(), F.struct(F.col(sample_draw_name(index)).alias("d"), fixed.alias("v")))
-            )
-            sampled = F.slice(F.array_sort(drawn), 1, cap)
-            statistics.append(F.transform(sampled, lambda pair: pair["v"]).alias(part_name(index)))
-    statistics += [F.count(F.col(name)).alias(f"__n_{name}") for name in counted_columns(plan)]
-    statistics += [F.sum(F.col(fixed_name(name))).alias(f"__s_{name}") for name in columns]
-    return statistics
-
-
-def _member_level_parts(plan: ir.QueryPlan) -> list[Column]:
-    """Cap one member's contribution to one group at ``max_rows_per_group`` rows' worth (as the Polars backend)."""
-    from pyspark.sql import functions as F
-
-    cap = F.lit(plan.contribution.max_rows_per_group).cast("long")
-    expressions = []
-    for index, part in enumerate(plan.parts):
-        if part.kind is ir.PartKind.QUANTILE:
-            expression = F.col(part_name(index))
-        elif part.kind is ir.PartKind.COUNT_ROWS:
-            expression = F.least(F.col(ROWS), cap)
-        elif part.kind is ir.PartKind.COUNT_UNITS:
-            expression = F.lit(1).cast("long")
-        elif part.kind is ir.PartKind.COUNT_VALUES:
-            expression = F.least(F.col(f"__n_{part.counted_column}"), cap)
-        else:
-            assert part.value is not None
-            column = part.value.column
-            count, total = F.col(f"__n_{column}"), F.col(f"__s_{column}")
-            center = part.value.center if part.kind is ir.PartKind.CENTERED_SUM else 0
-            floored_mean = F.expr(f"(`__s_{column}` - pmod(`__s_{column}`, `__n_{column}`)) div `__n_{column}`")
-            mean = floored_mean - F.lit(center).cast("long")
-            expression = F.when((count > 0) & total.isNotNull(), mean * F.least(count, cap)).otherwise(F.lit(0))
-            expression = expression.cast("long")
-        expressions.append(expression.alias(part_name(index)))
-    return expressions
-
-
-def _with_group_draw(frame: DataFrame, plan: ir.QueryPlan, integer_unit: bool, seed: int) -> DataFrame:
-    """Add the draw of each member's group: member, then per key a public key's position or a private key's text."""
-    from pyspark.sql import functions as F
-
-    from engine.backends.spark_exprs import with_draw, with_word
-
-    unit = plan.contribution.unit_column
-    assert unit is not None
-    frame = with_word(frame, unit, integer_unit, UNIT_WORD)
-    words = [UNIT_WORD]
-    for index, key in enumerate(plan.group_keys):
-        name = f"__word_key_{index}"
-        if key.values is None:
-            frame = with_word(frame, key.column, False, name)
-        else:
-            pairs = itertools.chain.from_iterable((F.lit(value), F.lit(at)) for at, value in enumerate(key.values))
-            frame = frame.withColumn(name, F.element_at(F.create_map(*pairs), F.col(key.column)).cast("long"))
-        words.append(name)
-    return with_draw(frame, seed, words, GROUP_DRAW)
-
-
-def _keep_random_groups(frame: DataFrame, unit: str, max_groups: int) -> DataFrame:
-    """Keep at most ``max_groups`` groups per member: those with the smallest draws."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    ranked = frame.withColumn("__rank", F.row_number().over(Window.partitionBy(unit).orderBy(GROUP_DRAW)))
-    return ranked.filter(F.col("__rank") <= max_groups)
-
-
-def _combine(plan: ir.QueryPlan, index: int) -> Column:
-    """Members' bounded contributions to a group: summed, or (quantiles) pooled."""
-    from pyspark.sql import functions as F
-
-    column = F.col(part_name(index))
-    if plan.parts[index].kind is ir.PartKind.QUANTILE:
-        return F.flatten(F.collect_list(column)).alias(part_name(index))
-    return F.coalesce(F.sum(column), F.lit(0).cast("long")).alias(part_name(index))
-
-
-def _aggregate(frame: DataFrame, keys: list[str], expressions: list[Column]) -> DataFrame:
-    return frame.groupBy(*keys).agg(*expressions) if keys else frame.agg(*expressions)
 
 
 # --- back on the driver ------------------------------------------------------------
