@@ -238,34 +238,88 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
     if len(weights) != len(plan.parts):
         raise InternalError("one weight per measured part is needed")
     target = mode.largest_loss(epsilon, conversion_delta)
-    multiplier = mode.multiplier(math.fsum(weights), target)
     spread = [mode.spread(weight) for weight in weights]
+
+    def attempt(multiplier: float) -> _Attempt | None:
+        """The noise at ``multiplier``, or None when its composed loss does not fit the request."""
+        tried = _attempt(plan, mode, multiplier, sensitivities, spread, threshold_delta)
+        fits = tried.loss <= target and mode.epsilon_of(tried.loss, conversion_delta) <= epsilon
+        return tried if fits and (tried.threshold is None or tried.threshold.delta <= threshold_delta) else None
+
+    multiplier = mode.multiplier(math.fsum(weights), target)
     for _ in range(_ATTEMPTS):
-        pairs = list(zip(plan.parts, sensitivities, spread, strict=True))
-        scales = [_scale(plan, part, mode, multiplier * f, s) for part, s, f in pairs]
-        if not all(math.isfinite(scale) for scale in scales):
-            raise PolicyViolation(
-                f"epsilon {request.epsilon} and delta {request.delta} are too small: no finite noise scale fits them"
-            )
-        losses = [_loss(plan, part, mode, scale, s) for (part, s, _), scale in zip(pairs, scales, strict=True)]
-        threshold = None
-        if plan.threshold_part is not None:
-            share = spread[plan.threshold_part]
-            threshold = _threshold(plan, mode, multiplier * share, threshold_delta)
-            losses[plan.threshold_part] = threshold[1]
-        loss = compose(losses)
-        fits = loss <= target and mode.epsilon_of(loss, conversion_delta) <= epsilon
-        if fits and (threshold is None or threshold[0].delta <= threshold_delta):
+        fitted = attempt(multiplier)
+        if fitted is not None:
             break
         multiplier = math.nextafter(multiplier * (1 + 1e-12), math.inf)
     else:
         raise InternalError("could not calibrate noise within the requested budget")
+    fitted = _tightened(attempt, multiplier, fitted, target)
+    scales, losses, threshold, loss = fitted.scales, fitted.losses, fitted.threshold, fitted.loss
     parts = tuple(
         PartNoise(part, s, scale, part.value.scale if part.value else 1, part_loss)
         for part, s, scale, part_loss in zip(plan.parts, sensitivities, scales, losses, strict=True)
     )
     cost = Cost(request.epsilon, request.delta if mode.spends_delta or private else Decimal(0))
-    return NoisePlan(request.accounting, parts, cost, loss, threshold[0] if threshold else None)
+    return NoisePlan(request.accounting, parts, cost, loss, threshold)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """The noise of every part at one multiplier, and the loss OpenDP's maps compose for it."""
+
+    scales: list[float]
+    losses: list[float]
+    threshold: Threshold | None
+    loss: float
+
+
+def _attempt(
+    plan: QueryPlan,
+    mode: Mode,
+    multiplier: float,
+    sensitivities: Sequence[int],
+    spread: Sequence[float],
+    threshold_delta: float,
+) -> _Attempt:
+    pairs = list(zip(plan.parts, sensitivities, spread, strict=True))
+    scales = [_scale(plan, part, mode, multiplier * f, s) for part, s, f in pairs]
+    if not all(math.isfinite(scale) for scale in scales):
+        raise PolicyViolation("epsilon and delta are too small: no finite noise scale fits them")
+    losses = [_loss(plan, part, mode, scale, s) for (part, s, _), scale in zip(pairs, scales, strict=True)]
+    threshold = None
+    if plan.threshold_part is not None:
+        threshold, losses[plan.threshold_part] = _threshold(
+            plan, mode, multiplier * spread[plan.threshold_part], threshold_delta
+        )
+    return _Attempt(scales, losses, threshold, compose(losses))
+
+
+_TIGHTENING_STEPS = 16
+"""Bisection steps that bring a fitting multiplier down to within 2^-16 of the smallest that fits."""
+
+
+def _tightened(
+    attempt: Callable[[float], _Attempt | None], multiplier: float, fitted: _Attempt, target: float
+) -> _Attempt:
+    """The least noise that still fits, when the first fitting multiplier leaves part of the loss unspent.
+
+    The first guess gives every part its share as the Laplace or Gaussian map
+    would; a threshold's or a quantile's map spends less at that scale, and the
+    rest of the request would be wasted as extra noise. Bisect between half the
+    multiplier (a lower bound on what could fit) and the one that fits.
+    """
+    if fitted.loss >= target * (1 - 1e-9):
+        return fitted
+    low, high = multiplier / 2, multiplier
+    for _ in range(_TIGHTENING_STEPS):
+        middle = (low + high) / 2
+        tried = attempt(middle)
+        if tried is None:
+            low = middle
+        else:
+            high, fitted = middle, tried
+    return fitted
 
 
 def delta_split(mode: Mode, delta: float, private_keys: bool) -> tuple[float, float]:
