@@ -19,8 +19,18 @@ from pathlib import Path
 from sqlglot import exp
 
 from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of, exact
+from engine.accuracy_targets import choose, part_targets
 from engine.backends import BACKENDS, Backend
-from engine.errors import Conflict, CoopdpError, Forbidden, NotFound, Unauthorized, UnknownTable, failed_after_charge
+from engine.errors import (
+    Conflict,
+    CoopdpError,
+    Forbidden,
+    NotFound,
+    PolicyViolation,
+    Unauthorized,
+    UnknownTable,
+    failed_after_charge,
+)
 from engine.explain import Explanation, explain
 from engine.keys import IssuedKey, Role, hash_key, new_key
 from engine.ledger import (
@@ -40,7 +50,8 @@ from engine.mechanisms import NoisePlan, calibrate, part_weights, release
 from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
-from engine.postprocess import accuracy, build_table, rank_accuracy
+from engine.postprocess import accuracy as column_accuracy
+from engine.postprocess import build_table, rank_accuracy
 from engine.result import Result
 from engine.sql import normalised, parse
 
@@ -72,6 +83,16 @@ class PlannedQuery:
     statement: exp.Select
     plan: QueryPlan
     noise: NoisePlan
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a query asks to spend: an ε (split evenly or by ``weights``), or ``accuracy`` targets that choose it."""
+
+    epsilon: float | None
+    delta: float | None
+    weights: Mapping[str, float] | None
+    accuracy: Mapping[str, float] | None
 
 
 @dataclass(frozen=True)
@@ -127,21 +148,24 @@ class Engine:
         dataset: str,
         sql: str,
         *,
-        epsilon: float,
+        epsilon: float | None = None,
         delta: float | None = None,
         buyer: str | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
         weights: Mapping[str, float] | None = None,
+        accuracy: Mapping[str, float] | None = None,
     ) -> Result:
         """Answer ``sql`` with differential privacy, charging ``(epsilon, delta)`` first.
 
         ``weights`` (output column → weight) split the budget unevenly: a column
         weighted 3 gets three times the ε (ρ under zCDP) of a column weighted 1.
+        ``accuracy`` (output column → 95% half-width), instead of ``epsilon``,
+        charges the least ε that meets every target (engine/accuracy_targets.py).
         A repeat (the same idempotency key, or a query whose stored release may
         be reused) returns the stored release, ``cached``, at no cost.
         """
-        planned = self._plan(dataset, sql, epsilon, delta, buyer, weights)
+        planned = self._plan(dataset, sql, Ask(epsilon, delta, weights, accuracy), buyer)
         policy, caller, plan, noise = planned.policy, planned.caller, planned.plan, planned.noise
         consent_column = policy.consent_column(caller.purpose)
         if dry_run:
@@ -151,7 +175,7 @@ class Engine:
                 buyer=caller.name,
                 columns=[c.name for c in plan.output],
                 rows=[],
-                accuracy=accuracy(plan, noise),
+                accuracy=column_accuracy(plan, noise),
                 cost=noise.cost,
                 remaining=self.remaining(policy, caller),
                 cached=False,
@@ -159,10 +183,13 @@ class Engine:
                 private_keys=list(plan.private_keys),
                 notes=list(plan.notes),
                 rank_accuracy=rank_accuracy(plan, noise),
+                accuracy_target=_echo(accuracy),
             )
         backend = self.backend(policy)
         backend.check_schema(plan)
-        normalised_sql = normalised(planned.statement) + (_weights_comment(weights) if weights else "")
+        normalised_sql = (
+            normalised(planned.statement) + _split_comment("weights", weights) + _split_comment("accuracy", accuracy)
+        )
         charge = self.ledger.charge(
             ChargeRequest(
                 dataset,
@@ -201,6 +228,7 @@ class Engine:
             private_keys=list(plan.private_keys),
             notes=[*plan.notes, *table.notes],
             rank_accuracy=rank_accuracy(plan, noise),
+            accuracy_target=_echo(accuracy),
         )
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
@@ -210,16 +238,17 @@ class Engine:
         dataset: str,
         sql: str,
         *,
-        epsilon: float,
+        epsilon: float | None = None,
         delta: float | None = None,
         buyer: str | None = None,
         weights: Mapping[str, float] | None = None,
+        accuracy: Mapping[str, float] | None = None,
     ) -> Explanation:
         """How ``sql`` would be answered (bounds, sensitivity, noise, cost), refused as a query would be.
 
         Reads no data and charges nothing: like a dry run, it reads the ledger only for the caller and what remains.
         """
-        planned = self._plan(dataset, sql, epsilon, delta, buyer, weights)
+        planned = self._plan(dataset, sql, Ask(epsilon, delta, weights, accuracy), buyer)
         caller = planned.caller
         return explain(
             planned.plan,
@@ -231,23 +260,37 @@ class Engine:
             remaining=self.remaining(planned.policy, caller),
         )
 
-    def _plan(
-        self,
-        dataset: str,
-        sql: str,
-        epsilon: float,
-        delta: float | None,
-        buyer: str | None,
-        weights: Mapping[str, float] | None,
-    ) -> PlannedQuery:
+    def _plan(self, dataset: str, sql: str, ask: Ask, buyer: str | None) -> PlannedQuery:
         """Everything decided before data is read: the request checked, the caller, the plan and its noise."""
         policy = self.policy(dataset)
-        request = PrivacyRequest.validate(epsilon, delta, policy.budget)
+        if (ask.epsilon is None) == (ask.accuracy is None):
+            raise PolicyViolation("give exactly one of epsilon or accuracy (targets per output column)")
+        if ask.accuracy is not None and ask.weights:
+            raise PolicyViolation("accuracy targets choose the split across columns: give weights or accuracy")
+        budget = policy.budget
+        request = PrivacyRequest.validate(
+            budget.max_epsilon_per_query if ask.epsilon is None else ask.epsilon, ask.delta, budget
+        )
         caller = self.caller(policy, buyer)
         statement = parse(sql)
         plan = plan_query(statement, policy, consent_column=policy.consent_column(caller.purpose))
-        noise = calibrate(plan, request, part_weights(plan, weights) if weights else None)
+        if ask.accuracy is None:
+            noise = calibrate(plan, request, part_weights(plan, ask.weights) if ask.weights else None)
+        else:
+            noise = self._meet(policy, caller, plan, request, ask.accuracy)
         return PlannedQuery(policy, caller, statement, plan, noise)
+
+    def _meet(
+        self, policy: Policy, caller: Caller, plan: QueryPlan, request: PrivacyRequest, accuracy: Mapping[str, float]
+    ) -> NoisePlan:
+        """The noise of the least ε that meets the accuracy targets, within the per-query cap and what is left."""
+        targets = part_targets(plan, accuracy)
+        per_query, left = exact(policy.budget.max_epsilon_per_query), self.remaining(policy, caller).epsilon
+        if per_query <= left:
+            cap, name = per_query, "this dataset's max_epsilon_per_query"
+        else:
+            cap, name = left, "the epsilon left to this caller"
+        return choose(plan, request, targets, cap, name).noise
 
     def stored_release(self, query_id: str, buyer: str | None) -> Result:
         """A past release of ``buyer``'s, again, at no cost; another buyer's is as missing as one never made."""
@@ -386,10 +429,21 @@ def _capped(left: Decimal, quota: Decimal | None, spent_by_buyer: Decimal) -> De
     return left if quota is None else min(left, EXACT.subtract(quota, spent_by_buyer))
 
 
-def _weights_comment(weights: Mapping[str, float]) -> str:
-    """The split, recorded with the query (in the transparency log, the reuse key and the idempotency check)."""
-    pairs = sorted((name.lower(), float(weight)) for name, weight in weights.items())
-    return " /* weights: " + ", ".join(f"{name}={weight!r}" for name, weight in pairs) + " */"
+def _split_comment(label: str, split: Mapping[str, float] | None) -> str:
+    """Weights or accuracy targets (both fix the split), recorded with the query.
+
+    They are part of the transparency log, the reuse key and the idempotency check: the same SQL and ε under
+    another split is another release.
+    """
+    if not split:
+        return ""
+    pairs = sorted((name.lower(), float(value)) for name, value in split.items())
+    return f" /* {label}: " + ", ".join(f"{name}={value!r}" for name, value in pairs) + " */"
+
+
+def _echo(accuracy: Mapping[str, float] | None) -> dict[str, float]:
+    """The targets as the result echoes them (``accuracy_target``): the buyer's names, as numbers."""
+    return {name: float(value) for name, value in (accuracy or {}).items()}
 
 
 def _reuse_key(policy: Policy, caller: Caller, sql: str, cost: Cost, consent_column: str | None) -> str:

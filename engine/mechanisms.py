@@ -63,6 +63,8 @@ class Mode:
     """(total weight, loss) → the first multiplier to try for that loss, split in proportion to the weights."""
     spread: Callable[[float], float]
     """A part's weight → the factor on its multiplier (the loss falls as 1/scale, or 1/scale² for ρ)."""
+    weight_of: Callable[[float], float]
+    """The inverse of ``spread``: a factor on the multiplier → the weight that gives it."""
     quantile_scale: Callable[[float], float]
     """A quantile's loss at scale 1 → its scale per unit of multiplier."""
     threshold_delta_share: float
@@ -93,6 +95,7 @@ PURE = Mode(
     epsilon_of=lambda epsilon, delta: epsilon,
     multiplier=lambda total, epsilon: total / epsilon,
     spread=lambda weight: 1 / weight,
+    weight_of=lambda factor: 1 / factor,
     quantile_scale=lambda epsilon_at_unit_scale: epsilon_at_unit_scale,
     threshold_delta_share=1.0,
     spends_delta=False,
@@ -109,6 +112,7 @@ ZCDP = Mode(
     epsilon_of=zcdp_to_epsilon,
     multiplier=lambda total, rho: math.sqrt(total / (2 * rho)) if rho > 0 else math.inf,
     spread=lambda weight: 1 / math.sqrt(weight),
+    weight_of=lambda factor: 1 / factor**2,
     quantile_scale=lambda rho_at_unit_scale: math.sqrt(2 * rho_at_unit_scale),
     threshold_delta_share=0.5,
     spends_delta=True,

@@ -43,13 +43,29 @@ def accuracy(
         if isinstance(column.expr, (ir.KeyRef, ir.Lit)):
             continue
         aggregate = plan.aggregates[column.expr.index] if isinstance(column.expr, ir.AggRef) else None
-        if aggregate is None or aggregate.kind.is_spread or aggregate.kind is ir.AggregateKind.QUANTILE:
-            result[column.name] = None
-        elif aggregate.kind is ir.AggregateKind.AVG:
+        part = measured_part(plan, column)
+        if part is not None:
+            result[column.name] = noise.accuracy(part)
+        elif aggregate is not None and aggregate.kind is ir.AggregateKind.AVG:
             result[column.name] = None if noisy is None else _average_accuracy(aggregate, noise, noisy)
         else:
-            result[column.name] = noise.accuracy(aggregate.parts[0])
+            result[column.name] = None
     return result
+
+
+def measured_part(plan: ir.QueryPlan, column: ir.OutputColumn) -> int | None:
+    """The part whose noise alone is ``column``'s accuracy (COUNT, SUM), or None when it needs more.
+
+    AVG's accuracy needs the noisy count, quantiles' is in rows of rank, and
+    spreads' and arithmetic's are not computed: none is known before release.
+    """
+    if not isinstance(column.expr, ir.AggRef):
+        return None
+    aggregate = plan.aggregates[column.expr.index]
+    kind = aggregate.kind
+    if kind.is_spread or kind in (ir.AggregateKind.QUANTILE, ir.AggregateKind.AVG):
+        return None
+    return aggregate.parts[0]
 
 
 def rank_accuracy(plan: ir.QueryPlan, noise: NoisePlan) -> dict[str, int]:

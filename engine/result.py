@@ -65,6 +65,8 @@ class Result(BaseModel):
     """Substitutions the buyer should know of (e.g. MIN answered as a DP quantile)."""
     rank_accuracy: dict[str, int] = {}
     """Quantile columns: with 95% probability a cell's rank is off by at most this many rows (beyond one grid step)."""
+    accuracy_target: dict[str, float] = {}
+    """The 95% half-widths the query asked for instead of an ε (as asked); ``cost`` is the least ε that meets them."""
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], *, buyer: str | None, remaining: Cost, cached: bool) -> Result:
@@ -82,6 +84,7 @@ class Result(BaseModel):
             private_keys=document.get("private_keys", []),
             notes=document.get("notes", []),
             rank_accuracy=document.get("rank_accuracy", {}),
+            accuracy_target=document.get("accuracy_target", {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
