@@ -62,6 +62,8 @@ class QueryResult:
     notes: list[str] = field(default_factory=list)
     rank_accuracy: dict[str, int] = field(default_factory=dict)
     """Quantile columns: rows of rank one cell may be off by (95%), beyond the candidate grid's own step."""
+    accuracy_target: dict[str, float] = field(default_factory=dict)
+    """The half-widths asked for instead of an ε; ``cost`` is the least ε that met them."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -79,6 +81,7 @@ class QueryResult:
             private_keys=list(data.get("private_keys", [])),
             notes=list(data.get("notes", [])),
             rank_accuracy=dict(data.get("rank_accuracy", {})),
+            accuracy_target=dict(data.get("accuracy_target", {})),
         )
 
 
@@ -317,17 +320,23 @@ class Client:
         self,
         dataset: str,
         sql: str,
-        epsilon: float,
+        epsilon: float | None = None,
         delta: float | None = None,
         dry_run: bool = False,
         idempotency_key: str | None = None,
         weights: dict[str, float] | None = None,
+        accuracy: dict[str, float] | None = None,
     ) -> QueryResult:
         """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry).
 
-        ``weights`` split ε across output columns (column → weight, default 1 each).
+        ``weights`` split ε across output columns (column → weight, default 1 each). ``accuracy`` (column → 95%
+        half-width), instead of ``epsilon``, spends the least ε that meets every target.
         """
-        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "epsilon": epsilon, "dry_run": dry_run}
+        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "dry_run": dry_run}
+        if epsilon is not None:
+            body["epsilon"] = epsilon
+        if accuracy is not None:
+            body["accuracy"] = accuracy
         if delta is not None:
             body["delta"] = delta
         if weights is not None:

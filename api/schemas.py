@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.keys import Role
 from engine.result import CostBody, Result
@@ -18,8 +18,10 @@ class _Input(BaseModel):
 class QueryRequest(_Input):
     dataset: str = Field(max_length=200)
     sql: str = Field(description="One SELECT over the dataset's table.")
-    epsilon: float = Field(
-        strict=True, description="Privacy budget this query may spend (validated against the policy)."
+    epsilon: float | None = Field(
+        default=None,
+        strict=True,
+        description="Privacy budget this query may spend (validated against the policy); or give accuracy.",
     )
     delta: float | None = Field(default=None, strict=True, description="δ, needed by zcdp datasets.")
     dry_run: bool = Field(default=False, description="Cost and accuracy only: reads no data, charges nothing.")
@@ -35,6 +37,19 @@ class QueryRequest(_Input):
             description="Output column → weight: its share of ε relative to the others (default 1 each).",
         )
     )
+    accuracy: dict[Annotated[str, Field(max_length=200)], float] | None = Field(
+        default=None,
+        max_length=100,
+        description="Instead of epsilon: output column (COUNT or SUM) → the 95% half-width it needs; the query "
+        "spends the least ε that meets every target, or is refused with the ε it would need.",
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> QueryRequest:
+        """Exactly one of epsilon and accuracy says what the query may spend (422 ``invalid_request`` otherwise)."""
+        if (self.epsilon is None) == (self.accuracy is None):
+            raise ValueError("give exactly one of epsilon or accuracy")
+        return self
 
 
 class QueryResult(Result):

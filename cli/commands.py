@@ -90,22 +90,25 @@ def _session(policies: Path, ledger: str | None, output: OutputFormat) -> Iterat
         engine.close()
 
 
-def _weights(pairs: list[str]) -> dict[str, float]:
-    weights = {}
-    for pair in pairs:
+def _numbers(pairs: list[str] | None, option: str) -> dict[str, float] | None:
+    """``COLUMN=NUMBER`` options (``--weight``, ``--accuracy``) as a mapping; None when none was given."""
+    numbers = {}
+    for pair in pairs or []:
         column, _, number = pair.rpartition("=")
         try:
-            weights[column] = float(number)
+            numbers[column] = float(number)
         except ValueError:
-            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint="--weight") from None
+            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint=option) from None
         if not column:
-            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint="--weight")
-    return weights
+            raise typer.BadParameter(f"{pair!r}: write COLUMN=NUMBER", param_hint=option)
+    return numbers or None
 
 
 SqlArgument = Annotated[str, typer.Argument(help="One SELECT over the dataset's table.")]
 DatasetOption = Annotated[str, typer.Option("--dataset", help="Dataset (table) name.")]
-EpsilonOption = Annotated[float, typer.Option("--epsilon", help="Privacy budget this query may spend.")]
+EpsilonOption = Annotated[
+    float | None, typer.Option("--epsilon", help="Privacy budget this query may spend (or give --accuracy).")
+]
 DeltaOption = Annotated[float | None, typer.Option("--delta", help="δ (needed by zcdp datasets).")]
 BuyerOption = Annotated[str | None, typer.Option("--buyer", help="Charge this buyer's quota.")]
 WeightOption = Annotated[
@@ -116,26 +119,36 @@ WeightOption = Annotated[
         help="Give an output column W shares of ε (default 1 each); repeat for several columns.",
     ),
 ]
+AccuracyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--accuracy",
+        metavar="COLUMN=HALF_WIDTH",
+        help="Instead of --epsilon: spend the least ε that gives this COUNT or SUM column a 95%% half-width of at "
+        "most HALF_WIDTH; repeat for several columns.",
+    ),
+]
 
 
 @app.command()
 def query(
     sql: SqlArgument,
     dataset: DatasetOption,
-    epsilon: EpsilonOption,
+    epsilon: EpsilonOption = None,
     delta: DeltaOption = None,
     buyer: BuyerOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Cost and accuracy only; reads no data.")] = False,
     weight: WeightOption = None,
+    accuracy: AccuracyOption = None,
     output: FormatOption = OutputFormat.TABLE,
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
 ) -> None:
     """Answer an aggregate SQL query with differential privacy."""
-    weights = _weights(weight or [])
+    weights, targets = _numbers(weight, "--weight"), _numbers(accuracy, "--accuracy")
     with _session(policies, ledger, output) as engine:
         result = engine.query(
-            dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run, weights=weights or None
+            dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run, weights=weights, accuracy=targets
         )
     if output is OutputFormat.JSON:
         print(json.dumps(result.to_dict()))
@@ -147,18 +160,21 @@ def query(
 def explain(
     sql: SqlArgument,
     dataset: DatasetOption,
-    epsilon: EpsilonOption,
+    epsilon: EpsilonOption = None,
     delta: DeltaOption = None,
     buyer: BuyerOption = None,
     weight: WeightOption = None,
+    accuracy: AccuracyOption = None,
     output: FormatOption = OutputFormat.TABLE,
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
 ) -> None:
     """Show how a query would be answered (bounds, sensitivity, noise, cost); reads no data, charges nothing."""
-    weights = _weights(weight or [])
+    weights, targets = _numbers(weight, "--weight"), _numbers(accuracy, "--accuracy")
     with _session(policies, ledger, output) as engine:
-        explanation = engine.explain(dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, weights=weights or None)
+        explanation = engine.explain(
+            dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, weights=weights, accuracy=targets
+        )
     if output is OutputFormat.JSON:
         print(json.dumps(explanation.to_dict()))
     else:
@@ -321,9 +337,11 @@ def _print_result(result: Result) -> None:
     table.add_section()
     table.add_row(*(_accuracy_cell(result, column) for column in result.columns), style="dim")
     console.print(table)
+    asked = ", ".join(f"{name} ± {target:g}" for name, target in result.accuracy_target.items())
     console.print(
-        f"cost ε={result.cost.epsilon} δ={result.cost.delta} · "
-        f"remaining ε={result.remaining.epsilon} δ={result.remaining.delta}",
+        f"cost ε={result.cost.epsilon} δ={result.cost.delta}"
+        + (f" (the least ε for {asked})" if asked else "")
+        + f" · remaining ε={result.remaining.epsilon} δ={result.remaining.delta}",
         highlight=False,
     )
 

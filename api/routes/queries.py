@@ -59,7 +59,13 @@ def post_query(
     with request.app.state.in_flight.slot(buyer.key_id):
         if body.explain:
             explanation = engine.explain(
-                body.dataset, body.sql, epsilon=body.epsilon, delta=body.delta, buyer=buyer.name, weights=body.weights
+                body.dataset,
+                body.sql,
+                epsilon=body.epsilon,
+                delta=body.delta,
+                buyer=buyer.name,
+                weights=body.weights,
+                accuracy=body.accuracy,
             )
             return JSONResponse(explanation.to_dict())  # its own document, not a QueryResult
         result = engine.query(
@@ -71,6 +77,7 @@ def post_query(
             dry_run=body.dry_run,
             idempotency_key=idempotency_key,
             weights=body.weights,
+            accuracy=body.accuracy,
         )
     if result.dry_run or result.cached:
         response.status_code = 200
