@@ -114,6 +114,8 @@ def choose(
     ``request`` carries the validated δ and accounting; its ε is ignored.
     """
     weights = target_weights(plan, request, targets)
+    start = dataclasses.replace(request, epsilon=cap if cap > 0 else Decimal(1))
+    calibrate(plan, start, weights)  # what no ε can cure (private keys without δ) is refused here, not searched
 
     def meeting(epsilon: Decimal) -> NoisePlan | None:
         try:
@@ -122,7 +124,7 @@ def choose(
             return None  # an ε so small that no finite noise fits it meets nothing
         return noise if all(noise.accuracy(index) <= target for index, target in targets.items()) else None
 
-    epsilon, noise = _least(meeting, float(cap) if cap > 0 else 1.0)
+    epsilon, noise = _least(meeting, float(start.epsilon))
     if epsilon > cap:
         raise PolicyViolation(f"the accuracy asked needs epsilon {epsilon}, above {cap_name} ({cap})")
     return AccuracyChoice(dataclasses.replace(request, epsilon=epsilon), weights, noise)
