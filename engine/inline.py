@@ -62,7 +62,7 @@ def inline_derived_tables(select: exp.Select, columns: Collection[str]) -> exp.S
             raise UnknownColumn(
                 f"unknown column {column.name!r}: {alias} has {', '.join(sorted(names)) or 'no columns'}"
             )
-        replacement = target.copy()
+        replacement: exp.Expr = target.copy()
         if column.parent is outer and column.arg_key == "expressions":
             replacement = exp.alias_(replacement, column.name, quoted=column.this.quoted)
         column.replace(replacement)

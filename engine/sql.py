@@ -89,9 +89,9 @@ def _check_paren_nesting(sql: str) -> None:
             depth = max(depth - 1, 0)
 
 
-def _check_size(root: exp.Expression) -> None:
+def _check_size(root: exp.Expr) -> None:
     """Count nodes and depth iteratively (no recursion on a hostile tree)."""
-    stack: list[tuple[exp.Expression, int]] = [(root, 1)]
+    stack: list[tuple[exp.Expr, int]] = [(root, 1)]
     nodes = 0
     while stack:
         node, depth = stack.pop()

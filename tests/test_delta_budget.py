@@ -22,7 +22,7 @@ def zcdp(dataset: Callable[..., Path], tmp_path: Path) -> Engine:
 def test_zcdp_needs_a_delta_within_the_datasets(zcdp: Engine) -> None:
     with pytest.raises(PolicyViolation, match="delta > 0"):
         zcdp.query("shifts", SQL, epsilon=0.5)
-    with pytest.raises(PolicyViolation, match="max_delta_per_query"):
+    with pytest.raises(PolicyViolation, match="above this dataset's max_delta_per_query"):
         zcdp.query("shifts", SQL, epsilon=0.5, delta=2e-6)
     assert zcdp.ledger.spent("shifts").dataset.delta == 0
 

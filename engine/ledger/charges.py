@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from engine.accounting import ZERO, Cost
+from engine.accounting import ZERO, ChargeReceipt, Cost
 from engine.errors import BudgetExhausted, Conflict, QuotaExhausted
 from engine.ledger.database import Database, Transaction, open_database
 from engine.ledger.governance import Quota, stored_budget, stored_quota
@@ -54,14 +54,6 @@ class ChargeRequest:
         """What an idempotent retry must repeat: the same dataset, SQL and cost."""
         material = json.dumps([self.dataset, self.sql, str(self.cost.epsilon), str(self.cost.delta)])
         return hashlib.sha256(material.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChargeReceipt:
-    """Proof that ``cost`` was durably charged for ``query_id``."""
-
-    query_id: str
-    cost: Cost
 
 
 @dataclass(frozen=True)
