@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlglot import exp
 
-from engine.accounting import EXACT, Cost, PrivacyRequest, budget_of, exact
+from engine.accounting import EXACT, ChargeReceipt, Cost, PrivacyRequest, budget_of, exact
 from engine.accuracy_targets import choose, part_targets
 from engine.backends import BACKENDS, Backend
 from engine.errors import (
@@ -50,8 +50,8 @@ from engine.mechanisms import NoisePlan, calibrate, part_weights, release
 from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
+from engine.postprocess import Table, build_table, rank_accuracy
 from engine.postprocess import accuracy as column_accuracy
-from engine.postprocess import build_table, rank_accuracy
 from engine.result import Result
 from engine.sql import normalised, parse
 
@@ -165,73 +165,84 @@ class Engine:
         A repeat (the same idempotency key, or a query whose stored release may
         be reused) returns the stored release, ``cached``, at no cost.
         """
-        planned = self._plan(dataset, sql, Ask(epsilon, delta, weights, accuracy), buyer)
-        policy, caller, plan, noise = planned.policy, planned.caller, planned.plan, planned.noise
-        consent_column = policy.consent_column(caller.purpose)
+        ask = Ask(epsilon, delta, weights, accuracy)
+        planned = self._plan(dataset, sql, ask, buyer)
         if dry_run:
-            return Result(
-                query_id=None,
-                dataset=dataset,
-                buyer=caller.name,
-                columns=[c.name for c in plan.output],
-                rows=[],
-                accuracy=column_accuracy(plan, noise),
-                cost=noise.cost,
-                remaining=self.remaining(policy, caller),
-                cached=False,
-                dry_run=True,
-                private_keys=list(plan.private_keys),
-                notes=list(plan.notes),
-                rank_accuracy=rank_accuracy(plan, noise),
-                accuracy_target=_echo(accuracy),
-            )
-        backend = self.backend(policy)
-        backend.check_schema(plan)
-        normalised_sql = (
-            normalised(planned.statement) + _split_comment("weights", weights) + _split_comment("accuracy", accuracy)
+            return self._result(planned, ask, None, columns=[c.name for c in planned.plan.output], dry_run=True)
+        backend = self.backend(planned.policy)
+        backend.check_schema(planned.plan)
+        charge = self._charge(planned, ask, idempotency_key)
+        if isinstance(charge, StoredRelease):
+            return self._stored(charge, planned.policy, planned.caller)
+        table = self._answer(backend, planned, charge)
+        result = self._result(planned, ask, charge.query_id, table=table)
+        self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
+        return result
+
+    def _charge(self, planned: PlannedQuery, ask: Ask, idempotency_key: str | None) -> ChargeReceipt | StoredRelease:
+        """Charge the ledger for the query (or find the stored release it may reuse), before any data is read."""
+        policy, caller, cost = planned.policy, planned.caller, planned.noise.cost
+        logged_sql = (
+            normalised(planned.statement)
+            + _split_comment("weights", ask.weights)
+            + _split_comment("accuracy", ask.accuracy)
         )
-        charge = self.ledger.charge(
+        consent_column = policy.consent_column(caller.purpose)
+        return self.ledger.charge(
             ChargeRequest(
-                dataset,
+                policy.name,
                 caller.name,
-                normalised_sql,
-                noise.cost,
+                logged_sql,
+                cost,
                 budget_of(policy.budget),
                 caller.quota,
                 purpose=caller.purpose,
-                reuse_key=_reuse_key(policy, caller, normalised_sql, noise.cost, consent_column),
+                reuse_key=_reuse_key(policy, caller, logged_sql, cost, consent_column),
                 idempotency_key=idempotency_key,
             )
         )
-        if isinstance(charge, StoredRelease):
-            return self._stored(charge, policy, caller)
+
+    def _answer(self, backend: Backend, planned: PlannedQuery, charge: ChargeReceipt) -> Table:
+        """Read, bound, noise and post-process: everything after the charge, which must not fail on any data."""
         try:
-            exact_aggregates = backend.execute(plan)
-            noisy = release(noise, exact_aggregates, charge)
-            table = build_table(plan, noise, noisy.keys, noisy.parts)
+            exact_aggregates = backend.execute(planned.plan)
+            noisy = release(planned.noise, exact_aggregates, charge)
+            return build_table(planned.plan, planned.noise, noisy.keys, noisy.parts)
         except BaseException as error:
             self.ledger.record_failure(charge.query_id)  # identical queries waiting for it stop, uncharged
             if isinstance(error, CoopdpError) or not isinstance(error, Exception):
                 raise
             # a bug: planning should have refused what fails; its text may hold data
             raise failed_after_charge(charge.query_id, error) from None
-        result = Result(
-            query_id=charge.query_id,
-            dataset=dataset,
-            buyer=caller.name,
-            columns=table.columns,
-            rows=table.rows,
-            accuracy=table.accuracy,
+
+    def _result(
+        self,
+        planned: PlannedQuery,
+        ask: Ask,
+        query_id: str | None,
+        *,
+        table: Table | None = None,
+        columns: list[str] | None = None,
+        dry_run: bool = False,
+    ) -> Result:
+        """The result document of a release (its ``table``), or of a dry run (the ``columns`` alone, no rows)."""
+        plan, noise = planned.plan, planned.noise
+        return Result(
+            query_id=query_id,
+            dataset=planned.policy.name,
+            buyer=planned.caller.name,
+            columns=table.columns if table else columns or [],
+            rows=table.rows if table else [],
+            accuracy=table.accuracy if table else column_accuracy(plan, noise),
             cost=noise.cost,
-            remaining=self.remaining(policy, caller),
+            remaining=self.remaining(planned.policy, planned.caller),
             cached=False,
+            dry_run=dry_run,
             private_keys=list(plan.private_keys),
-            notes=[*plan.notes, *table.notes],
+            notes=[*plan.notes, *(table.notes if table else [])],
             rank_accuracy=rank_accuracy(plan, noise),
-            accuracy_target=_echo(accuracy),
+            accuracy_target=_echo(ask.accuracy),
         )
-        self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
-        return result
 
     def explain(
         self,
