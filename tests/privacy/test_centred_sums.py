@@ -25,7 +25,7 @@ from engine.plan import PartKind, QueryPlan
 from engine.planner import plan_query
 from engine.policy import load_policy
 from engine.sql import parse
-from tests.conftest import write_dataset
+from tests.conftest import ROW_LEVEL, write_dataset
 
 MEMBER = 0
 """The member added to the pool; the others are 1, 2, …"""
@@ -49,8 +49,11 @@ def _pool(scores: list[tuple[int, int]]) -> pl.DataFrame:
     )
 
 
-def _centred_sum(root: Path, scores: list[tuple[int, int]], low: int, high: int, cap: int) -> tuple[QueryPlan, int]:
-    privacy = f'unit = "member_id"\nmax_groups = 1\nmax_rows_per_group = {cap}'
+def _centred_sum(
+    root: Path, scores: list[tuple[int, int]], low: int, high: int, cap: int | None
+) -> tuple[QueryPlan, int]:
+    """The plan and exact centred sum; ``cap`` None is row-level privacy (each row a unit)."""
+    privacy = ROW_LEVEL if cap is None else f'unit = "member_id"\nmax_groups = 1\nmax_rows_per_group = {cap}'
     column = f'\n[columns.score]\ntype = "int"\nbounds = [{low}, {high}]\n'
     policies = write_dataset(root, _pool(scores), privacy=privacy, extra=column)
     plan = plan_query(parse(SQL), load_policy(policies / "shifts.toml"))
@@ -84,3 +87,25 @@ def test_one_member_moves_a_centred_sum_by_at_most_its_claim_and_at_the_farther_
     claimed = plan.sensitivity(part).per_group
     assert max(moved) <= claimed, f"bounds [{low}, {high}], cap {cap}: moved {moved}, claimed {claimed}"
     assert max(moved) == claimed, f"bounds [{low}, {high}], cap {cap}: claimed {claimed}, at most {max(moved)} moved"
+
+
+@settings(max_examples=20, deadline=None)
+@example(low=18, width=62, others=[30])
+@given(low=st.integers(-1000, 1000), width=st.integers(1, 301), others=st.lists(st.integers(-2000, 2000), max_size=5))
+def test_one_row_moves_a_row_level_centred_sum_by_at_most_its_claim_and_at_the_farther_bound_by_exactly_it(
+    low: int, width: int, others: list[int]
+) -> None:
+    """Row level: each row is a unit, so adding one row moves the centred sum by at most the half-width."""
+    high = low + width
+    rest = [(member, score) for member, score in enumerate(others, start=1)]
+    moved = []
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        plan, without = _centred_sum(root / "without", rest, low, high, None)
+        for value in (low, high, low - 3, high + 3, (low + high) // 2):
+            _, with_row = _centred_sum(root / f"with{value}", [*rest, (MEMBER, value)], low, high, None)
+            moved.append(abs(with_row - without))
+    part = next(part for part in plan.parts if part.kind is PartKind.CENTERED_SUM)
+    claimed = plan.sensitivity(part).per_group
+    assert max(moved) <= claimed, f"bounds [{low}, {high}]: moved {moved}, claimed {claimed}"
+    assert max(moved) == claimed, f"bounds [{low}, {high}]: claimed {claimed}, at most {max(moved)} moved"
