@@ -61,6 +61,28 @@ def _centred_sum(
     return plan, PolarsBackend().execute(plan, seed=7).parts[index][0]
 
 
+def assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(
+    low: int, high: int, cap: int | None, others: list[int]
+) -> None:
+    """Add one unit at each of several values: one member with more rows than ``cap``, or (row level) one row.
+
+    The exact centred sum moves by at most the claimed per-group sensitivity, and at the farther bound by exactly it.
+    """
+    rest = [(member, score) for member, score in enumerate(others, start=1)]
+    rows_added = 1 if cap is None else cap + 2
+    moved = []
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        plan, without = _centred_sum(root / "without", rest, low, high, cap)
+        for value in (low, high, low - 3, high + 3, (low + high) // 2):
+            _, with_unit = _centred_sum(root / f"with{value}", rest + [(MEMBER, value)] * rows_added, low, high, cap)
+            moved.append(abs(with_unit - without))
+    part = next(part for part in plan.parts if part.kind is PartKind.CENTERED_SUM)
+    claimed = plan.sensitivity(part).per_group
+    assert max(moved) <= claimed, f"bounds [{low}, {high}], cap {cap}: moved {moved}, claimed {claimed}"
+    assert max(moved) == claimed, f"bounds [{low}, {high}], cap {cap}: claimed {claimed}, at most {max(moved)} moved"
+
+
 @settings(max_examples=30, deadline=None)
 @example(low=0, width=7, cap=1, others=[3])
 @example(low=-5, width=2, cap=3, others=[])
@@ -73,20 +95,7 @@ def _centred_sum(
 def test_one_member_moves_a_centred_sum_by_at_most_its_claim_and_at_the_farther_bound_by_exactly_it(
     low: int, width: int, cap: int, others: list[int]
 ) -> None:
-    high = low + width
-    rest = [(member, score) for member, score in enumerate(others, start=1)]
-    moved = []
-    with tempfile.TemporaryDirectory() as directory:
-        root = Path(directory)
-        plan, without = _centred_sum(root / "without", rest, low, high, cap)
-        for value in (low, high, low - 3, high + 3, (low + high) // 2):
-            heavy = rest + [(MEMBER, value)] * (cap + 2)
-            _, with_member = _centred_sum(root / f"with{value}", heavy, low, high, cap)
-            moved.append(abs(with_member - without))
-    part = next(part for part in plan.parts if part.kind is PartKind.CENTERED_SUM)
-    claimed = plan.sensitivity(part).per_group
-    assert max(moved) <= claimed, f"bounds [{low}, {high}], cap {cap}: moved {moved}, claimed {claimed}"
-    assert max(moved) == claimed, f"bounds [{low}, {high}], cap {cap}: claimed {claimed}, at most {max(moved)} moved"
+    assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(low, low + width, cap, others)
 
 
 @settings(max_examples=20, deadline=None)
@@ -96,16 +105,4 @@ def test_one_row_moves_a_row_level_centred_sum_by_at_most_its_claim_and_at_the_f
     low: int, width: int, others: list[int]
 ) -> None:
     """Row level: each row is a unit, so adding one row moves the centred sum by at most the half-width."""
-    high = low + width
-    rest = [(member, score) for member, score in enumerate(others, start=1)]
-    moved = []
-    with tempfile.TemporaryDirectory() as directory:
-        root = Path(directory)
-        plan, without = _centred_sum(root / "without", rest, low, high, None)
-        for value in (low, high, low - 3, high + 3, (low + high) // 2):
-            _, with_row = _centred_sum(root / f"with{value}", [*rest, (MEMBER, value)], low, high, None)
-            moved.append(abs(with_row - without))
-    part = next(part for part in plan.parts if part.kind is PartKind.CENTERED_SUM)
-    claimed = plan.sensitivity(part).per_group
-    assert max(moved) <= claimed, f"bounds [{low}, {high}]: moved {moved}, claimed {claimed}"
-    assert max(moved) == claimed, f"bounds [{low}, {high}]: claimed {claimed}, at most {max(moved)} moved"
+    assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(low, low + width, None, others)
