@@ -64,6 +64,10 @@ class QueryResult:
     """Quantile columns: rows of rank one cell may be off by (95%), beyond the candidate grid's own step."""
     accuracy_target: dict[str, float] = field(default_factory=dict)
     """The half-widths asked for instead of an ε; ``cost`` is the least ε that met them."""
+    bounds: dict[str, int] = field(default_factory=dict)
+    """Member level: the contribution bounds the query ran with (chosen by DP where the policy says auto)."""
+    bias: dict[str, float] = field(default_factory=dict)
+    """Per aggregate column, the estimated share of its rows (or value mass) that bounding removed."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -82,6 +86,8 @@ class QueryResult:
             notes=list(data.get("notes", [])),
             rank_accuracy=dict(data.get("rank_accuracy", {})),
             accuracy_target=dict(data.get("accuracy_target", {})),
+            bounds=dict(data.get("bounds", {})),
+            bias=dict(data.get("bias", {})),
         )
 
 
@@ -106,8 +112,9 @@ class DatasetInfo:
     name: str
     description: str
     privacy_unit: str
-    max_groups: int | None
-    max_rows_per_group: int | None
+    max_groups: int | str | None
+    max_rows_per_group: int | str | None
+    """A number of groups or rows, or "auto" (chosen per query by DP)."""
     accounting: str
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
@@ -231,10 +238,13 @@ class TransparencyEntry:
     purpose: str | None
     sql: str
     cost: Cost
+    bounds: dict[str, int] | None = None
+    """The contribution bounds it chose by DP (auto), or ran with (its bias disclosed)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransparencyEntry:
-        return cls(data["at"], data["buyer"], data["purpose"], data["sql"], Cost.from_dict(data["cost"]))
+        cost = Cost.from_dict(data["cost"])
+        return cls(data["at"], data["buyer"], data["purpose"], data["sql"], cost, data.get("bounds"))
 
 
 @dataclass(frozen=True)
@@ -326,13 +336,15 @@ class Client:
         idempotency_key: str | None = None,
         weights: dict[str, float] | None = None,
         accuracy: dict[str, float] | None = None,
+        explain_bias: bool = False,
     ) -> QueryResult:
         """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry).
 
         ``weights`` split ε across output columns (column → weight, default 1 each). ``accuracy`` (column → 95%
-        half-width), instead of ``epsilon``, spends the least ε that meets every target.
+        half-width), instead of ``epsilon``, spends the least ε that meets every target. ``explain_bias`` also
+        estimates what bounding removed (``bias``), for a share of the ε.
         """
-        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "dry_run": dry_run}
+        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "dry_run": dry_run, "explain_bias": explain_bias}
         if epsilon is not None:
             body["epsilon"] = epsilon
         if accuracy is not None:

@@ -43,6 +43,11 @@ class QueryRequest(_Input):
         description="Instead of epsilon: output column (COUNT or SUM) → the 95% half-width it needs; the query "
         "spends the least ε that meets every target, or is refused with the ε it would need.",
     )
+    explain_bias: bool = Field(
+        default=False,
+        description="Also estimate the share of rows bounding removes (``bias`` in the result), for the policy's "
+        "auto_share of the query's ε (always done where the policy's bounds are auto).",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> QueryRequest:
@@ -88,8 +93,8 @@ class DatasetInfo(BaseModel):
     name: str
     description: str
     privacy_unit: Literal["member", "row"]
-    max_groups: int | None
-    max_rows_per_group: int | None
+    max_groups: int | Literal["auto"] | None
+    max_rows_per_group: int | Literal["auto"] | None
     accounting: str
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
@@ -169,6 +174,9 @@ class TransparencyEntry(BaseModel):
     purpose: str | None
     sql: str
     cost: CostBody
+    bounds: dict[str, int] | None = Field(
+        default=None, description="The contribution bounds the query chose by DP (auto), or ran with (explain_bias)."
+    )
 
 
 class TransparencyLog(BaseModel):

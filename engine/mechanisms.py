@@ -55,6 +55,8 @@ class Mode:
     threshold_metric: dp.Metric
     accuracy: Callable[[float, float], float]
     """(scale, alpha) → half-width of the (1 - alpha) interval of one noisy integer."""
+    mean_error: Callable[[float], float]
+    """scale → the expected absolute noise (Laplace: the scale; Gaussian: σ·√(2/π)); for choosing bounds."""
     largest_loss: Callable[[float, float], float]
     """(ε, δ) → the largest loss a request of (ε, δ) allows."""
     epsilon_of: Callable[[float, float], float]
@@ -91,6 +93,7 @@ PURE = Mode(
     make_threshold=dp.m.make_laplace_threshold,
     threshold_metric=dp.l01inf_distance(dp.absolute_distance(T="i64")),
     accuracy=lambda scale, alpha: float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)),
+    mean_error=lambda scale: scale,
     largest_loss=lambda epsilon, delta: epsilon,
     epsilon_of=lambda epsilon, delta: epsilon,
     multiplier=lambda total, epsilon: total / epsilon,
@@ -108,6 +111,7 @@ ZCDP = Mode(
     make_threshold=dp.m.make_gaussian_threshold,
     threshold_metric=dp.l02inf_distance(dp.absolute_distance(T="i64")),
     accuracy=_gaussian_accuracy,
+    mean_error=lambda scale: scale * math.sqrt(2 / math.pi),
     largest_loss=largest_rho,
     epsilon_of=zcdp_to_epsilon,
     multiplier=lambda total, rho: math.sqrt(total / (2 * rho)) if rho > 0 else math.inf,
@@ -184,6 +188,25 @@ def _measurement(mode: Mode, scale: float) -> dp.Measurement:
     return mode.make_noise(dp.vector_domain(dp.atom_domain(T="i64")), mode.vector_metric, scale=scale)
 
 
+def fitted_vector_noise(mode: Mode, sensitivity: int, loss: float) -> tuple[float, float]:
+    """The least noise scale (found by search) at which integer-vector noise of ``sensitivity`` spends at most ``loss``.
+
+    Returns the scale and the loss OpenDP's map reports for it.
+    """
+    scale = mode.multiplier(1.0, loss) * sensitivity
+    for _ in range(_ATTEMPTS):
+        spent = float(_measurement(mode, scale).map(sensitivity))
+        if spent <= loss:
+            return scale, spent
+        scale = math.nextafter(scale * (1 + 1e-12), math.inf)
+    raise InternalError("could not calibrate noise within the requested budget")
+
+
+def add_vector_noise(mode: Mode, scale: float, values: Sequence[int]) -> list[int]:
+    """``values`` with integer noise at ``scale`` (OpenDP's discrete Laplace or Gaussian); callers hold a receipt."""
+    return [int(value) for value in _measurement(mode, scale)([int(value) for value in values])]
+
+
 def part_weights(plan: QueryPlan, weights: Mapping[str, float]) -> tuple[float, ...]:
     """Per measured part, its share of the loss from the buyer's weights per output column (1 when unnamed).
 
@@ -218,8 +241,14 @@ def _weight(value: object) -> float:
     return number
 
 
-def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float] | None = None) -> NoisePlan:
+def calibrate(
+    plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float] | None = None, reserved: float = 0.0
+) -> NoisePlan:
     """Noise scales for every part so that the whole query costs at most ``request``.
+
+    ``reserved`` is a loss (ε, or ρ under zCDP) another measurement of the
+    same query spends (choosing its contribution bounds): it is composed
+    with the parts' losses, so that all of them together fit the request.
 
     Each part's scale is ``multiplier × sensitivity`` over its weight (pure:
     the ε shares are proportional to the weights) or over the weight's square
@@ -246,11 +275,13 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
 
     def attempt(multiplier: float) -> _Attempt | None:
         """The noise at ``multiplier``, or None when its composed loss does not fit the request."""
-        tried = _attempt(plan, mode, multiplier, sensitivities, spread, threshold_delta)
+        tried = _attempt(plan, mode, multiplier, sensitivities, spread, threshold_delta, reserved)
         fits = tried.loss <= target and mode.epsilon_of(tried.loss, conversion_delta) <= epsilon
         return tried if fits and (tried.threshold is None or tried.threshold.delta <= threshold_delta) else None
 
-    multiplier = mode.multiplier(math.fsum(weights), target)
+    if not 0 <= reserved < target:
+        raise InternalError("the reserved loss must leave part of the request to the query's parts")
+    multiplier = mode.multiplier(math.fsum(weights), target - reserved)
     for _ in range(_ATTEMPTS):
         fitted = attempt(multiplier)
         if fitted is not None:
@@ -285,6 +316,7 @@ def _attempt(
     sensitivities: Sequence[int],
     spread: Sequence[float],
     threshold_delta: float,
+    reserved: float,
 ) -> _Attempt:
     pairs = list(zip(plan.parts, sensitivities, spread, strict=True))
     scales = [_scale(plan, part, mode, multiplier * f, s) for part, s, f in pairs]
@@ -296,7 +328,7 @@ def _attempt(
         threshold, losses[plan.threshold_part] = _threshold(
             plan, mode, multiplier * spread[plan.threshold_part], threshold_delta
         )
-    return _Attempt(scales, losses, threshold, compose(losses))
+    return _Attempt(scales, losses, threshold, compose([*losses, reserved] if reserved else losses))
 
 
 _TIGHTENING_STEPS = 16
@@ -324,6 +356,13 @@ def _tightened(
         else:
             high, fitted = middle, tried
     return fitted
+
+
+def request_loss(plan: QueryPlan, request: PrivacyRequest) -> float:
+    """The largest loss (ε, or ρ under zCDP) the request allows the query's measurements together."""
+    mode = MODES[request.accounting]
+    _, conversion_delta = delta_split(mode, float(request.delta), plan.threshold_part is not None)
+    return mode.largest_loss(float(request.epsilon), conversion_delta)
 
 
 def delta_split(mode: Mode, delta: float, private_keys: bool) -> tuple[float, float]:
@@ -420,8 +459,7 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[Any]], receipt: ChargeR
         if part_noise.part.kind is PartKind.QUANTILE:
             noisy.append(_noisy_quantiles(noise.mode, part_noise, values))
             continue
-        measurement = _measurement(noise.mode, part_noise.scale)
-        noisy.append(list(measurement([int(value) for value in values])))
+        noisy.append(add_vector_noise(noise.mode, part_noise.scale, values))
     return noisy
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from engine.plan_rows import RowExpr, Scalar
 
@@ -95,6 +96,29 @@ class Contribution:
     unit_column: str | None
     max_groups: int
     max_rows_per_group: int
+    max_rows_per_member: int | None = None
+    """Set in the total-contribution mode: each unit's rows across all groups, in total."""
+
+
+BoundSetting = int | Literal["auto"] | None
+"""A contribution bound as the policy sets it: a number, ``"auto"``, or not offered."""
+
+
+@dataclass(frozen=True)
+class AutoBounds:
+    """The policy's contribution bounds when any is ``"auto"``: chosen per query, after the charge, by a DP release.
+
+    The plan's :class:`Contribution` then holds the largest bounds the choice
+    may make (every ``"auto"`` at ``limit``): the plan is checked and its noise
+    calibrated at those before the charge, so that no choice can fail after it.
+    """
+
+    max_groups: BoundSetting
+    max_rows_per_group: BoundSetting
+    max_rows_per_member: BoundSetting
+    limit: int
+    share: float
+    """The share of the query's loss (ε, or ρ under zCDP) the choice spends."""
 
 
 # --- measured parts and aggregates ---------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -155,10 +155,27 @@ class DatasetSection(_Strict):
         return name
 
 
+AUTO = "auto"
+"""A contribution bound the engine chooses per query, by DP (engine/bounds_choice.py)."""
+Bound = Annotated[int, Field(gt=0)] | Literal["auto"]
+"""A contribution bound: a number of rows or groups, or ``"auto"``."""
+
+
 class PrivacySection(_Strict):
     unit: str
-    max_groups: int | None = Field(default=None, gt=0)
-    max_rows_per_group: int | None = Field(default=None, gt=0)
+    max_groups: Bound | None = None
+    max_rows_per_group: Bound | None = None
+    max_rows_per_member: Bound | None = None
+    """Each member's rows across all groups, in total (the total-contribution mode)."""
+    auto_limit: int = Field(default=1024, gt=0, le=2**20)
+    """The largest value an ``"auto"`` bound may take."""
+    auto_share: float = Field(default=0.1, gt=0, le=0.5, allow_inf_nan=False)
+    """The share of each query's loss (ε, or ρ under zCDP) spent choosing its ``"auto"`` bounds."""
+
+    @property
+    def has_auto(self) -> bool:
+        """Whether any contribution bound is chosen per query."""
+        return AUTO in (self.max_groups, self.max_rows_per_group, self.max_rows_per_member)
 
 
 class BudgetSection(_Strict):
@@ -240,9 +257,11 @@ class Policy(_Strict):
             raise ValueError("column names must differ in more than letter case (SQL names are case-insensitive)")
         unit = self.privacy.unit
         if unit == ROW_UNIT:
-            if self.privacy.max_groups is not None or self.privacy.max_rows_per_group is not None:
+            privacy = self.privacy
+            if (privacy.max_groups, privacy.max_rows_per_group, privacy.max_rows_per_member) != (None, None, None):
                 raise ValueError(
-                    'privacy.unit = "row" takes no max_groups / max_rows_per_group (each row is its own unit)'
+                    'privacy.unit = "row" takes no max_groups / max_rows_per_group / max_rows_per_member '
+                    "(each row is its own unit)"
                 )
         else:
             if unit not in self.columns:
@@ -251,8 +270,15 @@ class Policy(_Strict):
                 )
             if self.columns[unit].type is not ColumnType.ID:
                 raise ValueError(f'privacy.unit column {unit!r} must have type = "id"')
-            if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
-                raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
+            privacy = self.privacy
+            per_group = privacy.max_groups is not None and privacy.max_rows_per_group is not None
+            if (privacy.max_groups is None) != (privacy.max_rows_per_group is None):
+                raise ValueError("privacy.max_groups and privacy.max_rows_per_group go together (one bounds the other)")
+            if not per_group and privacy.max_rows_per_member is None:
+                raise ValueError(
+                    "a member-level privacy unit needs privacy.max_rows_per_member, or privacy.max_groups and "
+                    'privacy.max_rows_per_group (numbers, or "auto")'
+                )
         for table in self.public_tables:
             if not _NAME.match(table) or table.lower() == self.dataset.name.lower():
                 raise ValueError(f"public_tables.{table}: the name must be an identifier other than the dataset's")

@@ -80,6 +80,9 @@ class Primitives(Protocol[F, E]):
     def sum(self, value: E) -> E:
         """Aggregation: the sum of the group's non-NULL values, 0 when there are none."""
 
+    def largest(self, value: E) -> E:
+        """Aggregation: the largest of the group's values (never NULL where they are not)."""
+
     def values(self, value: E) -> E:
         """Aggregation: the group's non-NULL values, as one list."""
 
@@ -123,6 +126,29 @@ def bounded(frame: F, plan: ir.QueryPlan, seed: int, integer_unit: bool, ops: Pr
         per_member = ops.keep_first(per_member, unit, GROUP_DRAW, plan.contribution.max_groups)
     combined = {part_name(index): _combine(part, index, ops) for index, part in enumerate(plan.parts)}
     return ops.aggregate(per_member, keys, combined)
+
+
+PROFILE_STATISTICS = ("rows", "groups", "fullest")
+"""Per member: rows in all groups, groups touched, rows in the member's fullest group."""
+MEMBERS = "__members"
+
+
+def member_profile(frame: F, plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, F]:
+    """Per statistic of :data:`PROFILE_STATISTICS`: one row per value it takes, with how many members take it.
+
+    ``frame`` is what :func:`bounded` reads. These exact counts are never shown:
+    ``engine.bounds_choice`` releases them, binned, through an OpenDP measurement.
+    Each member has one value of each statistic, so adding or removing a member
+    moves one count of each by one.
+    """
+    unit = plan.contribution.unit_column
+    assert unit is not None, "only member-level plans have members to profile"
+    keys = [key.column for key in plan.group_keys]
+    per_group = ops.aggregate(frame, [unit, *keys], {ROWS: ops.count_rows()})
+    rows = ops.column(ROWS)
+    statistics = {"rows": ops.sum(rows), "groups": ops.count_rows(), "fullest": ops.largest(rows)}
+    per_member = ops.aggregate(per_group, [unit], statistics)
+    return {name: ops.aggregate(per_member, [name], {MEMBERS: ops.count_rows()}) for name in PROFILE_STATISTICS}
 
 
 def _row_level_parts(plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, E]:

@@ -70,6 +70,9 @@ class SparkPrimitives:
     def sum(self, value: Column) -> Column:
         return F.coalesce(F.sum(value), self.literal(0))
 
+    def largest(self, value: Column) -> Column:
+        return F.max(value)
+
     def values(self, value: Column) -> Column:
         return F.collect_list(value)
 

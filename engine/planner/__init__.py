@@ -32,7 +32,7 @@ from engine.planner.keys import group_keys
 from engine.planner.output import PostExprs, select_list
 from engine.planner.scope import Reads
 from engine.planner.sql_forms import COLUMN_KINDS
-from engine.policy import Policy
+from engine.policy import AUTO, Policy
 from engine.sensitivity import check_no_overflow
 
 __all__ = ["plan_query"]
@@ -74,6 +74,7 @@ def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = 
         order_by=order_by,
         limit=limit,
         offset=offset,
+        auto_bounds=_auto_bounds(policy),
     )
     check_no_overflow(plan)
     return plan
@@ -94,14 +95,38 @@ def _row_filter(select: exp.Select, context: PlanContext, consent_column: str | 
 
 
 def _contribution(policy: Policy, reads: Reads) -> ir.Contribution:
-    """How much one unit may add, from the policy; the unit column is read to bound each member."""
+    """How much one unit may add, from the policy; the unit column is read to bound each member.
+
+    An ``"auto"`` bound stands at its limit here (``auto_bounds`` says which are chosen per query).
+    """
     if policy.unit_column:
         reads.columns.add(policy.unit_column)
     privacy = policy.privacy
+
+    def bound(setting: int | str | None) -> int | None:
+        return privacy.auto_limit if setting == AUTO else None if setting is None else int(setting)
+
+    total = bound(privacy.max_rows_per_member)
+    per_group = privacy.max_groups is not None
     return ir.Contribution(
         unit_column=policy.unit_column,
-        max_groups=privacy.max_groups or 1,
-        max_rows_per_group=privacy.max_rows_per_group or 1,
+        max_groups=bound(privacy.max_groups) or 1,
+        max_rows_per_group=bound(privacy.max_rows_per_group) or 1,
+        max_rows_per_member=None if per_group else total,
+    )
+
+
+def _auto_bounds(policy: Policy) -> ir.AutoBounds | None:
+    """The policy's bounds, when the engine chooses any of them per query."""
+    privacy = policy.privacy
+    if policy.unit_column is None or not privacy.has_auto:
+        return None
+    return ir.AutoBounds(
+        max_groups=privacy.max_groups,
+        max_rows_per_group=privacy.max_rows_per_group,
+        max_rows_per_member=privacy.max_rows_per_member,
+        limit=privacy.auto_limit,
+        share=privacy.auto_share,
     )
 
 

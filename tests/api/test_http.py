@@ -20,7 +20,7 @@ from tests.api.conftest import BuyerClient, LiveServer
 BuyerFactory = Callable[..., BuyerClient]
 
 GROUPED = "SELECT region, COUNT(*) AS n, SUM(hours) AS h, AVG(age) FROM shifts WHERE age >= 25 GROUP BY region"
-RESULT_KEYS = {"query_id", "dataset", "buyer", "columns", "rows", "accuracy", "cost", "remaining", "cached"}
+RESULT_KEYS = {"query_id", "dataset", "buyer", "columns", "rows", "accuracy", "cost", "remaining", "cached", "bounds"}
 
 
 def _error_of(response: httpx.Response) -> tuple[int, str]:
