@@ -156,9 +156,23 @@ class DatasetSection(_Strict):
 
 
 class PrivacySection(_Strict):
+    """Who a privacy unit is, and how much one unit may add to a query.
+
+    A member-level unit bounds each member per group (``max_groups`` groups,
+    ``max_rows_per_group`` rows' worth in each), or in total
+    (``max_rows_per_member`` rows over all groups), or allows both, and the
+    planner picks per query whichever adds less noise (docs/sql.md).
+    """
+
     unit: str
     max_groups: int | None = Field(default=None, gt=0)
     max_rows_per_group: int | None = Field(default=None, gt=0)
+    max_rows_per_member: int | None = Field(default=None, gt=0)
+
+    @property
+    def per_group_bounds(self) -> bool:
+        """Whether the per-group bounds are given (``max_groups`` and ``max_rows_per_group``)."""
+        return self.max_groups is not None and self.max_rows_per_group is not None
 
 
 class BudgetSection(_Strict):
@@ -239,10 +253,12 @@ class Policy(_Strict):
         if len(set(lowered)) != len(lowered):
             raise ValueError("column names must differ in more than letter case (SQL names are case-insensitive)")
         unit = self.privacy.unit
+        privacy = self.privacy
         if unit == ROW_UNIT:
-            if self.privacy.max_groups is not None or self.privacy.max_rows_per_group is not None:
+            if (privacy.max_groups, privacy.max_rows_per_group, privacy.max_rows_per_member) != (None, None, None):
                 raise ValueError(
-                    'privacy.unit = "row" takes no max_groups / max_rows_per_group (each row is its own unit)'
+                    'privacy.unit = "row" takes no max_groups / max_rows_per_group / max_rows_per_member'
+                    " (each row is its own unit)"
                 )
         else:
             if unit not in self.columns:
@@ -251,8 +267,13 @@ class Policy(_Strict):
                 )
             if self.columns[unit].type is not ColumnType.ID:
                 raise ValueError(f'privacy.unit column {unit!r} must have type = "id"')
-            if self.privacy.max_groups is None or self.privacy.max_rows_per_group is None:
-                raise ValueError("a member-level privacy unit needs privacy.max_groups and privacy.max_rows_per_group")
+            if (privacy.max_groups is None) != (privacy.max_rows_per_group is None):
+                raise ValueError("privacy.max_groups and privacy.max_rows_per_group go together: give both or neither")
+            if not privacy.per_group_bounds and privacy.max_rows_per_member is None:
+                raise ValueError(
+                    "a member-level privacy unit needs privacy.max_rows_per_member, or privacy.max_groups and"
+                    " privacy.max_rows_per_group, or all three"
+                )
         for table in self.public_tables:
             if not _NAME.match(table) or table.lower() == self.dataset.name.lower():
                 raise ValueError(f"public_tables.{table}: the name must be an identifier other than the dataset's")
