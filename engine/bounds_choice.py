@@ -109,7 +109,7 @@ def candidates(plan: ir.QueryPlan, accounting: Accounting) -> list[ir.Contributi
     total, per_group = offered_modes(plan, accounting)
     found = []
     if total:
-        found += [ir.Contribution(unit, 1, 1, rows) for rows in values(auto.max_rows_per_member)]
+        found += [ir.Contribution(unit, rows, rows, rows) for rows in values(auto.max_rows_per_member)]
     if per_group:
         for groups in values(auto.max_groups, public_groups(plan) or None):
             found += [ir.Contribution(unit, groups, rows, None) for rows in values(auto.max_rows_per_group)]

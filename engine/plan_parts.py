@@ -87,10 +87,20 @@ class FixedPoint:
 
 @dataclass(frozen=True)
 class Contribution:
-    """How much one privacy unit may add to one query.
+    """How much one privacy unit may add to one query, in one of two modes.
 
     ``unit_column`` is None at row level (each row is its own unit, so one row
     touches one group once).
+
+    * Per group (``max_rows_per_member`` None): a unit keeps at most
+      ``max_groups`` groups and at most ``max_rows_per_group`` rows' worth in each.
+    * Total (``max_rows_per_member`` set, :attr:`total`): a unit's rows over
+      all groups together are capped at ``max_rows_per_member`` (an L1 bound),
+      by systematic sampling across its groups (``engine.backends.bounding``).
+      ``max_groups`` and ``max_rows_per_group`` then bound nothing the
+      backends or the sensitivity use; the planner sets both to
+      ``max_rows_per_member``, which they are implied by (a unit with at most
+      N rows touches at most N groups, with at most N rows in each).
     """
 
     unit_column: str | None
@@ -98,6 +108,21 @@ class Contribution:
     max_rows_per_group: int
     max_rows_per_member: int | None = None
     """Set in the total-contribution mode: each unit's rows across all groups, in total."""
+
+    @property
+    def total(self) -> bool:
+        """Whether a unit's rows are capped in total over all groups (``max_rows_per_member``), not per group."""
+        return self.max_rows_per_member is not None
+
+    @property
+    def group_cap(self) -> int:
+        """The most groups one unit keeps rows in: ``max_groups``, or in total mode ``max_rows_per_member``."""
+        return self.max_rows_per_member if self.max_rows_per_member is not None else self.max_groups
+
+    @property
+    def row_cap(self) -> int:
+        """The most rows one unit keeps in one group: ``max_rows_per_group``, in total mode ``max_rows_per_member``."""
+        return self.max_rows_per_member if self.max_rows_per_member is not None else self.max_rows_per_group
 
 
 BoundSetting = int | Literal["auto"] | None
@@ -136,7 +161,8 @@ class PartKind(Enum):
     QUANTILE = "quantile"
     """A quantile per group, chosen by OpenDP's exponential mechanism among candidates in the bounds.
 
-    Its sensitivity is in rows: a unit adds or removes at most ``max_rows_per_group`` values per group.
+    Its sensitivity is in rows: a unit adds or removes at most ``max_rows_per_group`` values per group
+    (in total mode at most ``max_rows_per_member`` values over all groups, so at most that many in one).
     """
 
 

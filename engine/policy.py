@@ -162,6 +162,14 @@ Bound = Annotated[int, Field(gt=0)] | Literal["auto"]
 
 
 class PrivacySection(_Strict):
+    """Who a privacy unit is, and how much one unit may add to a query.
+
+    A member-level unit bounds each member per group (``max_groups`` groups,
+    ``max_rows_per_group`` rows' worth in each), or in total
+    (``max_rows_per_member`` rows over all groups), or allows both, and the
+    planner picks per query whichever adds less noise (docs/sql.md).
+    """
+
     unit: str
     max_groups: Bound | None = None
     max_rows_per_group: Bound | None = None
@@ -176,6 +184,11 @@ class PrivacySection(_Strict):
     def has_auto(self) -> bool:
         """Whether any contribution bound is chosen per query."""
         return AUTO in (self.max_groups, self.max_rows_per_group, self.max_rows_per_member)
+
+    @property
+    def per_group_bounds(self) -> bool:
+        """Whether the per-group bounds are given (``max_groups`` and ``max_rows_per_group``)."""
+        return self.max_groups is not None and self.max_rows_per_group is not None
 
 
 class BudgetSection(_Strict):
@@ -256,12 +269,12 @@ class Policy(_Strict):
         if len(set(lowered)) != len(lowered):
             raise ValueError("column names must differ in more than letter case (SQL names are case-insensitive)")
         unit = self.privacy.unit
+        privacy = self.privacy
         if unit == ROW_UNIT:
-            privacy = self.privacy
             if (privacy.max_groups, privacy.max_rows_per_group, privacy.max_rows_per_member) != (None, None, None):
                 raise ValueError(
-                    'privacy.unit = "row" takes no max_groups / max_rows_per_group / max_rows_per_member '
-                    "(each row is its own unit)"
+                    'privacy.unit = "row" takes no max_groups / max_rows_per_group / max_rows_per_member'
+                    " (each row is its own unit)"
                 )
         else:
             if unit not in self.columns:
@@ -270,14 +283,12 @@ class Policy(_Strict):
                 )
             if self.columns[unit].type is not ColumnType.ID:
                 raise ValueError(f'privacy.unit column {unit!r} must have type = "id"')
-            privacy = self.privacy
-            per_group = privacy.max_groups is not None and privacy.max_rows_per_group is not None
             if (privacy.max_groups is None) != (privacy.max_rows_per_group is None):
-                raise ValueError("privacy.max_groups and privacy.max_rows_per_group go together (one bounds the other)")
-            if not per_group and privacy.max_rows_per_member is None:
+                raise ValueError("privacy.max_groups and privacy.max_rows_per_group go together: give both or neither")
+            if not privacy.per_group_bounds and privacy.max_rows_per_member is None:
                 raise ValueError(
-                    "a member-level privacy unit needs privacy.max_rows_per_member, or privacy.max_groups and "
-                    'privacy.max_rows_per_group (numbers, or "auto")'
+                    "a member-level privacy unit needs privacy.max_rows_per_member, or privacy.max_groups and"
+                    ' privacy.max_rows_per_group, or all three (numbers, or "auto")'
                 )
         for table in self.public_tables:
             if not _NAME.match(table) or table.lower() == self.dataset.name.lower():

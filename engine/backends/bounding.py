@@ -4,11 +4,16 @@ After reading, filtering and clamping values to fixed point (each backend's
 own work), every backend bounds and aggregates the same way:
 
 * row level: each row is a unit, so counts and sums over rows need no capping;
-* member level: aggregate each member's rows per group (rows, non-NULL rows,
-  integer sums, and for quantiles a sample of the member's values), cap each
-  member's contribution to a group at ``max_rows_per_group`` rows' worth, keep
-  at most ``max_groups`` groups per member (the smallest draws of the per-query
-  seeded hash of ``engine.backends.draw``), then add up the members per group.
+* member level, per-group mode: aggregate each member's rows per group (rows,
+  non-NULL rows, integer sums, and for quantiles a sample of the member's
+  values), cap each member's contribution to a group at ``max_rows_per_group``
+  rows' worth, keep at most ``max_groups`` groups per member (the smallest
+  draws of the per-query seeded hash of ``engine.backends.draw``), then add up
+  the members per group;
+* member level, total mode (``Contribution.total``): aggregate as above, then
+  keep ``max_rows_per_member`` = N of a member's T rows over all its groups
+  by systematic sampling (:func:`_with_total_cap`): exactly min(T, N) rows,
+  each group keeping r·N/T of its r rows in expectation.
 
 The privacy-critical formulas live here only; a backend supplies the
 primitives (:class:`Primitives`) over its own frames and column expressions,
@@ -22,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from engine import plan as ir
+from engine.backends.draw import WORD
 from engine.backends.shared import fixed_name, part_name, value_columns
 from engine.sensitivity import chooses_groups
 
@@ -29,6 +35,12 @@ F = TypeVar("F")
 E = TypeVar("E")
 
 ROWS = "__rows"
+KEPT = "__kept"
+MEMBER_ROWS = "__member_rows"
+RUNNING_ROWS = "__running_rows"
+OFFSET_DRAW = "__draw_offset"
+OFFSET_SALT = 0x243F6A8885A308D3
+"""Mixed into the seed of a member's sampling offset (π's digits), so that it is not the group draw's first state."""
 UNIT_WORD = "__word_unit"
 VALUE_WORD = "__word_value"
 COPY_WORD = "__word_copy"
@@ -50,10 +62,17 @@ class Primitives(Protocol[F, E]):
 
     def minus(self, value: E, constant: int) -> E: ...
 
+    def add(self, left: E, right: E) -> E: ...
+
+    def subtract(self, left: E, right: E) -> E: ...
+
     def times(self, left: E, right: E) -> E: ...
 
     def floor_divide(self, numerator: E, divisor: E) -> E:
         """Integer division rounding toward −∞ (so that a floored mean never exceeds the true one)."""
+
+    def remainder(self, value: E, divisor: E) -> E:
+        """``value mod divisor`` in ``[0, divisor)``, for a non-negative value and a positive divisor."""
 
     def least(self, value: E, cap: int) -> E: ...
 
@@ -70,6 +89,18 @@ class Primitives(Protocol[F, E]):
 
     def occurrence(self, within: Sequence[str]) -> E:
         """Per row, how many rows with the same values of ``within`` come before it (0, 1, …), in any order."""
+
+    def running_sum(self, value: E, within: str, order: Sequence[str]) -> E:
+        """Per row, the sum of ``value`` over the rows of its ``within`` ordered by ``order``, up to itself.
+
+        ``order`` is unique within ``within``, so the result does not depend on how the rows are stored.
+        """
+
+    def total(self, value: E, within: str) -> E:
+        """Per row, the sum of ``value`` over all rows with its ``within``."""
+
+    def head(self, values: E, count: E) -> E:
+        """The first ``count`` (≥ 0) items of each list."""
 
     def count_rows(self) -> E:
         """Aggregation: the group's rows."""
@@ -100,6 +131,9 @@ class Primitives(Protocol[F, E]):
     def keep_first(self, frame: F, within: str, order: str, count: int) -> F:
         """Per value of ``within``, only the ``count`` rows with the smallest ``order`` (ties broken arbitrarily)."""
 
+    def keep_where(self, frame: F, condition: E) -> F:
+        """Only the rows where ``condition`` holds."""
+
     def with_word(self, frame: F, column: str, integer: bool, name: str) -> F:
         """Add ``name``: the column's hash words (``draw.reference_word``), as an integer or as text."""
 
@@ -120,6 +154,8 @@ def bounded(frame: F, plan: ir.QueryPlan, seed: int, integer_unit: bool, ops: Pr
         return ops.aggregate(frame, keys, _row_level_parts(plan, ops))
     frame = _with_sample_draws(frame, plan, unit, integer_unit, seed, ops)
     per_member = ops.aggregate(frame, [unit, *keys], _member_statistics(plan, ops))
+    if plan.contribution.total:
+        per_member = _with_total_cap(per_member, plan, unit, integer_unit, seed, ops)
     per_member = ops.with_columns(per_member, _member_level_parts(plan, ops))
     if chooses_groups(plan):
         per_member = _with_group_draw(per_member, plan, unit, integer_unit, seed, ops)
@@ -199,10 +235,12 @@ def _with_sample_draws(
 def _member_statistics(plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, E]:
     """Per member and group: rows; per column a part reads, non-NULL rows; per summed column, the sum.
 
-    For a quantile, up to ``max_rows_per_group`` of the member's values: those with the smallest draws.
+    For a quantile, up to ``max_rows_per_group`` of the member's values: those
+    with the smallest draws (in total mode up to ``max_rows_per_member``,
+    then cut to the rows the member keeps there, by :func:`_member_level_parts`).
     """
     statistics = {ROWS: ops.count_rows()}
-    cap = plan.contribution.max_rows_per_group
+    cap = plan.contribution.row_cap
     for index, part in _quantile_parts(plan):
         assert part.value is not None
         fixed = ops.column(fixed_name(part.value.column))
@@ -215,33 +253,92 @@ def _member_statistics(plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, E
 
 
 def _member_level_parts(plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, E]:
-    """Cap one member's contribution to one group: at most ``max_rows_per_group`` rows' worth.
+    """Cap one member's contribution to one group: at most ``max_rows_per_group`` rows' worth (per-group mode).
 
-    Sums become the member's floored mean (inside the bounds) times the capped
-    count, so a member adds at most ``cap × magnitude`` to a group. Quantile
-    parts are bounded already: the member's sampled values.
+    In total mode, the member's kept rows there (``KEPT``, :func:`_with_total_cap`)
+    instead, and the same share of the non-NULL rows of each column. Sums become
+    the member's floored mean (inside the bounds) times the kept count, so a member
+    adds at most ``kept × magnitude`` to a group. Quantile parts hold the member's
+    sampled values already; in total mode only as many as it keeps are left.
     """
-    cap = plan.contribution.max_rows_per_group
     expressions = {}
     for index, part in enumerate(plan.parts):
         if part.kind is ir.PartKind.QUANTILE:
+            if plan.contribution.total:
+                assert part.value is not None
+                kept = _kept(plan, ops.column(_count_name(part.value.column)), ops)
+                expressions[part_name(index)] = ops.head(ops.column(part_name(index)), kept)
             continue
         if part.kind is ir.PartKind.COUNT_ROWS:
-            expression = ops.least(ops.column(ROWS), cap)
+            expression = _kept(plan, ops.column(ROWS), ops)
         elif part.kind is ir.PartKind.COUNT_UNITS:
             expression = ops.literal(1)  # this member, in this group
         elif part.kind is ir.PartKind.COUNT_VALUES:
             assert part.counted_column is not None
-            expression = ops.least(ops.column(_count_name(part.counted_column)), cap)
+            expression = _kept(plan, ops.column(_count_name(part.counted_column)), ops)
         else:
             assert part.value is not None
             column = part.value.column
             count = ops.column(_count_name(column))
             center = part.value.center if part.kind is ir.PartKind.CENTERED_SUM else 0
             mean = ops.minus(ops.floor_divide(ops.column(_sum_name(column)), count), center)
-            expression = ops.when(ops.positive(count), ops.times(mean, ops.least(count, cap)), ops.literal(0))
+            expression = ops.when(ops.positive(count), ops.times(mean, _kept(plan, count, ops)), ops.literal(0))
         expressions[part_name(index)] = ops.int64(expression)
     return expressions
+
+
+def _kept(plan: ir.QueryPlan, count: E, ops: Primitives[F, E]) -> E:
+    """How many of ``count`` (a member's rows, or non-NULL rows of a column, in one group) are kept.
+
+    Per-group mode: at most ``max_rows_per_group``. Total mode: the member keeps
+    ``KEPT`` of its ``ROWS`` rows there, so ``⌊count × KEPT / ROWS⌋`` (exactly
+    ``KEPT`` for the rows themselves, never more than ``KEPT`` for a column).
+    """
+    if plan.contribution.total:
+        return ops.floor_divide(ops.times(count, ops.column(KEPT)), ops.column(ROWS))
+    return ops.least(count, plan.contribution.max_rows_per_group)
+
+
+def _with_total_cap(frame: F, plan: ir.QueryPlan, unit: str, integer_unit: bool, seed: int, ops: Primitives[F, E]) -> F:
+    """Add ``KEPT``: how many of its ``ROWS`` rows in each group a member keeps, N = ``max_rows_per_member`` in all.
+
+    A member with T ≤ N rows over all its groups keeps them all. Otherwise
+    systematic sampling: order the member's groups by their seeded draw (as
+    the per-group mode chooses groups), let C⁻ and C⁺ be the member's rows in
+    the groups before and up to this one (C⁺ = C⁻ + r), k a seeded draw of
+    the member modulo T, and keep ``⌊(C⁺·N + k)/T⌋ − ⌊(C⁻·N + k)/T⌋`` rows.
+    The kept rows telescope to exactly N, 0 ≤ kept ≤ r (as N < T), and, k
+    being uniform on [0, T), each group keeps r·N/T in expectation whatever
+    the order (Hermite's identity). Everything depends on the member's own
+    rows and the seed only, never on other members or on how rows are stored.
+
+    Integers: C⁺·N + k < T·(N + 1) ≤ ``MAX_ROWS`` × (``MAX_ROWS_PER_MEMBER`` + 1) < 2⁶³
+    (``sensitivity.check_no_overflow`` refuses a larger N before the charge).
+    Groups where a member keeps nothing are dropped, so that a member adds no
+    key (a private key's count of zero still counts as a key) it keeps no row of.
+    """
+    cap = plan.contribution.max_rows_per_member
+    assert cap is not None
+    if not plan.group_keys:  # one group: the formula reduces to min(T, N)
+        return ops.with_columns(frame, {KEPT: ops.least(ops.column(ROWS), cap)})
+    frame = _with_group_draw(frame, plan, unit, integer_unit, seed, ops)
+    frame = ops.with_draw(frame, (seed + OFFSET_SALT) % WORD, [UNIT_WORD], OFFSET_DRAW)
+    keys = [key.column for key in plan.group_keys]
+    rows = ops.column(ROWS)
+    frame = ops.with_columns(
+        frame,
+        {
+            MEMBER_ROWS: ops.total(rows, unit),
+            RUNNING_ROWS: ops.running_sum(rows, unit, [GROUP_DRAW, *keys]),
+        },
+    )
+    member_rows, running = ops.column(MEMBER_ROWS), ops.column(RUNNING_ROWS)
+    offset = ops.remainder(ops.int64(ops.column(OFFSET_DRAW)), member_rows)
+    through = ops.floor_divide(ops.add(ops.times(running, ops.literal(cap)), offset), member_rows)
+    before = ops.floor_divide(ops.add(ops.times(ops.subtract(running, rows), ops.literal(cap)), offset), member_rows)
+    over = ops.positive(ops.minus(member_rows, cap))
+    frame = ops.with_columns(frame, {KEPT: ops.int64(ops.when(over, ops.subtract(through, before), rows))})
+    return ops.keep_where(frame, ops.positive(ops.column(KEPT)))
 
 
 def _with_group_draw(

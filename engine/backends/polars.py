@@ -261,11 +261,20 @@ class _PolarsPrimitives:
     def minus(self, value: pl.Expr, constant: int) -> pl.Expr:
         return value - constant
 
+    def add(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left + right
+
+    def subtract(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
+        return left - right
+
     def times(self, left: pl.Expr, right: pl.Expr) -> pl.Expr:
         return left * right
 
     def floor_divide(self, numerator: pl.Expr, divisor: pl.Expr) -> pl.Expr:
         return numerator // divisor
+
+    def remainder(self, value: pl.Expr, divisor: pl.Expr) -> pl.Expr:
+        return value % divisor
 
     def least(self, value: pl.Expr, cap: int) -> pl.Expr:
         return pl.min_horizontal(value, cap)
@@ -285,6 +294,15 @@ class _PolarsPrimitives:
 
     def occurrence(self, within: Sequence[str]) -> pl.Expr:
         return pl.int_range(pl.len(), dtype=pl.UInt64).over(within)
+
+    def running_sum(self, value: pl.Expr, within: str, order: Sequence[str]) -> pl.Expr:
+        return value.cum_sum().over(within, order_by=list(order))
+
+    def total(self, value: pl.Expr, within: str) -> pl.Expr:
+        return value.sum().over(within)
+
+    def head(self, values: pl.Expr, count: pl.Expr) -> pl.Expr:
+        return values.list.head(count)
 
     def count_rows(self) -> pl.Expr:
         return pl.len().cast(pl.Int64)
@@ -322,6 +340,9 @@ class _PolarsPrimitives:
         if count == 1:  # the common case: a minimum per member is far cheaper than a rank
             return frame.filter(drawn == drawn.min().over(within)).filter(pl.col(within).is_first_distinct())
         return frame.filter(drawn.rank("ordinal").over(within) <= count)
+
+    def keep_where(self, frame: pl.LazyFrame, condition: pl.Expr) -> pl.LazyFrame:
+        return frame.filter(condition)
 
     def with_word(self, frame: pl.LazyFrame, column: str, integer: bool, name: str) -> pl.LazyFrame:
         return _with_word(frame, column, pl.Int64() if integer else pl.String(), name)

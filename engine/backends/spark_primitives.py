@@ -33,12 +33,21 @@ class SparkPrimitives:
     def minus(self, value: Column, constant: int) -> Column:
         return value - self.literal(constant)
 
+    def add(self, left: Column, right: Column) -> Column:
+        return left + right
+
+    def subtract(self, left: Column, right: Column) -> Column:
+        return left - right
+
     def times(self, left: Column, right: Column) -> Column:
         return left * right
 
     def floor_divide(self, numerator: Column, divisor: Column) -> Column:
         # Spark's ``div`` truncates toward zero; less the remainder, it divides exactly, rounding toward −∞.
         return F.call_function("div", numerator - F.pmod(numerator, divisor), divisor)
+
+    def remainder(self, value: Column, divisor: Column) -> Column:
+        return F.pmod(value, divisor)
 
     def least(self, value: Column, cap: int) -> Column:
         return F.least(value, self.literal(cap))
@@ -60,6 +69,16 @@ class SparkPrimitives:
         # The rows of a window agree on every column of ``within``: ordering by one of them is as good as any order.
         rows = Window.partitionBy(*within).orderBy(within[-1])
         return F.row_number().over(rows) - 1
+
+    def running_sum(self, value: Column, within: str, order: Sequence[str]) -> Column:
+        rows = Window.partitionBy(within).orderBy(*order).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+        return F.sum(value).over(rows)
+
+    def total(self, value: Column, within: str) -> Column:
+        return F.sum(value).over(Window.partitionBy(within))
+
+    def head(self, values: Column, count: Column) -> Column:
+        return F.slice(values, 1, count)
 
     def count_rows(self) -> Column:
         return F.count(F.lit(1))
@@ -93,6 +112,9 @@ class SparkPrimitives:
     def keep_first(self, frame: DataFrame, within: str, order: str, count: int) -> DataFrame:
         ranked = frame.withColumn(_RANK, F.row_number().over(Window.partitionBy(within).orderBy(order)))
         return ranked.filter(F.col(_RANK) <= count)
+
+    def keep_where(self, frame: DataFrame, condition: Column) -> DataFrame:
+        return frame.filter(condition)
 
     def with_word(self, frame: DataFrame, column: str, integer: bool, name: str) -> DataFrame:
         return with_word(frame, column, integer, name)

@@ -13,10 +13,13 @@ The passes, in order (each a module of this package):
 5. ``keys``: GROUP BY keys and their key sets (``bins`` for FLOOR/CEIL, ``intervals`` for their bounds).
 6. ``output`` and ``aggregates``: the SELECT list; each aggregate as bounded parts (``intervals`` for bounds).
 7. ``clauses``: HAVING, ORDER BY, LIMIT, OFFSET on released values.
-8. the plan: source columns, contribution bounds, the threshold part of private keys, and the overflow check.
+8. the plan: source columns, the threshold part of private keys, contribution bounds (total or per group,
+   ``contribution_mode``), and the overflow check.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlglot import exp
 
@@ -33,9 +36,9 @@ from engine.planner.output import PostExprs, select_list
 from engine.planner.scope import Reads
 from engine.planner.sql_forms import COLUMN_KINDS
 from engine.policy import AUTO, Policy
-from engine.sensitivity import check_no_overflow
+from engine.sensitivity import check_no_overflow, summed_norm
 
-__all__ = ["plan_query"]
+__all__ = ["contribution_mode", "plan_query"]
 
 
 def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = None) -> ir.QueryPlan:
@@ -56,8 +59,8 @@ def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = 
     having = clauses.having(flat, output, post)
     order_by = clauses.order_by(flat, output, post)
     limit, offset = clauses.limit(flat)
-    contribution = _contribution(policy, reads)
     threshold_part = _threshold_part(policy, grouping.keys, post.measures)
+    contribution = _contribution(policy, reads, grouping.keys, tuple(post.measures.parts))
     plan = ir.QueryPlan(
         dataset=policy.name,
         source=_source(policy, reads),
@@ -94,26 +97,72 @@ def _row_filter(select: exp.Select, context: PlanContext, consent_column: str | 
     return row_filter
 
 
-def _contribution(policy: Policy, reads: Reads) -> ir.Contribution:
+def _contribution(
+    policy: Policy, reads: Reads, keys: tuple[ir.GroupKey, ...], parts: tuple[ir.Part, ...]
+) -> ir.Contribution:
     """How much one unit may add, from the policy; the unit column is read to bound each member.
 
     An ``"auto"`` bound stands at its limit here (``auto_bounds`` says which are chosen per query).
     """
-    if policy.unit_column:
-        reads.columns.add(policy.unit_column)
+    if policy.unit_column is None:
+        return ir.Contribution(unit_column=None, max_groups=1, max_rows_per_group=1)
+    reads.columns.add(policy.unit_column)
     privacy = policy.privacy
 
-    def bound(setting: int | str | None) -> int | None:
-        return privacy.auto_limit if setting == AUTO else None if setting is None else int(setting)
+    def bound(setting: int | str | None) -> int:
+        return privacy.auto_limit if setting == AUTO else int(setting or 1)
 
-    total = bound(privacy.max_rows_per_member)
-    per_group = privacy.max_groups is not None
-    return ir.Contribution(
-        unit_column=policy.unit_column,
-        max_groups=bound(privacy.max_groups) or 1,
-        max_rows_per_group=bound(privacy.max_rows_per_group) or 1,
-        max_rows_per_member=None if per_group else total,
-    )
+    per_group = None
+    if privacy.per_group_bounds:
+        per_group = ir.Contribution(
+            unit_column=policy.unit_column,
+            max_groups=bound(privacy.max_groups),
+            max_rows_per_group=bound(privacy.max_rows_per_group),
+        )
+    total = None
+    if privacy.max_rows_per_member is not None:
+        rows = bound(privacy.max_rows_per_member)
+        total = ir.Contribution(policy.unit_column, max_groups=rows, max_rows_per_group=rows, max_rows_per_member=rows)
+    return contribution_mode(total, per_group, keys, parts, policy.budget.accounting)
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """What the sensitivity of a query's parts reads (``sensitivity.BoundedPlan``), before the plan exists."""
+
+    group_keys: tuple[ir.GroupKey, ...]
+    contribution: ir.Contribution
+    parts: tuple[ir.Part, ...]
+
+
+def contribution_mode(
+    total: ir.Contribution | None,
+    per_group: ir.Contribution | None,
+    keys: tuple[ir.GroupKey, ...],
+    parts: tuple[ir.Part, ...],
+    accounting: str,
+) -> ir.Contribution:
+    """The contribution bound for one query when the policy may allow two: total or per group.
+
+    Total mode (``max_rows_per_member`` = N rows per member over all groups)
+    is the default: a member spread over many groups keeps N rows in all,
+    where the per-group mode drops every group past ``max_groups``. The
+    per-group mode wins in two cases. A quantile needs a per-group row cap:
+    in total mode a member may put all N values into one group, so its rank
+    sensitivity is N in each of up to N groups (sound, but the noise grows
+    as N²). And the per-group bounds may have the smaller sensitivity in the
+    norm the noise is calibrated to: L1 under pure DP (min(G, groups)·R
+    against N) and L2 under zCDP (about √G·R against N, so a few groups of
+    R rows beat N = G·R). The parts' norms are added up, and ties go to total mode.
+    """
+    if total is None or per_group is None:
+        chosen = total or per_group
+        assert chosen is not None, "a member-level policy gives per-group or total bounds (engine.policy)"
+        return chosen
+    if any(part.kind is ir.PartKind.QUANTILE for part in parts):
+        return per_group
+    per_group_norm = summed_norm(_Bounds(keys, per_group, parts), accounting)
+    return per_group if per_group_norm < summed_norm(_Bounds(keys, total, parts), accounting) else total
 
 
 def _auto_bounds(policy: Policy) -> ir.AutoBounds | None:
