@@ -64,20 +64,21 @@ def contribution_bounds(contribution: ir.Contribution) -> dict[str, int]:
 def offered_modes(plan: ir.QueryPlan, accounting: Accounting) -> tuple[bool, bool]:
     """Whether the choice considers (the total mode, the per-group mode) for this query.
 
-    Quantiles need a cap per group: the per-group mode, when the policy offers
-    it. Under pure DP the total mode at C = G·R keeps at least the rows the
-    per-group mode keeps at G and R, for the same L1 noise, so the per-group
-    mode is then only worth its profile where L0 matters (members counted per
-    group, private keys' threshold).
+    Where the policy offers both: quantiles need a cap per group, and counts of
+    members (also the private keys' threshold) lose whole groups when a total
+    cap samples a member's rows away from them, so those take the per-group
+    mode. Under pure DP the total mode at C = G·R keeps at least the rows the
+    per-group mode keeps at G and R, for the same L1 noise: it is then the only one.
     """
     auto = plan.auto_bounds
     assert auto is not None
     total, per_group = auto.max_rows_per_member is not None, auto.max_groups is not None
     if total and per_group:
-        if any(part.kind is ir.PartKind.QUANTILE for part in plan.parts):
+        per_group_parts = (ir.PartKind.QUANTILE, ir.PartKind.COUNT_UNITS)
+        if plan.threshold_part is not None or any(part.kind in per_group_parts for part in plan.parts):
             total = False
-        elif accounting is Accounting.PURE and plan.threshold_part is None:
-            per_group = any(part.kind is ir.PartKind.COUNT_UNITS for part in plan.parts)
+        elif accounting is Accounting.PURE:
+            per_group = False
     return total, per_group
 
 
@@ -161,8 +162,8 @@ def column_shares(plan: ir.QueryPlan, choice: Choice) -> dict[str, float]:
     shares = {}
     for column in plan.output:
         parts = plan.parts_of(column.expr)
-        if not parts:
-            continue
+        if not parts or any(plan.parts[index].kind is ir.PartKind.QUANTILE for index in parts):
+            continue  # a quantile reads a sample of each member's values: fewer rows, not a lower value
         units = all(plan.parts[index].kind is ir.PartKind.COUNT_UNITS for index in parts)
         shares[column.name] = round(choice.groups_share if units else choice.rows_share, 4)
     return shares
@@ -193,7 +194,8 @@ class _Model:
         return max(at_least, spread)
 
     def lost_groups(self, contribution: ir.Contribution) -> float:
-        if contribution.max_rows_per_member is not None or "groups" not in self.profile.counts:
+        """The share of members' groups dropped past ``max_groups`` (the total mode is not offered for these)."""
+        if contribution.total or "groups" not in self.profile.counts:
             return 0.0
         return self.profile.excess("groups", contribution.max_groups) / self.profile.total("groups")
 
