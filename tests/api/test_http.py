@@ -463,7 +463,7 @@ def test_the_transparency_log_is_public_and_holds_no_results(
     assert set(document) == {"dataset", "budget", "spent", "remaining", "releases"}
     assert document["dataset"] == "refusals"
     for entry in document["releases"]:
-        assert set(entry) == {"at", "buyer", "purpose", "sql", "cost"}
+        assert set(entry) == {"at", "buyer", "purpose", "sql", "cost", "bounds"}
     mine = [e for e in document["releases"] if e["buyer"] == "frank_buyer"]
     assert mine == [
         {
