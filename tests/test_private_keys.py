@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from engine import Engine
 from engine.accounting import PrivacyRequest
+from engine.backends.base import Backend
 from engine.errors import PolicyViolation
 from engine.mechanisms import calibrate
 from engine.plan import PartKind
@@ -114,15 +115,17 @@ def test_one_member_moves_private_key_aggregates_within_the_claims(
     assert_private_key_neighbours(privacy, sql, pool, smaller)
 
 
-def assert_private_key_neighbours(privacy: str, sql: str, larger: list[dict], smaller: list[dict]) -> None:
+def assert_private_key_neighbours(
+    privacy: str, sql: str, larger: list[dict], smaller: list[dict], backend: Backend | None = None
+) -> None:
     """Neighbours differ by one member: keys only one side has count that member alone (≤ 1 unit).
 
     Every part moves within its claimed L1, L2 and L∞ over the keys either side has, and at most
     the claimed L0 keys change (a key only one side has counts as changed).
     """
     with tempfile.TemporaryDirectory() as directory:
-        plan, larger_parts = exact_parts(Path(directory) / "with", larger, privacy, sql)
-        _, smaller_parts = exact_parts(Path(directory) / "without", smaller, privacy, sql)
+        plan, larger_parts = exact_parts(Path(directory) / "with", larger, privacy, sql, backend)
+        _, smaller_parts = exact_parts(Path(directory) / "without", smaller, privacy, sql, backend)
     assert plan.threshold_part is not None
     units = plan.threshold_part
     for key in set(larger_parts) - set(smaller_parts):

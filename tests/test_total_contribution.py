@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from engine import Engine
+from engine.backends.base import Backend
 from engine.backends.polars import PolarsBackend
 from engine.errors import PolicyViolation
 from engine.plan import PartKind, QueryPlan
@@ -184,9 +185,32 @@ def test_a_member_over_many_private_keys_moves_them_within_the_total_mode_claims
     pool: list[dict], added: list[dict], cap: int, sql: str
 ) -> None:
     """A member with any rows over up to a dozen cities is added: keys, counts, sums and samples within the claims."""
+    add_a_member_over_private_keys(PolarsBackend(), pool, added, cap, sql)
+
+
+@pytest.mark.spark
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: every step costs Spark jobs
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    pool=st.lists(many_cities, min_size=1, max_size=30),
+    added=st.lists(many_cities, min_size=1, max_size=30),
+    cap=st.sampled_from([1, 3]),
+    sql=st.sampled_from(PRIVATE_QUERIES),
+)
+def test_a_member_over_many_private_keys_moves_them_within_the_total_mode_claims_on_spark(
+    spark_backend: Backend, pool: list[dict], added: list[dict], cap: int, sql: str
+) -> None:
+    add_a_member_over_private_keys(spark_backend, pool, added, cap, sql)
+
+
+def add_a_member_over_private_keys(backend: Backend, pool: list[dict], added: list[dict], cap: int, sql: str) -> None:
     others = [row for row in pool if row["member_id"] != 0]
     member = [{**row, "member_id": 0} for row in added]
-    assert_private_key_neighbours(member_total(cap), sql, others + member, others)
+    assert_private_key_neighbours(member_total(cap), sql, others + member, others, backend)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
