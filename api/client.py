@@ -108,6 +108,8 @@ class DatasetInfo:
     privacy_unit: str
     max_groups: int | None
     max_rows_per_group: int | None
+    max_rows_per_member: int | None
+    """Rows one member may add over all groups (total mode), where the policy allows that mode."""
     accounting: str
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
@@ -123,6 +125,7 @@ class DatasetInfo:
             privacy_unit=data["privacy_unit"],
             max_groups=data["max_groups"],
             max_rows_per_group=data["max_rows_per_group"],
+            max_rows_per_member=data.get("max_rows_per_member"),
             accounting=data["accounting"],
             max_epsilon_per_query=float(data["max_epsilon_per_query"]),
             columns=[ColumnInfo.from_dict(column) for column in data["columns"]],

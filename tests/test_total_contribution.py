@@ -296,6 +296,13 @@ BOTH = member_level(2, 10) + "\nmax_rows_per_member = 12"
             id="distinct-members",
         ),
         pytest.param(
+            BOTH,  # a count, a fixed-point sum and the threshold's distinct members: 20·1200·2 < 12·720·12
+            "SELECT city, COUNT(*), SUM(hours) FROM shifts GROUP BY city",
+            "pure",
+            False,
+            id="private-keys-product-not-sum",
+        ),
+        pytest.param(
             member_level(1, 10) + "\nmax_rows_per_member = 10", "SELECT SUM(age) FROM shifts", "pure", True, id="tie"
         ),
         pytest.param(
@@ -315,6 +322,16 @@ def test_the_planner_picks_the_mode_with_less_noise(
 ) -> None:
     plan = _plan(tmp_path, privacy, sql, accounting)
     assert plan.contribution.total is total
+
+
+def test_the_pick_compares_the_parts_norms_by_their_product_not_their_sum(tmp_path: Path) -> None:
+    """A fixed-point sum's norm dwarfs a count's: summed, the sum alone would pick total mode here."""
+    plan = _plan(tmp_path, BOTH, "SELECT city, COUNT(*), SUM(hours) FROM shifts GROUP BY city")
+    total = _plan(tmp_path / "total", member_total(12), "SELECT city, COUNT(*), SUM(hours) FROM shifts GROUP BY city")
+    per_group = [plan.sensitivity(part).l1 for part in plan.parts]
+    in_total = [total.sensitivity(part).l1 for part in total.parts]
+    assert sum(per_group) > sum(in_total) and math.prod(per_group) < math.prod(in_total)
+    assert not plan.contribution.total
 
 
 def test_the_pick_compares_the_norm_the_noise_is_calibrated_to(tmp_path: Path) -> None:
