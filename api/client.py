@@ -114,7 +114,8 @@ class DatasetInfo:
     privacy_unit: str
     max_groups: int | str | None
     max_rows_per_group: int | str | None
-    """A number of groups or rows, or "auto" (chosen per query by DP)."""
+    max_rows_per_member: int | str | None
+    """A number of rows or groups, or "auto" (chosen per query by DP); None where the policy does not offer it."""
     accounting: str
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
@@ -130,6 +131,7 @@ class DatasetInfo:
             privacy_unit=data["privacy_unit"],
             max_groups=data["max_groups"],
             max_rows_per_group=data["max_rows_per_group"],
+            max_rows_per_member=data.get("max_rows_per_member"),
             accounting=data["accounting"],
             max_epsilon_per_query=float(data["max_epsilon_per_query"]),
             columns=[ColumnInfo.from_dict(column) for column in data["columns"]],

@@ -95,6 +95,9 @@ class DatasetInfo(BaseModel):
     privacy_unit: Literal["member", "row"]
     max_groups: int | Literal["auto"] | None
     max_rows_per_group: int | Literal["auto"] | None
+    max_rows_per_member: int | Literal["auto"] | None = Field(
+        default=None, description="rows one member may add over all groups (total mode); None where not allowed"
+    )
     accounting: str
     max_epsilon_per_query: float
     columns: list[ColumnInfo]

@@ -144,6 +144,8 @@ class Explanation:
     """The L0 bound: groups one unit can change."""
     chooses_groups: bool
     """Whether each unit's groups are sampled down to ``max_groups``."""
+    other_mode: str | None
+    """Where the policy allows both contribution modes: the one not used, and why (None where it allows one)."""
     keys: tuple[KeyExplanation, ...]
     threshold: Threshold | None
     parts: tuple[PartExplanation, ...]
@@ -172,10 +174,13 @@ class Explanation:
             },
             "contribution": {
                 "unit_column": self.contribution.unit_column,
+                "mode": "total" if self.contribution.total else "per_group",
                 "max_groups": self.contribution.max_groups,
                 "max_rows_per_group": self.contribution.max_rows_per_group,
+                "max_rows_per_member": self.contribution.max_rows_per_member,
                 "groups_touched": self.groups_touched,
                 "chooses_groups": self.chooses_groups,
+                "other_mode": self.other_mode,
             },
             "keys": [_key_dict(key) for key in self.keys],
             "threshold": _threshold_dict(self.threshold),
@@ -197,6 +202,21 @@ class Explanation:
             },
             "remaining": self.remaining.to_dict(),
         }
+
+
+def _other_mode(plan: ir.QueryPlan, policy: Policy) -> str | None:
+    """The contribution mode the policy also allows and the planner did not pick, and why (``contribution_mode``)."""
+    privacy = policy.privacy
+    if plan.contribution.unit_column is None or not privacy.per_group_bounds or privacy.max_rows_per_member is None:
+        return None
+    if plan.contribution.total:
+        return (
+            f"max_groups {privacy.max_groups} × max_rows_per_group {privacy.max_rows_per_group}"
+            " (no less noise for this query)"
+        )
+    if any(part.kind is ir.PartKind.QUANTILE for part in plan.parts):
+        return f"max_rows_per_member {privacy.max_rows_per_member} (quantiles need a per-group row cap)"
+    return f"max_rows_per_member {privacy.max_rows_per_member} (more noise for this query)"
 
 
 def explain(
@@ -223,6 +243,7 @@ def explain(
         contribution=plan.contribution,
         groups_touched=plan.groups_touched_per_unit,
         chooses_groups=chooses_groups(plan),
+        other_mode=_other_mode(plan, policy),
         keys=tuple(_key(plan, policy, text, key) for key in plan.group_keys),
         threshold=noise.threshold,
         parts=tuple(_part(plan, noise, text, index) for index in range(len(plan.parts))),

@@ -50,13 +50,24 @@ def _rows(explanation: Explanation) -> list[str]:
 
 def _contribution(explanation: Explanation) -> list[str]:
     contribution = explanation.contribution
-    chosen = " (each unit's groups sampled down to max_groups)" if explanation.chooses_groups else ""
-    return [
-        "contribution",
-        f"  max_groups: {contribution.max_groups}",
-        f"  max_rows_per_group: {contribution.max_rows_per_group}",
-        f"  groups one unit touches (L0): {explanation.groups_touched}{chosen}",
-    ]
+    if contribution.total:
+        lines = [
+            "contribution",
+            f"  max_rows_per_member: {contribution.max_rows_per_member}"
+            " (over all groups; a unit with more rows keeps a systematic sample across its groups)",
+            f"  groups one unit touches (L0): {explanation.groups_touched}",
+        ]
+    else:
+        chosen = " (each unit's groups sampled down to max_groups)" if explanation.chooses_groups else ""
+        lines = [
+            "contribution",
+            f"  max_groups: {contribution.max_groups}",
+            f"  max_rows_per_group: {contribution.max_rows_per_group}",
+            f"  groups one unit touches (L0): {explanation.groups_touched}{chosen}",
+        ]
+    if explanation.other_mode is not None:
+        lines.append(f"  not used, though the policy allows it: {explanation.other_mode}")
+    return lines
 
 
 def _keys(explanation: Explanation) -> list[str]:

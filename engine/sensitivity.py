@@ -121,14 +121,13 @@ def profile_sensitivity(histograms: int) -> Sensitivity:
     return Sensitivity(l1=histograms, l2=math.isqrt(histograms - 1) + 1, per_group=1, groups=histograms)
 
 
-def summed_norm(plan: BoundedPlan, accounting: str) -> int:
-    """The parts' sensitivities added up in the norm their noise is calibrated to: L1 (pure DP) or L2 (zCDP).
+def noise_norms(plan: BoundedPlan, accounting: str) -> list[int]:
+    """Each part's sensitivity in the norm its noise is calibrated to: L1 (pure DP) or L2 (zCDP).
 
-    Every part's noise scale is proportional to that norm, so of two
-    contribution bounds for one query the one with the smaller sum adds less noise.
+    A part's noise scale is proportional to it, whatever share of the budget the part gets.
     """
     sensitivities = [part_sensitivity(plan, part) for part in plan.parts]
-    return sum(s.l1 if accounting == "pure" else s.l2 for s in sensitivities)
+    return [s.l1 if accounting == "pure" else s.l2 for s in sensitivities]
 
 
 def fixed_point(name: str, low: float, high: float, integer: bool) -> FixedPoint:

@@ -72,10 +72,46 @@ def test_zcdp_needs_a_delta(tmp_path: Path) -> None:
         load_policy(path)
 
 
-def test_row_unit_refuses_contribution_bounds(tmp_path: Path) -> None:
-    path = _edit(_policy_file(tmp_path, privacy=ROW_LEVEL), 'unit = "row"', 'unit = "row"\nmax_groups = 2')
-    with pytest.raises(PolicyError, match="each row is its own unit"):
+@pytest.mark.parametrize("bound", ["max_groups = 2", "max_rows_per_member = 5"])
+def test_row_unit_refuses_contribution_bounds(tmp_path: Path, bound: str) -> None:
+    path = _edit(_policy_file(tmp_path, privacy=ROW_LEVEL), 'unit = "row"', f'unit = "row"\n{bound}')
+    with pytest.raises(PolicyError, match="takes no max_groups / max_rows_per_group / max_rows_per_member"):
         load_policy(path)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        ("", "needs privacy.max_rows_per_member, or privacy.max_groups and privacy.max_rows_per_group, or all three"),
+        ("max_groups = 2", "max_groups and privacy.max_rows_per_group go together"),
+        ("max_rows_per_group = 2\nmax_rows_per_member = 9", "go together: give both or neither"),
+        ("max_groups = 2\nmax_rows_per_member = 9", "go together: give both or neither"),
+        ("max_rows_per_member = 0", "privacy.max_rows_per_member: Input should be greater than 0"),
+        ("max_rows_per_member = 2.5", "privacy.max_rows_per_member"),
+        ("max_row_per_member = 3", "max_row_per_member"),
+    ],
+)
+def test_member_level_bounds_are_per_group_or_total_or_both(tmp_path: Path, bounds: str, expected: str) -> None:
+    path = _policy_file(tmp_path, privacy=f'unit = "member_id"\n{bounds}')
+    with pytest.raises(PolicyError) as raised:
+        load_policy(path)
+    assert str(path) in raised.value.message
+    assert expected in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        ("max_rows_per_member = 12", (None, None, 12)),
+        ("max_groups = 2\nmax_rows_per_group = 5", (2, 5, None)),
+        ("max_groups = 2\nmax_rows_per_group = 5\nmax_rows_per_member = 12", (2, 5, 12)),
+    ],
+)
+def test_member_level_policies_load_with_either_mode_or_both(
+    tmp_path: Path, bounds: str, expected: tuple[int | None, ...]
+) -> None:
+    privacy = load_policy(_policy_file(tmp_path, privacy=f'unit = "member_id"\n{bounds}')).privacy
+    assert (privacy.max_groups, privacy.max_rows_per_group, privacy.max_rows_per_member) == expected
 
 
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ member level; one row at row level), the exact bounded aggregates a backend
 compared on the two neighbouring pools.
 For every measured part, the difference vector over the public groups must
 satisfy ``‖Δ‖₁ ≤ l1``, ``‖Δ‖₂ ≤ l2`` (what the noise is calibrated to) and
-change at most ``groups_touched_per_unit`` groups (the L0 bound both rely on).
+change at most ``groups_touched_per_unit`` groups (the L0 bound both rely on),
+and no group by more than the claimed ``per_group`` (L∞). Policies in total
+mode (``max_rows_per_member``) run alike: there L1 and L2 are the total cap's worth.
 Both neighbours run with the same seed: the per-member random choice of groups
 is a hash of member, group and seed, so the other members keep their choices.
 """
@@ -115,9 +117,20 @@ def member_level(max_groups: int, max_rows_per_group: int) -> str:
     return f'unit = "member_id"\nmax_groups = {max_groups}\nmax_rows_per_group = {max_rows_per_group}'
 
 
-PRIVACY = [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)] + [
-    pytest.param(ROW_LEVEL, id="row")
+def member_total(max_rows_per_member: int) -> str:
+    """A member-level policy in total mode: at most ``max_rows_per_member`` rows per member over all groups."""
+    return f'unit = "member_id"\nmax_rows_per_member = {max_rows_per_member}'
+
+
+TOTAL_PRIVACY = [pytest.param(member_total(n), id=f"member-total{n}") for n in (1, 3, 10)] + [
+    pytest.param(member_level(2, 3) + "\nmax_rows_per_member = 4", id="member-g2-r3-total4")
 ]
+"""Total mode, and a policy allowing both modes (the planner picks one per query)."""
+PRIVACY = (
+    [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)]
+    + TOTAL_PRIVACY
+    + [pytest.param(ROW_LEVEL, id="row")]
+)
 
 # --- strategies ------------------------------------------------------------------
 
@@ -238,9 +251,11 @@ def assert_moved_within_sensitivity(
     for index, part in enumerate(plan.parts):
         claimed = plan.sensitivity(part)
         if part.kind is PartKind.QUANTILE:
-            # A quantile's input per group is a list of bounded values: one unit adds at most per_group of them.
+            # A quantile's input per group is a list of bounded values: one unit adds at most per_group of them,
+            # and at most l1 over all groups.
             moved = {key: _multiset_distance(with_unit[key][index], without_unit[key][index]) for key in with_unit}
             assert max(moved.values(), default=0) <= claimed.per_group, (sql, privacy, moved)
+            assert sum(moved.values()) <= claimed.l1, (sql, privacy, moved)
             changed_groups |= {key for key, distance in moved.items() if distance}
             continue
         diff = [with_unit[key][index] - without_unit[key][index] for key in with_unit]
@@ -250,6 +265,7 @@ def assert_moved_within_sensitivity(
         context = f"{part.label} in {sql!r} under {privacy!r}: diff {diff}, claimed {claimed}"
         assert l1 <= claimed.l1, f"L1 {l1} above the claimed sensitivity: {context}"
         assert squared <= claimed.l2 * claimed.l2, f"L2 {math.sqrt(squared)} above the claimed sensitivity: {context}"
+        assert max(map(abs, diff), default=0) <= claimed.per_group, f"L∞ above the claimed sensitivity: {context}"
         if part.kind in (PartKind.COUNT_ROWS, PartKind.COUNT_VALUES):
             # Adding a unit never lowers a count.
             assert all(d >= 0 for d in diff), context
@@ -275,7 +291,11 @@ _SPARK_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 """The same properties on Spark: few examples (each costs two Spark jobs); tests/test_spark.py checks equality."""
-SPARK_PRIVACY = [pytest.param(member_level(2, 3), id="member-g2-r3"), pytest.param(ROW_LEVEL, id="row")]
+SPARK_PRIVACY = [
+    pytest.param(member_level(2, 3), id="member-g2-r3"),
+    pytest.param(member_total(3), id="member-total3"),
+    pytest.param(ROW_LEVEL, id="row"),
+]
 
 
 @pytest.mark.parametrize("privacy", PRIVACY)
@@ -329,7 +349,7 @@ def assert_heavy_member_bounded(backend: Backend, privacy: str, heavy: dict, sql
 
 @pytest.mark.parametrize(
     "privacy",
-    [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)],
+    [pytest.param(member_level(g, r), id=f"member-g{g}-r{r}") for g in (1, 2) for r in (1, 3, 10)] + TOTAL_PRIVACY,
 )
 @_SETTINGS
 @given(heavy=heavy_members, sql=queries())
@@ -344,6 +364,7 @@ def test_adding_a_heavy_member_spread_over_groups_is_bounded_on_spark(
     spark_backend: Backend, heavy: dict, sql: str
 ) -> None:
     assert_heavy_member_bounded(spark_backend, member_level(1, 3), heavy, sql)
+    assert_heavy_member_bounded(spark_backend, member_total(4), heavy, sql)
 
 
 # --- contribution bounds, directly ------------------------------------------------

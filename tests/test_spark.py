@@ -3,8 +3,8 @@
 Both run the same plan with the same seed on the same pool; their bounded
 exact aggregates (keys in order, every part, quantile samples as multisets)
 must be equal. That covers the member bounding (caps, the seeded choice of
-``max_groups`` groups and of quantile samples), fixed point, public key
-grids and private keys. Runs on a real local Spark (``local[2]``).
+``max_groups`` groups and of quantile samples, total mode's systematic
+sampling across a member's groups), fixed point, public key grids and private keys. Runs on a real local Spark (``local[2]``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from engine.planner import plan_query
 from engine.policy import load_policy
 from engine.sql import parse
 from tests.conftest import MEMBER_LEVEL, ROW_LEVEL, small_pool, write_dataset
-from tests.test_sensitivity import MEMBER_ONLY, frame_of, member_level, pools, queries, write_pool
+from tests.test_sensitivity import MEMBER_ONLY, frame_of, member_level, member_total, pools, queries, write_pool
 
 pytestmark = pytest.mark.spark
 
@@ -50,6 +50,7 @@ QUERIES = (
 PRIVACY = [
     pytest.param(MEMBER_LEVEL, id="member-g1-r10"),
     pytest.param(member_level(2, 3), id="member-g2-r3"),
+    pytest.param(member_total(5), id="member-total5"),
     pytest.param(ROW_LEVEL, id="row"),
 ]
 
@@ -84,9 +85,10 @@ def test_spark_equals_polars_over_the_supported_subset(spark_backend: Any, tmp_p
         assert_same(spark_backend, policies / "shifts.toml", sql)
 
 
-def test_text_member_ids_are_drawn_alike(spark_backend: Any, tmp_path: Path) -> None:
-    """Text ids go through the chunked text hash on both engines: the same groups and samples are kept."""
-    policies = write_dataset(tmp_path, many_members(text_ids=True), privacy=member_level(1, 2))
+@pytest.mark.parametrize("privacy", [member_level(1, 2), member_total(4)], ids=["member-g1-r2", "member-total4"])
+def test_text_member_ids_are_drawn_alike(spark_backend: Any, tmp_path: Path, privacy: str) -> None:
+    """Text ids go through the chunked text hash on both engines: the same groups, rows and samples are kept."""
+    policies = write_dataset(tmp_path, many_members(text_ids=True), privacy=privacy)
     for sql in QUERIES[1:7]:
         assert_same(spark_backend, policies / "shifts.toml", sql)
 
@@ -106,7 +108,7 @@ def test_consent_purpose_filters_alike(spark_backend: Any, tmp_path: Path) -> No
 @given(pool=pools, sql=queries())
 def test_spark_equals_polars_on_random_pools_and_queries(spark_backend: Any, pool: list[dict], sql: str) -> None:
     """Hostile values (NaN, ±inf, huge integers, NULLs, stray keys, dates outside their range) included."""
-    for privacy in (member_level(2, 3), ROW_LEVEL):
+    for privacy in (member_level(2, 3), member_total(3), ROW_LEVEL):
         query = sql
         if privacy == ROW_LEVEL:
             for member_only, stand_in in MEMBER_ONLY.items():

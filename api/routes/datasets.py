@@ -40,6 +40,7 @@ def describe(engine: Engine, policy: Policy, buyer: str | None) -> DatasetInfo:
         privacy_unit="row" if policy.unit_column is None else "member",
         max_groups=policy.privacy.max_groups,
         max_rows_per_group=policy.privacy.max_rows_per_group,
+        max_rows_per_member=policy.privacy.max_rows_per_member,
         accounting=policy.budget.accounting,
         max_epsilon_per_query=policy.budget.max_epsilon_per_query,
         columns=[

@@ -19,6 +19,7 @@ The passes, in order (each a module of this package):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -36,7 +37,7 @@ from engine.planner.output import PostExprs, select_list
 from engine.planner.scope import Reads
 from engine.planner.sql_forms import COLUMN_KINDS
 from engine.policy import AUTO, Policy
-from engine.sensitivity import check_no_overflow, summed_norm
+from engine.sensitivity import check_no_overflow, noise_norms
 
 __all__ = ["contribution_mode", "plan_query"]
 
@@ -153,7 +154,12 @@ def contribution_mode(
     as N²). And the per-group bounds may have the smaller sensitivity in the
     norm the noise is calibrated to: L1 under pure DP (min(G, groups)·R
     against N) and L2 under zCDP (about √G·R against N, so a few groups of
-    R rows beat N = G·R). The parts' norms are added up, and ties go to total mode.
+    R rows beat N = G·R); for a count of distinct members min(G, groups)
+    against min(N, groups). Each part's noise scales with its own norm, and
+    the parts are in different units (a fixed-point sum's norm is millions
+    of times a count's), so the modes compare the product of the parts'
+    norms (the ratio of their noise, part by part, multiplied up), not the
+    sum. Ties go to total mode.
     """
     if total is None or per_group is None:
         chosen = total or per_group
@@ -161,8 +167,8 @@ def contribution_mode(
         return chosen
     if any(part.kind is ir.PartKind.QUANTILE for part in parts):
         return per_group
-    per_group_norm = summed_norm(_Bounds(keys, per_group, parts), accounting)
-    return per_group if per_group_norm < summed_norm(_Bounds(keys, total, parts), accounting) else total
+    per_group_noise = math.prod(noise_norms(_Bounds(keys, per_group, parts), accounting))
+    return per_group if per_group_noise < math.prod(noise_norms(_Bounds(keys, total, parts), accounting)) else total
 
 
 def _auto_bounds(policy: Policy) -> ir.AutoBounds | None:

@@ -38,6 +38,11 @@ MAIN_DATASETS: dict[str, dict[str, object]] = {
     # name: write_dataset keywords (the pool is small_pool() unless "frame" is given)
     "shifts": {"epsilon": 1000.0, "max_epsilon_per_query": 2.0, "extra": CONSENT},
     "tiny": {"epsilon": 1.0, "max_epsilon_per_query": 1.0},
+    "total": {
+        "epsilon": 100.0,
+        "max_epsilon_per_query": 1.0,
+        "privacy": 'unit = "member_id"\nmax_rows_per_member = 12',
+    },
     "governed": {"epsilon": 5.0, "max_epsilon_per_query": 1.0},
     "quotas": {"epsilon": 100.0, "max_epsilon_per_query": 1.0},
     "refusals": {"epsilon": 100.0, "max_epsilon_per_query": 1.0},

@@ -67,7 +67,14 @@ def test_datasets_describe_the_public_policy_never_the_source(server: LiveServer
     names = [info.name for info in alice.datasets()]
     assert names == sorted(names) and {"shifts", "tiny", "noconsent"} <= set(names)
     info = alice.dataset("shifts")
-    assert (info.privacy_unit, info.max_groups, info.max_rows_per_group) == ("member", 1, 10)
+    assert (info.privacy_unit, info.max_groups, info.max_rows_per_group, info.max_rows_per_member) == (
+        "member",
+        1,
+        10,
+        None,
+    )
+    total = alice.dataset("total")
+    assert (total.max_groups, total.max_rows_per_group, total.max_rows_per_member) == (None, None, 12)
     assert (info.accounting, info.max_epsilon_per_query) == ("pure", 2.0)
     columns = {column.name: column for column in info.columns}
     assert columns["hours"].bounds == (0.0, 60.0)

@@ -33,6 +33,8 @@ WORST_MEMBER = 999_999
 FAR_ABOVE_HOURS = 987_654.321
 """Far above the hours bounds [0, 60]: the engine must clamp it to 60."""
 MEMBER_LEVEL_G2 = 'unit = "member_id"\nmax_groups = 2\nmax_rows_per_group = 10'
+MEMBER_TOTAL = 'unit = "member_id"\nmax_rows_per_member = 10'
+"""Total mode: at most 10 rows per member over all groups, however many groups."""
 
 
 def worst_member(rows: int, regions: tuple[str, ...] = ("north",), city: str = "a", age: int = 1_000) -> pl.DataFrame:
@@ -119,6 +121,23 @@ CASES = [
             one_region_per_member(small_pool()), worst_member(80, regions=("north", "south", "east", "west"))
         ),
         privacy=MEMBER_LEVEL_G2,
+    ),
+    Case(
+        # The worst member keeps exactly 10 of its 80 rows, sampled across the four regions: the total moves by 10 × 60.
+        "group_by_public_keys_member_in_every_group_total",
+        AuditQuery("SELECT region, SUM(hours) FROM shifts GROUP BY region", 1.0, None, column_total()),
+        lambda: add_worst(
+            one_region_per_member(small_pool()), worst_member(80, regions=("north", "south", "east", "west"))
+        ),
+        privacy=MEMBER_TOTAL,
+    ),
+    Case(
+        # All of the worst member's rows in one region: its 10 kept rows move that one cell by the whole L2 bound.
+        "group_by_public_keys_member_total_zcdp",
+        AuditQuery("SELECT region, COUNT(*) FROM shifts GROUP BY region", 1.0, 1e-6, cell_of("north")),
+        lambda: add_worst(one_region_per_member(small_pool()), worst_member(40)),
+        privacy=MEMBER_TOTAL,
+        accounting="zcdp",
     ),
     Case(
         "median_member_pure",

@@ -8,7 +8,8 @@ where both halves are equal, so here the bounds are drawn. One member with
 more rows than the cap, all at one value (inside or beyond the bounds), is
 added to a pool: the exact centred sum moves by at most the plan's claimed
 per-group sensitivity, and a member at the farther bound moves it by exactly
-that much (the claim is sound and no wider than needed).
+that much (the claim is sound and no wider than needed), with the rows capped
+per group or (``max_rows_per_member``) in total.
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ def _pool(scores: list[tuple[int, int]]) -> pl.DataFrame:
 
 
 def _centred_sum(
-    root: Path, scores: list[tuple[int, int]], low: int, high: int, cap: int | None
+    root: Path, scores: list[tuple[int, int]], low: int, high: int, cap: int | None, total: bool = False
 ) -> tuple[QueryPlan, int]:
-    """The plan and exact centred sum; ``cap`` None is row-level privacy (each row a unit)."""
+    """The plan and exact centred sum; ``cap`` None is row-level privacy (each row a unit).
+
+    ``total``: the cap is ``max_rows_per_member`` (total mode), not ``max_rows_per_group``.
+    """
     privacy = ROW_LEVEL if cap is None else f'unit = "member_id"\nmax_groups = 1\nmax_rows_per_group = {cap}'
+    if total:
+        privacy = f'unit = "member_id"\nmax_rows_per_member = {cap}'
     column = f'\n[columns.score]\ntype = "int"\nbounds = [{low}, {high}]\n'
     policies = write_dataset(root, _pool(scores), privacy=privacy, extra=column)
     plan = plan_query(parse(SQL), load_policy(policies / "shifts.toml"))
@@ -62,7 +68,7 @@ def _centred_sum(
 
 
 def assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(
-    low: int, high: int, cap: int | None, others: list[int]
+    low: int, high: int, cap: int | None, others: list[int], total: bool = False
 ) -> None:
     """Add one unit at each of several values: one member with more rows than ``cap``, or (row level) one row.
 
@@ -73,9 +79,10 @@ def assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(
     moved = []
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        plan, without = _centred_sum(root / "without", rest, low, high, cap)
+        plan, without = _centred_sum(root / "without", rest, low, high, cap, total)
         for value in (low, high, low - 3, high + 3, (low + high) // 2):
-            _, with_unit = _centred_sum(root / f"with{value}", rest + [(MEMBER, value)] * rows_added, low, high, cap)
+            added = rest + [(MEMBER, value)] * rows_added
+            _, with_unit = _centred_sum(root / f"with{value}", added, low, high, cap, total)
             moved.append(abs(with_unit - without))
     part = next(part for part in plan.parts if part.kind is PartKind.CENTERED_SUM)
     claimed = plan.sensitivity(part).per_group
@@ -96,6 +103,21 @@ def test_one_member_moves_a_centred_sum_by_at_most_its_claim_and_at_the_farther_
     low: int, width: int, cap: int, others: list[int]
 ) -> None:
     assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(low, low + width, cap, others)
+
+
+@settings(max_examples=20, deadline=None)
+@example(low=0, width=7, cap=1, others=[3])
+@given(
+    low=st.integers(-1000, 1000),
+    width=st.integers(1, 301),
+    cap=st.integers(1, 4),
+    others=st.lists(st.integers(-2000, 2000), max_size=5),
+)
+def test_in_total_mode_one_member_moves_a_centred_sum_by_at_most_its_claim_and_at_the_farther_bound_by_exactly_it(
+    low: int, width: int, cap: int, others: list[int]
+) -> None:
+    """``max_rows_per_member``: the member's rows are capped in total, its centred sum moves as much as at G = 1."""
+    assert_one_unit_moves_the_centred_sum_by_exactly_its_claim(low, low + width, cap, others, total=True)
 
 
 @settings(max_examples=20, deadline=None)

@@ -1,7 +1,7 @@
 """The charged (ε, δ) against OpenDP's maps, recomputed here from the policy and the query alone.
 
-For random policies (accounting, unit, ``max_groups``, ``max_rows_per_group``)
-and random grouped queries, the test derives each part's contribution bound
+For random policies (accounting, unit, ``max_groups``, ``max_rows_per_group``,
+``max_rows_per_member``) and random grouped queries, the test derives each part's contribution bound
 itself (groups × per-group, from the policy and the key sets) and asks
 OpenDP's own measurements, at the noise scales the engine chose, what they
 cost. It never calls the engine's calibration math, so a bug there (a grouped
@@ -60,6 +60,10 @@ class Setting:
     aggregates: tuple[str, ...]
     epsilon: float
     delta: float
+    max_rows_per_member: int | None = None
+    """Total mode's cap; with ``per_group`` the policy allows both modes and the planner picks one."""
+    per_group: bool = True
+    """Whether the policy gives ``max_groups`` and ``max_rows_per_group`` (always, without a total cap)."""
 
     @property
     def sql(self) -> str:
@@ -74,6 +78,7 @@ def settings_(draw: st.DrawFn) -> Setting:
     aggregates = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=3, unique=True))
     if not member_level:
         aggregates = [a for a in aggregates if "DISTINCT" not in a] or ["COUNT(*)"]
+    modes = draw(st.sampled_from(["per_group", "total", "both"])) if member_level else "per_group"
     return Setting(
         accounting=draw(st.sampled_from(["pure", "zcdp"])),
         member_level=member_level,
@@ -83,6 +88,8 @@ def settings_(draw: st.DrawFn) -> Setting:
         aggregates=tuple(aggregates),
         epsilon=draw(st.sampled_from([0.1, 0.5, 1.0, 2.0])),
         delta=draw(st.sampled_from([1e-6, 1e-8])),
+        max_rows_per_member=draw(st.integers(1, 30)) if modes != "per_group" else None,
+        per_group=modes != "total",
     )
 
 
@@ -93,9 +100,14 @@ def base_policy(tmp_path_factory: pytest.TempPathFactory) -> Policy:
 
 def policy_for(base: Policy, setting: Setting) -> Policy:
     privacy = (
-        {"unit": "member_id", "max_groups": setting.max_groups, "max_rows_per_group": setting.max_rows_per_group}
+        {
+            "unit": "member_id",
+            "max_groups": setting.max_groups if setting.per_group else None,
+            "max_rows_per_group": setting.max_rows_per_group if setting.per_group else None,
+            "max_rows_per_member": setting.max_rows_per_member,
+        }
         if setting.member_level
-        else {"unit": "row", "max_groups": None, "max_rows_per_group": None}
+        else {"unit": "row", "max_groups": None, "max_rows_per_group": None, "max_rows_per_member": None}
     )
     budget = {"accounting": setting.accounting, "epsilon": 10.0, "max_epsilon_per_query": 2.0}
     return base.model_copy(
@@ -112,39 +124,47 @@ class Bound:
 
     groups: int
     per_group: int
+    total: bool = False
+    """Total mode: a unit's rows are capped over all groups, so L1 and L2 are one group's worth."""
 
     @property
     def l1(self) -> int:
-        return self.groups * self.per_group
+        return self.per_group if self.total else self.groups * self.per_group
 
     @property
     def l2(self) -> int:
-        """The least integer at or above √groups · per_group."""
+        """The least integer at or above √groups · per_group (total mode: per_group)."""
+        if self.total:
+            return self.per_group
         square = self.groups * self.per_group**2
         root = math.isqrt(square)
         return root if root * root == square else root + 1
 
 
-def bound_of(setting: Setting, part: Part) -> Bound:
+def bound_of(setting: Setting, part: Part, total: bool) -> Bound:
+    """The bound in the mode the planner picked (``total``), each mode's own from the policy."""
     public_keys = KEY_SETS[setting.group_by]
-    groups = setting.max_groups if public_keys is None else min(setting.max_groups, public_keys)
-    rows = setting.max_rows_per_group
+    cap = setting.max_rows_per_member if total else setting.max_groups
+    assert cap is not None
+    groups = cap if public_keys is None else min(cap, public_keys)
+    rows = setting.max_rows_per_member if total else setting.max_rows_per_group
+    assert rows is not None
     match part.kind:
         case PartKind.COUNT_UNITS:
             return Bound(groups, 1)
         case PartKind.SUM:
             assert part.value is not None
-            return Bound(groups, rows * max(-part.value.lower, part.value.upper))
+            return Bound(groups, rows * max(-part.value.lower, part.value.upper), total)
         case PartKind.CENTERED_SUM:
             assert part.value is not None
             middle = (part.value.lower + part.value.upper) // 2
-            return Bound(groups, rows * max(middle - part.value.lower, part.value.upper - middle))
-    return Bound(groups, rows)  # row counts, value counts, and a quantile (whose distance is in rows)
+            return Bound(groups, rows * max(middle - part.value.lower, part.value.upper - middle), total)
+    return Bound(groups, rows, total)  # row counts, value counts, and a quantile (whose distance is in rows)
 
 
-def part_loss(setting: Setting, part: Part, scale: float) -> float:
+def part_loss(setting: Setting, part: Part, scale: float, total: bool) -> float:
     """ε (pure) or ρ (zCDP) of one vector or quantile part, by OpenDP's map."""
-    bound = bound_of(setting, part)
+    bound = bound_of(setting, part, total)
     pure = setting.accounting == "pure"
     if part.kind is PartKind.QUANTILE:
         assert part.alpha is not None
@@ -164,9 +184,9 @@ def part_loss(setting: Setting, part: Part, scale: float) -> float:
     return float(dp.m.make_gaussian(domain, dp.l2_distance(T="i64"), scale=scale).map(bound.l2))
 
 
-def threshold_loss(setting: Setting, part: Part, scale: float, value: int) -> tuple[float, float]:
+def threshold_loss(setting: Setting, part: Part, scale: float, value: int, total: bool) -> tuple[float, float]:
     """(ε or ρ, δ) of releasing the keys whose noisy unit count reaches ``value``, by OpenDP's map."""
-    bound = bound_of(setting, part)
+    bound = bound_of(setting, part, total)
     domain = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
     if setting.accounting == "pure":
         metric = dp.l01inf_distance(dp.absolute_distance(T="i64"))
@@ -194,14 +214,19 @@ class Recomputed:
 
 
 def recompute(setting: Setting, plan: QueryPlan, noise: NoisePlan) -> Recomputed:
+    """The losses in the mode the planner picked (which mode adds less noise is no privacy question)."""
+    total = plan.contribution.total
+    if setting.max_rows_per_member is None or not setting.per_group:
+        assert total == (setting.max_rows_per_member is not None), "a policy with one mode gets that mode"
     losses, threshold_delta = [], 0.0
     for index, part_noise in enumerate(noise.parts):
         if index == plan.threshold_part:
             assert noise.threshold is not None
-            loss, threshold_delta = threshold_loss(setting, part_noise.part, part_noise.scale, noise.threshold.value)
+            value = noise.threshold.value
+            loss, threshold_delta = threshold_loss(setting, part_noise.part, part_noise.scale, value, total)
             losses.append(loss)
         else:
-            losses.append(part_loss(setting, part_noise.part, part_noise.scale))
+            losses.append(part_loss(setting, part_noise.part, part_noise.scale, total))
     return Recomputed(math.fsum(losses), threshold_delta)
 
 
@@ -215,6 +240,9 @@ def calibrated(base: Policy, setting: Setting) -> tuple[QueryPlan, NoisePlan]:
 GROUPED_MEDIAN = Setting("pure", True, 2, 3, "region", ("MEDIAN(hours)",), 1.0, 1e-6)
 PRIVATE_ZCDP = Setting("zcdp", True, 3, 2, "city", ("COUNT(*)", "SUM(hours)"), 1.0, 1e-6)
 PRIVATE_PURE = Setting("pure", True, 2, 4, "city", ("AVG(age)",), 0.5, 1e-8)
+TOTAL_PRIVATE_ZCDP = Setting("zcdp", True, 1, 1, "city", ("COUNT(*)", "SUM(hours)"), 1.0, 1e-6, 7, per_group=False)
+TOTAL_MEDIAN = Setting("pure", True, 1, 1, "region", ("MEDIAN(hours)", "COUNT(*)"), 1.0, 1e-6, 6, per_group=False)
+BOTH_PURE = Setting("pure", True, 2, 5, "region, member_flag", ("AVG(age)", "COUNT(DISTINCT member_id)"), 1.0, 1e-6, 8)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -222,6 +250,9 @@ PRIVATE_PURE = Setting("pure", True, 2, 4, "city", ("AVG(age)",), 0.5, 1e-8)
 @example(Setting("zcdp", True, 4, 2, "region, member_flag", ("QUANTILE(age, 0.25)", "COUNT(*)"), 0.5, 1e-6))
 @example(PRIVATE_ZCDP)
 @example(PRIVATE_PURE)
+@example(TOTAL_PRIVATE_ZCDP)
+@example(TOTAL_MEDIAN)
+@example(BOTH_PURE)
 @given(setting=settings_())
 def test_the_charge_covers_what_opendp_says_the_release_costs(base_policy: Policy, setting: Setting) -> None:
     plan, noise = calibrated(base_policy, setting)
@@ -247,7 +278,8 @@ def test_the_charge_covers_what_opendp_says_the_release_costs(base_policy: Polic
 
 
 @pytest.mark.parametrize(
-    "setting", [PRIVATE_PURE, PRIVATE_ZCDP, Setting("pure", False, 1, 1, "city", ("COUNT(*)",), 1.0, 1e-6)]
+    "setting",
+    [PRIVATE_PURE, PRIVATE_ZCDP, TOTAL_PRIVATE_ZCDP, Setting("pure", False, 1, 1, "city", ("COUNT(*)",), 1.0, 1e-6)],
 )
 def test_the_released_threshold_is_the_smallest_whose_delta_fits(base_policy: Policy, setting: Setting) -> None:
     """Recomputed from the released threshold: its δ fits the share, and one step lower would not."""
@@ -256,8 +288,9 @@ def test_the_released_threshold_is_the_smallest_whose_delta_fits(base_policy: Po
     part_noise = noise.parts[plan.threshold_part]
     value = noise.threshold.value
     share = setting.delta if setting.accounting == "pure" else setting.delta / 2
-    _, released = threshold_loss(setting, part_noise.part, part_noise.scale, value)
-    _, lower = threshold_loss(setting, part_noise.part, part_noise.scale, value - 1)
+    total = plan.contribution.total
+    _, released = threshold_loss(setting, part_noise.part, part_noise.scale, value, total)
+    _, lower = threshold_loss(setting, part_noise.part, part_noise.scale, value - 1, total)
     assert released <= share < lower
     assert noise.threshold.delta == pytest.approx(released, rel=1e-12)
 
