@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from benchmarks.policy_file import Contribution, PolicyColumn, write_policy
+from benchmarks.policy_file import AUTO, Contribution, PolicyColumn, write_policy
 
 REGIONS = ("north", "south", "east", "west")
 SECTORS = tuple(f"sector_{i:02d}" for i in range(50))
@@ -49,6 +49,9 @@ MANIFEST = "manifest.json"
 
 ROW_DATASET, MEMBER_DATASET = "pool_rows", "pool_members"
 MEMBER_BOUNDS = Contribution("member_id", max_groups=1, max_rows_per_group=10)
+"""The fixed member-level policy of the generated pools (speed suite, peers, and accuracy with ``--bounds fixed``)."""
+AUTO_MEMBER_BOUNDS = Contribution("member_id", max_groups=AUTO, max_rows_per_group=AUTO, max_rows_per_member=AUTO)
+"""Every contribution bound chosen by the engine per query (accuracy with ``--bounds auto``)."""
 POLICY_COLUMNS: tuple[PolicyColumn, ...] = (
     PolicyColumn("member_id", "id"),
     PolicyColumn("region", "category", values=REGIONS),
