@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from engine.dates import check_text_format, parse_date
 from engine.errors import PolicyError
@@ -157,7 +157,18 @@ class DatasetSection(_Strict):
 
 AUTO = "auto"
 """A contribution bound the engine chooses per query, by DP (engine/bounds_choice.py)."""
-Bound = Annotated[int, Field(gt=0)] | Literal["auto"]
+
+
+def _bound(value: object) -> int | Literal["auto"]:
+    """A positive whole number or ``"auto"``, as written (a TOML float, bool or other text is refused)."""
+    if value == AUTO:
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError('must be a positive whole number, or "auto"')
+    return value
+
+
+Bound = Annotated[int | Literal["auto"], PlainValidator(_bound)]
 """A contribution bound: a number of rows or groups, or ``"auto"``."""
 
 
