@@ -66,6 +66,8 @@ class QueryResult:
     """The half-widths asked for instead of an ε; ``cost`` is the least ε that met them."""
     bounds: dict[str, int] = field(default_factory=dict)
     """Member level: the contribution bounds the query ran with (chosen by DP where the policy says auto)."""
+    value_bounds: dict[str, list[float]] = field(default_factory=dict)
+    """Columns with bounds = "auto": the clamp bounds the query chose by DP, [low, high]."""
     bias: dict[str, float] = field(default_factory=dict)
     """Per aggregate column, the estimated share of its rows (or value mass) that bounding removed."""
 
@@ -87,6 +89,7 @@ class QueryResult:
             rank_accuracy=dict(data.get("rank_accuracy", {})),
             accuracy_target=dict(data.get("accuracy_target", {})),
             bounds=dict(data.get("bounds", {})),
+            value_bounds=dict(data.get("value_bounds", {})),
             bias=dict(data.get("bias", {})),
         )
 
@@ -95,14 +98,18 @@ class QueryResult:
 class ColumnInfo:
     name: str
     type: str
-    bounds: tuple[float, float] | tuple[str, str] | None
-    """Numbers; ISO dates (text) for date and datetime columns."""
+    bounds: tuple[float, float] | tuple[str, str] | str | None
+    """Numbers; ISO dates (text) for date and datetime columns; "auto" (chosen per query inside ``range``)."""
     public_keys: list[str | bool] | None
+    range: tuple[float, float] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ColumnInfo:
-        bounds = data["bounds"]
-        return cls(data["name"], data["type"], None if bounds is None else (bounds[0], bounds[1]), data["public_keys"])
+        bounds, outer = data["bounds"], data.get("range")
+        pair = bounds if bounds is None or isinstance(bounds, str) else (bounds[0], bounds[1])
+        return cls(
+            data["name"], data["type"], pair, data["public_keys"], None if outer is None else (outer[0], outer[1])
+        )
 
 
 @dataclass(frozen=True)
@@ -240,8 +247,8 @@ class TransparencyEntry:
     purpose: str | None
     sql: str
     cost: Cost
-    bounds: dict[str, int] | None = None
-    """The contribution bounds it chose by DP (auto), or ran with (its bias disclosed)."""
+    bounds: dict[str, Any] | None = None
+    """The contribution bounds it chose by DP (auto), or ran with (its bias disclosed); chosen ``value_bounds``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransparencyEntry:

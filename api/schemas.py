@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -74,10 +74,12 @@ class ReleaseSummary(BaseModel):
 class ColumnInfo(BaseModel):
     name: str
     type: str
-    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = Field(
-        description="numbers; for date and datetime columns, the declared range as ISO dates"
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | Literal["auto"] | None = Field(
+        description='numbers; for date and datetime columns, the declared range as ISO dates; "auto": chosen per '
+        "query by DP inside range"
     )
     public_keys: list[str | bool] | None
+    range: tuple[float, float] | None = Field(default=None, description='the hard outer range of bounds = "auto"')
 
 
 class PublicTableInfo(BaseModel):
@@ -177,8 +179,10 @@ class TransparencyEntry(BaseModel):
     purpose: str | None
     sql: str
     cost: CostBody
-    bounds: dict[str, int] | None = Field(
-        default=None, description="The contribution bounds the query chose by DP (auto), or ran with (explain_bias)."
+    bounds: dict[str, Any] | None = Field(
+        default=None,
+        description="The contribution bounds the query chose by DP (auto), or ran with (explain_bias), and under "
+        'value_bounds the clamp bounds it chose for bounds = "auto" columns.',
     )
 
 

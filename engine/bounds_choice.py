@@ -17,48 +17,100 @@ The model, per measured part, in shares of the part's total:
   group and about ``min(R, mean rows per group)`` for each group past G, and
   takes at least what the total mode would lose at C = G·R.
 * noise: the expected absolute noise per group, times the groups, over the
-  part's total (a row is taken to weigh half its bound in a sum).
+  part's total (a row is taken to weigh half its bound in a sum, or its
+  profiled mean for an ``"auto"`` column).
 
-Parts no bound biases (a centred sum: the mean of kept rows) count for noise only.
+For a column with ``bounds = "auto"``, the profile also holds one value per
+member: clamping at b removes about the rows times the mean of (value − b)⁺,
+and a summed row weighs about the mean of min(value, b). The contribution
+bound and each column's bound are chosen in turn, twice (each given the others).
+
+Parts no bound biases (a centred sum: the mean of kept rows) count for noise and clamping only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from engine import plan as ir
 from engine.accounting import Accounting
+from engine.backends.bounding import value_statistic
 from engine.mechanisms import NoisePlan
-from engine.member_profile import EDGES, SPREAD, TOTAL, NoisyProfile
+from engine.member_profile import (
+    EDGES,
+    SPREAD,
+    TOTAL,
+    Histogram,
+    NoisyProfile,
+    contribution_histogram,
+    value_histogram,
+)
 from engine.sensitivity import part_sensitivity, public_groups
 
 PRIVATE_GROUPS_GUESS = 100
 """How many groups a query with private keys is taken to release: unknown before the release."""
 QUANTILE_RANK_FACTOR = math.log(1001 / 0.05)
 """A quantile misses by about its noise scale times this many rows of rank (the union bound over its candidates)."""
+QUANTILE_GRID = 1000
+"""Steps of a quantile's candidate grid between its bounds (``mechanisms.quantile_candidates``)."""
+ROUNDS = 2
+"""Turns of choosing the contribution bound given the value bounds, then each value bound given the rest."""
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The contribution bounds a query runs with, and the estimated shares bounding removes."""
+    """The bounds a query runs with, and the estimated shares bounding removes."""
 
     contribution: ir.Contribution
     rows_share: float
     """Of the query's rows (counts) or value mass (sums, taken as proportional to rows)."""
     groups_share: float
     """Of the members' groups (what COUNT(DISTINCT unit) counts)."""
+    uppers: dict[str, int] = field(default_factory=dict)
+    """Per ``"auto"`` column, the chosen upper clamp bound (fixed point)."""
+    clamped: dict[str, float] = field(default_factory=dict)
+    """Per ``"auto"`` column, the estimated share of its value mass clamping removes."""
 
-    def bounds(self) -> dict[str, int]:
-        """The bounds as a result and the transparency log show them."""
-        return contribution_bounds(self.contribution)
+    def bounds(self, plan: ir.QueryPlan) -> dict[str, object]:
+        """The bounds as the ledger and the transparency log record them."""
+        recorded: dict[str, object] = dict(contribution_bounds(self.contribution))
+        if self.uppers:
+            recorded["value_bounds"] = value_bounds(with_value_bounds(plan, self.uppers), self.uppers)
+        return recorded
 
 
 def contribution_bounds(contribution: ir.Contribution) -> dict[str, int]:
+    if contribution.unit_column is None:
+        return {}
     if contribution.max_rows_per_member is not None:
         return {"max_rows_per_member": contribution.max_rows_per_member}
     return {"max_groups": contribution.max_groups, "max_rows_per_group": contribution.max_rows_per_group}
+
+
+def value_bounds(plan: ir.QueryPlan, columns: Mapping[str, int]) -> dict[str, list[float]]:
+    """The chosen clamp bounds of ``columns``, in the column's units, from ``plan`` (which runs with them)."""
+    fixed = {part.value.column: part.value for part in plan.parts if part.value is not None}
+    return {name: [fixed[name].lower / fixed[name].scale, fixed[name].upper / fixed[name].scale] for name in columns}
+
+
+def with_value_bounds(plan: ir.QueryPlan, uppers: Mapping[str, int]) -> ir.QueryPlan:
+    """``plan`` with the parts and aggregates of each column in ``uppers`` clamped at its upper bound (fixed point).
+
+    The scale stays: a smaller bound can only shrink the sums it was chosen to keep from overflowing.
+    """
+    if not uppers:
+        return plan
+
+    def bounded(value: ir.FixedPoint | None) -> ir.FixedPoint | None:
+        if value is None or value.column not in uppers:
+            return value
+        return replace(value, upper=max(min(uppers[value.column], value.upper), value.lower + 1))
+
+    parts = tuple(replace(part, value=bounded(part.value)) for part in plan.parts)
+    aggregates = tuple(replace(aggregate, value=bounded(aggregate.value)) for aggregate in plan.aggregates)
+    return replace(plan, parts=parts, aggregates=aggregates)
 
 
 def offered_modes(plan: ir.QueryPlan, accounting: Accounting) -> tuple[bool, bool]:
@@ -82,14 +134,22 @@ def offered_modes(plan: ir.QueryPlan, accounting: Accounting) -> tuple[bool, boo
     return total, per_group
 
 
-def profiled_statistics(plan: ir.QueryPlan, accounting: Accounting) -> tuple[str, ...]:
-    """What the profile releases: rows per member always; groups and fullest group where the per-group mode needs them
-    (grouped queries only: without groups, a member's fullest group is all its rows)."""
-    if plan.auto_bounds is None:
-        per_group = plan.contribution.max_rows_per_member is None
-    else:
-        per_group = offered_modes(plan, accounting)[1]
-    return (TOTAL, *SPREAD) if per_group and plan.group_keys else (TOTAL,)
+def profiled_histograms(plan: ir.QueryPlan, accounting: Accounting) -> tuple[Histogram, ...]:
+    """What the profile releases: rows per member; groups and fullest group where the per-group mode needs them
+    (grouped queries only: without groups, a member's fullest group is all its rows); a value per member of each
+    ``"auto"`` column."""
+    histograms: list[Histogram] = []
+    if plan.contribution.unit_column is not None:
+        if plan.auto_bounds is None:
+            per_group = plan.contribution.max_rows_per_member is None
+        else:
+            per_group = offered_modes(plan, accounting)[1]
+        statistics = (TOTAL, *SPREAD) if per_group and plan.group_keys else (TOTAL,)
+        histograms += [contribution_histogram(name) for name in statistics]
+    columns = plan.auto_bounds.columns if plan.auto_bounds else ()
+    fixed = {part.value.column: part.value for part in plan.parts if part.value is not None}
+    histograms += [value_histogram(fixed[column]) for column in columns]
+    return tuple(histograms)
 
 
 def candidates(plan: ir.QueryPlan, accounting: Accounting) -> list[ir.Contribution]:
@@ -97,6 +157,8 @@ def candidates(plan: ir.QueryPlan, accounting: Accounting) -> list[ir.Contributi
     auto = plan.auto_bounds
     assert auto is not None
     unit = plan.contribution.unit_column
+    if unit is None:
+        return [plan.contribution]
     grid = sorted({*(edge for edge in EDGES if edge <= auto.limit), auto.limit})
 
     def values(setting: ir.BoundSetting, most: int | None = None) -> list[int]:
@@ -117,6 +179,12 @@ def candidates(plan: ir.QueryPlan, accounting: Accounting) -> list[ir.Contributi
     return found
 
 
+def value_candidates(plan: ir.QueryPlan, column: str) -> list[int]:
+    """The upper bounds (fixed point) a column's clamp may take: its value histogram's edges above its bottom."""
+    fixed = {part.value.column: part.value for part in plan.parts if part.value is not None}[column]
+    return [edge for edge in value_histogram(fixed).edges if edge > fixed.lower]
+
+
 def largest(plan: ir.QueryPlan, accounting: Accounting) -> list[ir.Contribution]:
     """The largest candidate of each mode: the plan is checked and calibrated at these before the charge."""
     found = candidates(plan, accounting)
@@ -133,13 +201,22 @@ def largest(plan: ir.QueryPlan, accounting: Accounting) -> list[ir.Contribution]
 def choose_bounds(
     plan: ir.QueryPlan, profile: NoisyProfile, noise: NoisePlan, weights: Sequence[float] | None = None
 ) -> Choice:
-    """The candidate with the least expected error; ``noise`` is the plan's at any bounds (its scales per unit)."""
+    """The bounds with the least expected error; ``noise`` is the plan's at any bounds (its scales per unit).
+
+    The contribution bound given the value bounds, then each value bound given the rest, :data:`ROUNDS` times.
+    """
+    assert plan.auto_bounds is not None
     model = _Model(plan, profile, noise, weights)
-    best = min(
-        candidates(plan, noise.accounting),
-        key=lambda contribution: (model.error(contribution), contribution_key(contribution)),
-    )
-    return model.choice(best)
+    contributions = candidates(plan, noise.accounting)
+    contribution = plan.contribution
+    uppers = {column: value_candidates(plan, column)[-1] for column in plan.auto_bounds.columns}
+    for _ in range(ROUNDS):
+        contribution = min(contributions, key=lambda c: (model.error(c, uppers), contribution_key(c)))
+        for column in uppers:
+            uppers[column] = min(
+                value_candidates(plan, column), key=lambda b: (model.error(contribution, uppers | {column: b}), -b)
+            )
+    return model.choice(contribution, uppers)
 
 
 def contribution_key(contribution: ir.Contribution) -> int:
@@ -150,27 +227,32 @@ def contribution_key(contribution: ir.Contribution) -> int:
 
 def disclosed(plan: ir.QueryPlan, profile: NoisyProfile, noise: NoisePlan) -> Choice:
     """The estimated shares the plan's own bounds remove (fixed bounds, bias disclosed)."""
-    return _Model(plan, profile, noise, None).choice(plan.contribution)
+    return _Model(plan, profile, noise, None).choice(plan.contribution, {})
 
 
 def column_shares(plan: ir.QueryPlan, choice: Choice) -> dict[str, float]:
     """Per aggregate output column, the estimated share bounding removed from what it counts or sums.
 
     COUNT(DISTINCT unit) loses the groups past ``max_groups``; everything
-    else, the rows past the caps (a sum's value mass is taken as proportional to its rows).
+    else, the rows past the caps (a sum's value mass is taken as proportional to
+    its rows), and for a sum of an ``"auto"`` column, the mass clamping removes.
     """
     shares = {}
     for column in plan.output:
-        parts = plan.parts_of(column.expr)
-        if not parts or any(plan.parts[index].kind is ir.PartKind.QUANTILE for index in parts):
+        parts = [plan.parts[index] for index in plan.parts_of(column.expr)]
+        if not parts or any(part.kind is ir.PartKind.QUANTILE for part in parts):
             continue  # a quantile reads a sample of each member's values: fewer rows, not a lower value
-        units = all(plan.parts[index].kind is ir.PartKind.COUNT_UNITS for index in parts)
-        shares[column.name] = round(choice.groups_share if units else choice.rows_share, 4)
+        if all(part.kind is ir.PartKind.COUNT_UNITS for part in parts):
+            share = choice.groups_share
+        else:
+            clamped = max((choice.clamped.get(part.column or "", 0.0) for part in parts), default=0.0)
+            share = 1 - (1 - choice.rows_share) * (1 - clamped)
+        shares[column.name] = round(min(max(share, 0.0), 1.0), 4)
     return shares
 
 
 class _Model:
-    """The expected error of a candidate bound, from the profile and the noise per unit of sensitivity."""
+    """The expected error of candidate bounds, from the profile and the noise per unit of sensitivity."""
 
     def __init__(
         self, plan: ir.QueryPlan, profile: NoisyProfile, noise: NoisePlan, weights: Sequence[float] | None
@@ -178,18 +260,26 @@ class _Model:
         self.plan, self.profile, self.mode = plan, profile, noise.mode
         self.per_unit = [part.scale / max(part.sensitivity, 1) for part in noise.parts]
         self.weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
-        self.rows = profile.total(TOTAL)
+        self.member_level = TOTAL in profile.counts
         self.groups = (public_groups(plan) or PRIVATE_GROUPS_GUESS) if plan.group_keys else 1
+
+    def rows(self) -> float:
+        """About the query's rows (members' at member level; else the rows a column's values were counted from)."""
+        if self.member_level:
+            return self.profile.total(TOTAL)
+        return max((math.fsum(counts) for counts in self.profile.counts.values()), default=1.0) or 1.0
 
     def lost_rows(self, contribution: ir.Contribution) -> float:
         profile = self.profile
+        if not self.member_level:
+            return 0.0
         if contribution.max_rows_per_member is not None:
             return profile.excess(TOTAL, contribution.max_rows_per_member)
         groups, rows = contribution.max_groups, contribution.max_rows_per_group
         at_least = profile.excess(TOTAL, groups * rows)
         if any(statistic not in profile.counts for statistic in SPREAD):
             return at_least
-        per_group = self.rows / profile.total("groups")
+        per_group = self.rows() / profile.total("groups")
         spread = profile.excess("fullest", rows) + profile.excess("groups", groups) * min(rows, per_group)
         return max(at_least, spread)
 
@@ -199,28 +289,60 @@ class _Model:
             return 0.0
         return self.profile.excess("groups", contribution.max_groups) / self.profile.total("groups")
 
-    def choice(self, contribution: ir.Contribution) -> Choice:
-        rows_share = min(max(self.lost_rows(contribution) / self.rows, 0.0), 1.0)
-        return Choice(contribution, rows_share, min(max(self.lost_groups(contribution), 0.0), 1.0))
+    def clamped(self, column: str, upper: int) -> float:
+        """The share of a column's value mass clamping at ``upper`` removes (from one value per member)."""
+        statistic = value_statistic(column)
+        mass = self.profile.mean(statistic)
+        return (mass - self.profile.mean(statistic, upper)) / mass if mass > 0 else 0.0
 
-    def error(self, contribution: ir.Contribution) -> float:
+    def above(self, column: str, upper: int) -> float:
+        """The share of members' values at or above ``upper`` (from one value per member)."""
+        statistic = value_statistic(column)
+        counts, histogram = self.profile.counts[statistic], self.profile.histograms[statistic]
+        everyone = math.fsum(counts)
+        return math.fsum(counts[histogram.bin_of(upper) :]) / everyone if everyone > 0 else 0.0
+
+    def typical(self, part: ir.Part, upper: int | None) -> float:
+        """What one row adds to the part, in its fixed-point units: the profiled mean, else half its bound."""
+        assert part.value is not None
+        if upper is not None:
+            mean = self.profile.mean(value_statistic(part.value.column), upper)
+            if mean > 0:
+                return mean
+        magnitude = part.value.centered_magnitude if part.kind is ir.PartKind.CENTERED_SUM else part.value.magnitude
+        return magnitude / 2
+
+    def choice(self, contribution: ir.Contribution, uppers: Mapping[str, int]) -> Choice:
+        rows_share = min(max(self.lost_rows(contribution) / self.rows(), 0.0), 1.0)
+        clamped = {column: min(max(self.clamped(column, upper), 0.0), 1.0) for column, upper in uppers.items()}
+        groups_share = min(max(self.lost_groups(contribution), 0.0), 1.0)
+        return Choice(contribution, rows_share, groups_share, dict(uppers), clamped)
+
+    def error(self, contribution: ir.Contribution, uppers: Mapping[str, int]) -> float:
         """Σ over parts of weight × (bias share + expected noise over the part's total, summed over the groups)."""
-        bounded = replace(self.plan, contribution=contribution)
-        rows_share = self.lost_rows(contribution) / self.rows
-        members = self.profile.members()
+        bounded = with_value_bounds(replace(self.plan, contribution=contribution), uppers)
+        rows = self.rows()
+        rows_share = self.lost_rows(contribution) / rows
         total = 0.0
-        for index, part in enumerate(self.plan.parts):
+        for index, part in enumerate(bounded.parts):
             scale = self.per_unit[index] * self.mode.norm(part_sensitivity(bounded, part))
             noise = self.mode.mean_error(scale) * self.groups
+            upper = uppers.get(part.column or "")
+            clamped = self.clamped(part.column or "", upper) if upper is not None else 0.0
             if part.kind is ir.PartKind.QUANTILE:
-                share = scale * QUANTILE_RANK_FACTOR * self.groups / self.rows
+                share = scale * QUANTILE_RANK_FACTOR * self.groups / rows
+                if upper is not None and part.alpha is not None:  # a bound below the quantile clamps it
+                    assert part.value is not None
+                    share += max(self.above(part.column or "", upper) - (1 - part.alpha), 0.0)
+                    step = (part.value.upper - part.value.lower) / QUANTILE_GRID  # and a wide one coarsens its grid
+                    share += step / max(self.typical(part, upper), 1)
             elif part.kind is ir.PartKind.COUNT_UNITS:
-                share = self.lost_groups(contribution) + noise / members
+                share = self.lost_groups(contribution) + noise / self.profile.members()
             elif part.kind is ir.PartKind.CENTERED_SUM:
-                assert part.value is not None
-                share = noise / (self.rows * part.value.centered_magnitude / 2)
+                share = clamped + noise / (rows * max(self.typical(part, upper), 1))
+            elif part.kind is ir.PartKind.SUM:
+                share = rows_share + clamped + noise / (rows * max(self.typical(part, upper), 1))
             else:
-                typical = part.value.magnitude / 2 if part.value is not None and part.kind is ir.PartKind.SUM else 1
-                share = rows_share + noise / (self.rows * max(typical, 1))
+                share = rows_share + noise / rows
             total += self.weights[index] * share
         return total

@@ -28,7 +28,9 @@ from engine.bounds_choice import (
     contribution_bounds,
     disclosed,
     largest,
-    profiled_statistics,
+    profiled_histograms,
+    value_bounds,
+    with_value_bounds,
 )
 from engine.errors import (
     Conflict,
@@ -253,9 +255,9 @@ class Engine:
                     choice = disclosed(plan, profile, noise)
                 else:
                     choice = choose_bounds(plan, profile, noise, planned.weights)
-                    plan = replace(plan, contribution=choice.contribution)
+                    plan = with_value_bounds(replace(plan, contribution=choice.contribution), choice.uppers)
                     noise = calibrate(plan, planned.request, planned.weights, planned.profile.loss)
-                self.ledger.record_bounds(charge.query_id, json.dumps(choice.bounds()))
+                self.ledger.record_bounds(charge.query_id, json.dumps(choice.bounds(planned.plan)))
             exact_aggregates = backend.execute(plan)
             noisy = release(noise, exact_aggregates, charge)
             return Answer(build_table(plan, noise, noisy.keys, noisy.parts), plan, noise, choice)
@@ -296,7 +298,8 @@ class Engine:
             notes=notes,
             rank_accuracy=rank_accuracy(plan, noise),
             accuracy_target=_echo(ask.accuracy),
-            bounds=contribution_bounds(plan.contribution) if plan.contribution.unit_column and not dry_run else {},
+            bounds={} if dry_run else contribution_bounds(plan.contribution),
+            value_bounds=value_bounds(plan, answer.choice.uppers) if answer and answer.choice else {},
             bias=column_shares(plan, answer.choice) if answer and answer.choice else {},
         )
 
@@ -509,7 +512,7 @@ def _profile_noise(policy: Policy, plan: QueryPlan, request: PrivacyRequest, ask
     """
     if plan.auto_bounds is None and not ask.explain_bias:
         return None
-    if plan.contribution.unit_column is None:
+    if plan.contribution.unit_column is None and plan.auto_bounds is None:
         raise PolicyViolation("explain_bias is for member-level datasets: at row level bounding removes no rows")
     if ask.accuracy is not None:
         raise PolicyViolation(
@@ -517,7 +520,7 @@ def _profile_noise(policy: Policy, plan: QueryPlan, request: PrivacyRequest, ask
             "when it runs, or their bias is estimated)"
         )
     loss = policy.privacy.auto_share * request_loss(plan, request)
-    return ProfileNoise.fitted(MODES[request.accounting], profiled_statistics(plan, request.accounting), loss)
+    return ProfileNoise.fitted(MODES[request.accounting], profiled_histograms(plan, request.accounting), loss)
 
 
 def _calibrated_at_every_limit(

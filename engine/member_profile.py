@@ -1,12 +1,13 @@
 """The DP release of how much members contribute: what choosing bounds, and disclosing their bias, read.
 
-Per member, three statistics of the rows a query reads (after its filter):
-rows in all its groups, groups touched, rows in its fullest group. Each is
-counted into a fixed, public histogram of geometric bins, so that adding or
-removing a member moves one count of each histogram by one: the released
-vector's L1 sensitivity is the number of histograms, its L2 the root of that.
-OpenDP's integer-vector noise (the query's accounting: discrete Laplace or
-Gaussian) is added after the charge, like every other part of the query.
+Per member, statistics of the rows a query reads (after its filter): rows in
+all its groups, groups touched, rows in its fullest group, and for each column
+whose clamp bound is chosen (``bounds = "auto"``) one of its values, drawn at
+random. Each is counted into a fixed, public histogram of geometric bins, so
+that adding or removing a member moves one count of each histogram by one:
+the released vector's L1 sensitivity is the number of histograms, its L2 the
+root of that. OpenDP's integer-vector noise (the query's accounting: discrete
+Laplace or Gaussian) is added after the charge, like every other part of the query.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine import plan as ir
 from engine.accounting import ChargeReceipt, Cost
 from engine.backends.base import MemberProfile
+from engine.backends.bounding import value_statistic
 from engine.errors import InternalError
 from engine.mechanisms import Mode, add_vector_noise, fitted_vector_noise
 from engine.sensitivity import profile_sensitivity
 
-EDGES: tuple[int, ...] = tuple(sorted({round(2 ** (step / 2)) for step in range(41)}))
-"""Bin edges, and every value a chosen bound may take: 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, … 2^20."""
+STEPS = 41
+"""Geometric steps of √2: from 1 to 2^20 rows, or from a range's top down to 2^-20 of it."""
+EDGES: tuple[int, ...] = tuple(sorted({round(2 ** (step / 2)) for step in range(STEPS)}))
+"""Bin edges of the contribution statistics, and every value a chosen bound may take: 1, 2, 3, 4, 6, 8, 11, … 2^20."""
 DETECTION_ALPHA = 0.05
 """The chance that noise alone makes any empty bin of the profile read as occupied."""
 TOTAL = "rows"
@@ -31,24 +36,44 @@ SPREAD = ("groups", "fullest")
 """The statistics of the per-group mode (G groups × R rows in each); the total mode reads rows only."""
 
 
-def bin_of(value: int) -> int:
-    """The bin a member's statistic (≥ 1) falls in: the last edge at or below it."""
-    return max(bisect.bisect_right(EDGES, value) - 1, 0)
+@dataclass(frozen=True)
+class Histogram:
+    """The public bins of one statistic: bin k holds values in ``[edges[k], edges[k + 1])``, the last bin the rest."""
+
+    name: str
+    edges: tuple[int, ...]
+    last: float
+    """The last bin's typical value: its lower edge times √2 (counts), or the range's top (values, clamped to it)."""
+
+    def bin_of(self, value: int) -> int:
+        return max(bisect.bisect_right(self.edges, value) - 1, 0)
+
+    def representative(self, index: int) -> float:
+        """A bin's typical value: the middle of its integers."""
+        if index == len(self.edges) - 1:
+            return self.last
+        return (self.edges[index] + self.edges[index + 1] - 1) / 2
 
 
-def representative(index: int) -> float:
-    """A bin's typical value: the middle of its integers (the last bin's lower edge times √2)."""
-    if index == len(EDGES) - 1:
-        return EDGES[index] * math.sqrt(2)
-    return (EDGES[index] + EDGES[index + 1] - 1) / 2
+def contribution_histogram(name: str) -> Histogram:
+    return Histogram(name, EDGES, EDGES[-1] * math.sqrt(2))
+
+
+def value_histogram(value: ir.FixedPoint) -> Histogram:
+    """Bins of a column's values (fixed point, inside its range): edges at the range's top × 2^(-k/2), and its bottom.
+
+    These edges are also the upper bounds a choice may make.
+    """
+    tops = {max(value.lower + 1, math.floor(value.upper * 2 ** (-step / 2))) for step in range(STEPS)}
+    return Histogram(value_statistic(value.column), tuple(sorted({value.lower, *tops})), float(value.upper))
 
 
 @dataclass(frozen=True)
 class ProfileNoise:
-    """How the profile is released: which statistics, the integer-vector noise's scale, and its loss."""
+    """How the profile is released: its histograms, the integer-vector noise's scale, and its loss."""
 
     mode: Mode
-    statistics: tuple[str, ...]
+    histograms: tuple[Histogram, ...]
     scale: float
     loss: float
     """By OpenDP's map at the vector's sensitivity; composed with the query's other parts."""
@@ -61,8 +86,8 @@ class ProfileNoise:
         members with millions of rows. A tail of members too thin to tell from
         noise goes unseen: a larger ``auto_share`` shows more of it. -1 when no bin is.
         """
-        alpha = DETECTION_ALPHA / (2 * len(EDGES) * len(self.statistics))
-        single = self.mode.accuracy(self.scale, alpha)
+        bins = sum(len(histogram.edges) for histogram in self.histograms)
+        single = self.mode.accuracy(self.scale, DETECTION_ALPHA / (2 * bins))
         above = 0
         for index in range(len(noisy) - 1, -1, -1):
             above += noisy[index]
@@ -71,17 +96,18 @@ class ProfileNoise:
         return -1
 
     @classmethod
-    def fitted(cls, mode: Mode, statistics: tuple[str, ...], loss: float) -> ProfileNoise:
+    def fitted(cls, mode: Mode, histograms: tuple[Histogram, ...], loss: float) -> ProfileNoise:
         """The least noise whose loss is at most ``loss``."""
-        scale, spent = fitted_vector_noise(mode, mode.norm(profile_sensitivity(len(statistics))), loss)
-        return cls(mode, statistics, scale, spent)
+        scale, spent = fitted_vector_noise(mode, mode.norm(profile_sensitivity(len(histograms))), loss)
+        return cls(mode, histograms, scale, spent)
 
 
 @dataclass(frozen=True)
 class NoisyProfile:
-    """The released histograms (noisy member counts per bin, negative ones read as 0)."""
+    """The released histograms (noisy member counts per bin; negative ones, and bins above the top, read as 0)."""
 
     counts: dict[str, tuple[float, ...]]
+    histograms: dict[str, Histogram]
 
     def members(self) -> float:
         """About how many members the query's rows belong to."""
@@ -89,11 +115,24 @@ class NoisyProfile:
 
     def total(self, statistic: str) -> float:
         """About the sum of ``statistic`` over members (rows: the query's rows)."""
-        return max(math.fsum(count * representative(k) for k, count in enumerate(self.counts[statistic])), 1.0)
+        return max(math.fsum(self._weighted(statistic, lambda value: value)), 1.0)
 
-    def excess(self, statistic: str, cap: int) -> float:
+    def excess(self, statistic: str, cap: float) -> float:
         """About Σ over members of (statistic − cap)⁺: what capping the statistic at ``cap`` removes."""
-        return math.fsum(count * max(representative(k) - cap, 0.0) for k, count in enumerate(self.counts[statistic]))
+        return math.fsum(self._weighted(statistic, lambda value: max(value - cap, 0.0)))
+
+    def mean(self, statistic: str, cap: float | None = None) -> float:
+        """About the members' mean of the statistic (capped at ``cap``); 0 when the histogram reads empty."""
+        counts = math.fsum(self.counts[statistic])
+        if counts <= 0:
+            return 0.0
+        capped = (lambda value: min(value, cap)) if cap is not None else (lambda value: value)
+        return math.fsum(self._weighted(statistic, capped)) / counts
+
+    def _weighted(self, statistic: str, weight: object) -> list[float]:
+        histogram = self.histograms[statistic]
+        assert callable(weight)
+        return [count * weight(histogram.representative(k)) for k, count in enumerate(self.counts[statistic])]
 
 
 def release(noise: ProfileNoise, exact: MemberProfile, receipt: ChargeReceipt, cost: Cost) -> NoisyProfile:
@@ -101,19 +140,20 @@ def release(noise: ProfileNoise, exact: MemberProfile, receipt: ChargeReceipt, c
     if receipt.cost != cost:
         raise InternalError("the ledger charged a different cost than the profile was calibrated for")
     vector: list[int] = []
-    for statistic in noise.statistics:
-        vector += _binned(exact.members.get(statistic, {}))
+    for histogram in noise.histograms:
+        vector += _binned(histogram, exact.members.get(histogram.name, {}))
     noisy = add_vector_noise(noise.mode, noise.scale, vector)
-    counts = {}
-    for index, statistic in enumerate(noise.statistics):
-        window = noisy[index * len(EDGES) : (index + 1) * len(EDGES)]
+    counts, start = {}, 0
+    for histogram in noise.histograms:
+        window = noisy[start : start + len(histogram.edges)]
+        start += len(histogram.edges)
         top = noise.highest_occupied(window)
-        counts[statistic] = tuple(float(max(count, 0)) if bin_ <= top else 0.0 for bin_, count in enumerate(window))
-    return NoisyProfile(counts)
+        counts[histogram.name] = tuple(float(max(count, 0)) if k <= top else 0.0 for k, count in enumerate(window))
+    return NoisyProfile(counts, {histogram.name: histogram for histogram in noise.histograms})
 
 
-def _binned(members: dict[int, int]) -> list[int]:
-    counts = [0] * len(EDGES)
+def _binned(histogram: Histogram, members: dict[int, int]) -> list[int]:
+    counts = [0] * len(histogram.edges)
     for value, count in members.items():
-        counts[bin_of(value)] += count
+        counts[histogram.bin_of(value)] += count
     return counts

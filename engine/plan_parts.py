@@ -131,11 +131,12 @@ BoundSetting = int | Literal["auto"] | None
 
 @dataclass(frozen=True)
 class AutoBounds:
-    """The policy's contribution bounds when any is ``"auto"``: chosen per query, after the charge, by a DP release.
+    """The policy's bounds when any the query uses is ``"auto"``: chosen per query, after the charge, by a DP release.
 
     The plan's :class:`Contribution` then holds the largest bounds the choice
-    may make (every ``"auto"`` at ``limit``): the plan is checked and its noise
-    calibrated at those before the charge, so that no choice can fail after it.
+    may make (every ``"auto"`` at ``limit``), and its parts' value bounds the
+    ``columns``' whole ranges: the plan is checked and its noise calibrated at
+    those before the charge, so that no choice can fail after it.
     """
 
     max_groups: BoundSetting
@@ -144,6 +145,8 @@ class AutoBounds:
     limit: int
     share: float
     """The share of the query's loss (ε, or ρ under zCDP) the choice spends."""
+    columns: tuple[str, ...] = ()
+    """Columns with ``bounds = "auto"`` the query sums, averages or ranks: their upper clamp bound is chosen too."""
 
 
 # --- measured parts and aggregates ---------------------------------------------

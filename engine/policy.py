@@ -25,6 +25,8 @@ from engine.errors import PolicyError
 from engine.lookup import PublicTable, load_public_table
 
 ROW_UNIT = "row"
+AUTO = "auto"
+"""A bound the engine chooses per query, by DP (engine/bounds_choice.py)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -54,8 +56,11 @@ class ColumnPolicy(_Strict):
     """One column of the pool: its type, value bounds or public keys."""
 
     type: ColumnType
-    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = None
-    """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns."""
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | Literal["auto"] | None = None
+    """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns;
+    ``"auto"`` (with ``range``) for a numeric column whose clamp bounds are chosen per query by DP."""
+    range: tuple[float, float] | None = None
+    """With ``bounds = "auto"``: the hard outer range ``[low, high]`` (low ≥ 0) the chosen bounds stay inside."""
     values: tuple[str, ...] | None = None
     format: str | None = None
     """How a date or datetime column's text is written (``"%d/%m/%Y"``), where it is not ISO 8601 (docs/sources.md)."""
@@ -70,7 +75,10 @@ class ColumnPolicy(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ColumnPolicy:
-        low, high = self.bounds or (None, None)
+        if self.bounds == AUTO or self.range is not None:
+            self._check_auto()
+            return self
+        low, high = self._pair()
         if self.type.is_temporal:
             if not (isinstance(low, dt.date) and isinstance(high, dt.date)):
                 raise ValueError(f'a {self.type} column needs bounds = ["YYYY-MM-DD", "YYYY-MM-DD"] (its date range)')
@@ -100,17 +108,40 @@ class ColumnPolicy(_Strict):
                 raise ValueError("values must not repeat")
         return self
 
+    def _pair(self) -> tuple[object, object]:
+        """The written bounds as a pair ((None, None) when absent or ``"auto"``)."""
+        return self.bounds if isinstance(self.bounds, tuple) else (None, None)
+
+    def _check_auto(self) -> None:
+        """``bounds = "auto"`` goes with a numeric type and a finite, non-negative ``range``."""
+        if self.bounds != AUTO or self.range is None:
+            raise ValueError('bounds = "auto" and range = [low, high] go together')
+        if not self.type.is_numeric:
+            raise ValueError(f'a {self.type} column takes no bounds = "auto" (only int and float columns do)')
+        low, high = self.range
+        if not (math.isfinite(low) and math.isfinite(high)) or not 0 <= low < high:
+            raise ValueError("range must be finite numbers with 0 <= low < high (auto chooses the upper bound)")
+        if self.type is ColumnType.INT and not (low.is_integer() and high.is_integer()):
+            raise ValueError("an int column needs an integer range")
+
+    @property
+    def auto(self) -> bool:
+        """Whether the column's upper clamp bound is chosen per query (``bounds = "auto"``)."""
+        return self.bounds == AUTO
+
     @property
     def number_bounds(self) -> tuple[float, float]:
-        """A numeric column's bounds (validation guarantees them)."""
-        low, high = self.bounds or (None, None)
+        """A numeric column's bounds (validation guarantees them); for ``"auto"``, its whole range."""
+        if self.range is not None:
+            return self.range
+        low, high = self._pair()
         assert isinstance(low, float) and isinstance(high, float), "only int and float columns have number bounds"
         return low, high
 
     @property
     def date_range(self) -> tuple[dt.date, dt.date]:
         """A date or datetime column's declared range (validation guarantees it)."""
-        low, high = self.bounds or (None, None)
+        low, high = self._pair()
         assert isinstance(low, dt.date) and isinstance(high, dt.date), "only date columns have a date range"
         return low, high
 
@@ -153,10 +184,6 @@ class DatasetSection(_Strict):
         if not _NAME.match(name):
             raise ValueError("must be a plain SQL identifier (letters, digits, underscores)")
         return name
-
-
-AUTO = "auto"
-"""A contribution bound the engine chooses per query, by DP (engine/bounds_choice.py)."""
 
 
 def _bound(value: object) -> int | Literal["auto"]:

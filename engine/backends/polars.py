@@ -117,7 +117,7 @@ def member_profile(plan: ir.QueryPlan) -> MemberProfile:
     collected = pl.collect_all(list(profiles.values()), engine="streaming")
     return MemberProfile(
         {
-            name: {int(value): int(members) for value, members in table.iter_rows()}
+            name: {int(value): int(members) for value, members in table.iter_rows() if value is not None}
             for name, table in zip(profiles, collected, strict=True)
         }
     )
@@ -315,6 +315,9 @@ class _PolarsPrimitives:
 
     def largest(self, value: pl.Expr) -> pl.Expr:
         return value.max()
+
+    def lower_median(self, value: pl.Expr) -> pl.Expr:
+        return value.quantile(0.5, interpolation="lower")
 
     def values(self, value: pl.Expr) -> pl.Expr:
         return self._one_list(value.drop_nulls())

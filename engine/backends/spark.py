@@ -82,12 +82,15 @@ class SparkBackend:
         return _laid_out(plan, frame.collect())
 
     def profile(self, plan: ir.QueryPlan) -> MemberProfile:
-        """The members' statistics (``bounding.member_profile``); only the small tables of counts come back."""
+        """The members' statistics (``bounding.member_profile``); only the tables of counts come back."""
         from engine.backends.spark_primitives import SparkPrimitives
 
         frame, _ = _prepared(self.session, plan)
         profiles = bounding.member_profile(frame.cache(), plan, SparkPrimitives())
-        members = {name: {int(row[0]): int(row[1]) for row in table.collect()} for name, table in profiles.items()}
+        members = {
+            name: {int(row[0]): int(row[1]) for row in table.collect() if row[0] is not None}
+            for name, table in profiles.items()
+        }
         frame.unpersist()
         return MemberProfile(members)
 

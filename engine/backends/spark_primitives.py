@@ -92,6 +92,10 @@ class SparkPrimitives:
     def largest(self, value: Column) -> Column:
         return F.max(value)
 
+    def lower_median(self, value: Column) -> Column:
+        ordered = F.sort_array(F.collect_list(value))
+        return F.when(F.size(ordered) > 0, F.element_at(ordered, F.floor((F.size(ordered) - 1) / 2).cast("int") + 1))
+
     def values(self, value: Column) -> Column:
         return F.collect_list(value)
 

@@ -78,7 +78,7 @@ def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = 
         order_by=order_by,
         limit=limit,
         offset=offset,
-        auto_bounds=_auto_bounds(policy),
+        auto_bounds=_auto_bounds(policy, post.measures),
     )
     check_no_overflow(plan)
     return plan
@@ -171,10 +171,11 @@ def contribution_mode(
     return per_group if per_group_noise < math.prod(noise_norms(_Bounds(keys, total, parts), accounting)) else total
 
 
-def _auto_bounds(policy: Policy) -> ir.AutoBounds | None:
-    """The policy's bounds, when the engine chooses any of them per query."""
+def _auto_bounds(policy: Policy, measures: Measures) -> ir.AutoBounds | None:
+    """The policy's bounds, when the engine chooses any of those the query uses per query."""
     privacy = policy.privacy
-    if policy.unit_column is None or not privacy.has_auto:
+    columns = _auto_columns(policy, measures)
+    if not columns and (policy.unit_column is None or not privacy.has_auto):
         return None
     return ir.AutoBounds(
         max_groups=privacy.max_groups,
@@ -182,7 +183,20 @@ def _auto_bounds(policy: Policy) -> ir.AutoBounds | None:
         max_rows_per_member=privacy.max_rows_per_member,
         limit=privacy.auto_limit,
         share=privacy.auto_share,
+        columns=columns,
     )
+
+
+def _auto_columns(policy: Policy, measures: Measures) -> tuple[str, ...]:
+    """The ``bounds = "auto"`` columns whose own values a part sums or ranks, so their bound may be chosen.
+
+    Not those a variance reads (its sum of squares is bounded by the range at
+    planning) and not expressions (``SUM(x * 2)``: bounded by the range).
+    """
+    spread = {aggregate.value.column for aggregate in measures.aggregates if aggregate.squares and aggregate.value}
+    read = {part.value.column for part in measures.parts if part.value is not None}
+    auto = {name for name, column in policy.columns.items() if column.auto}
+    return tuple(sorted((read & auto) - spread))
 
 
 def _threshold_part(policy: Policy, keys: tuple[ir.GroupKey, ...], measures: Measures) -> int | None:
