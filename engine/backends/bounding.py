@@ -114,8 +114,8 @@ class Primitives(Protocol[F, E]):
     def largest(self, value: E) -> E:
         """Aggregation: the largest of the group's values (never NULL where they are not)."""
 
-    def lower_median(self, value: E) -> E:
-        """Aggregation: the ⌊(n − 1)/2⌋-th smallest of the group's n non-NULL values (NULL when there are none)."""
+    def median(self, value: E) -> E:
+        """Aggregation: the median of the group's non-NULL integers, rounded down (NULL when there are none)."""
 
     def values(self, value: E) -> E:
         """Aggregation: the group's non-NULL values, as one list."""
@@ -182,7 +182,7 @@ def member_profile(frame: F, plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[
 
     The statistics are :data:`PROFILE_STATISTICS` (member level), and for each
     column whose bound is chosen (``plan.auto_bounds.columns``) each member's
-    median value (the lower one; at row level: every row's value).
+    median value (at row level: every row's value).
     ``frame`` is what :func:`bounded` reads. These exact counts are never shown:
     ``engine.member_profile`` releases them, binned, through an OpenDP measurement.
     Each member has one value of each statistic, so adding or removing a member
@@ -201,7 +201,7 @@ def member_profile(frame: F, plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[
     for column in columns:
         fixed = fixed_name(column)
         if unit is not None:  # one value per member: its median (a typical row of its)
-            frame_of_values = ops.aggregate(frame, [unit], {fixed: ops.lower_median(ops.column(fixed))})
+            frame_of_values = ops.aggregate(frame, [unit], {fixed: ops.median(ops.column(fixed))})
         else:
             frame_of_values = frame
         profiles[value_statistic(column)] = ops.aggregate(frame_of_values, [fixed], {MEMBERS: ops.count_rows()})

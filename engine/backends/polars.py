@@ -316,8 +316,10 @@ class _PolarsPrimitives:
     def largest(self, value: pl.Expr) -> pl.Expr:
         return value.max()
 
-    def lower_median(self, value: pl.Expr) -> pl.Expr:
-        return value.quantile(0.5, interpolation="lower")
+    def median(self, value: pl.Expr) -> pl.Expr:
+        # the two middle values as integers (a float median would round fixed-point values past 2^53)
+        lower, higher = value.quantile(0.5, interpolation="lower"), value.quantile(0.5, interpolation="higher")
+        return (lower.cast(pl.Int64) + higher.cast(pl.Int64)) // 2
 
     def values(self, value: pl.Expr) -> pl.Expr:
         return self._one_list(value.drop_nulls())

@@ -92,9 +92,12 @@ class SparkPrimitives:
     def largest(self, value: Column) -> Column:
         return F.max(value)
 
-    def lower_median(self, value: Column) -> Column:
+    def median(self, value: Column) -> Column:
         ordered = F.sort_array(F.collect_list(value))
-        return F.when(F.size(ordered) > 0, F.element_at(ordered, F.floor((F.size(ordered) - 1) / 2).cast("int") + 1))
+        size = F.size(ordered)
+        lower = F.element_at(ordered, F.floor((size - 1) / 2).cast("int") + 1)
+        higher = F.element_at(ordered, F.ceil((size - 1) / 2).cast("int") + 1)
+        return F.when(size > 0, self.floor_divide(lower + higher, self.literal(2)))
 
     def values(self, value: Column) -> Column:
         return F.collect_list(value)
