@@ -279,7 +279,7 @@ def calibrate(
         fits = tried.loss <= target and mode.epsilon_of(tried.loss, conversion_delta) <= epsilon
         return tried if fits and (tried.threshold is None or tried.threshold.delta <= threshold_delta) else None
 
-    if not 0 <= reserved < target:
+    if reserved and not 0 < reserved < target:
         raise InternalError("the reserved loss must leave part of the request to the query's parts")
     multiplier = mode.multiplier(math.fsum(weights), target - reserved)
     for _ in range(_ATTEMPTS):
