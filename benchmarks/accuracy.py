@@ -32,7 +32,15 @@ from rich.console import Console
 
 from benchmarks.bounds import Bounds, bounds_from_result, median_bounds, policy_bounds
 from benchmarks.checks import target_checks
-from benchmarks.generate import AUTO_MEMBER_BOUNDS, MEMBER_BOUNDS, MEMBER_DATASET, PARTS_DIR, POLICY_COLUMNS, Pool
+from benchmarks.generate import (
+    AUTO_MEMBER_BOUNDS,
+    AUTO_POLICY_COLUMNS,
+    MEMBER_BOUNDS,
+    MEMBER_DATASET,
+    PARTS_DIR,
+    POLICY_COLUMNS,
+    Pool,
+)
 from benchmarks.measure import Environment, save
 from benchmarks.oracle import (
     ORACLE_QUERIES,
@@ -366,7 +374,8 @@ def _note_error(notes: list[str], system: str, query: BenchQuery, answers: Answe
 
 
 def _write_member_policy(directory: Path, source: str, contribution: Contribution) -> None:
-    write_policy(directory / f"{MEMBER_DATASET}.toml", MEMBER_DATASET, source, contribution, POLICY_COLUMNS)
+    columns = AUTO_POLICY_COLUMNS if contribution.automatic else POLICY_COLUMNS
+    write_policy(directory / f"{MEMBER_DATASET}.toml", MEMBER_DATASET, source, contribution, columns)
 
 
 def _fixed() -> str:

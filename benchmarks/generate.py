@@ -64,6 +64,14 @@ POLICY_COLUMNS: tuple[PolicyColumn, ...] = (
     PolicyColumn("shift_date", "date", bounds=(FIRST_DAY.isoformat(), LAST_DAY.isoformat())),
 )
 """What the generated policies declare: every column of the pool."""
+AUTO_POLICY_COLUMNS: tuple[PolicyColumn, ...] = tuple(
+    {
+        "hours": PolicyColumn("hours", "float", bounds="auto", range=HOURS_BOUNDS),
+        "earnings": PolicyColumn("earnings", "float", bounds="auto", range=EARNINGS_BOUNDS),
+    }.get(column.name, column)
+    for column in POLICY_COLUMNS
+)
+"""The automatic policy's columns: the summed ones' clamp bounds chosen by DP inside the fixed bounds."""
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ QUANTILE_RANK_FACTOR = math.log(1001 / 0.05)
 """A quantile misses by about its noise scale times this many rows of rank (the union bound over its candidates)."""
 QUANTILE_GRID = 1000
 """Steps of a quantile's candidate grid between its bounds (``mechanisms.quantile_candidates``)."""
+DISCLOSED_SPAN = 8
+"""With fixed bounds, the profile's bins reach this many times the bound (beyond, one bin)."""
 ROUNDS = 2
 """Turns of choosing the contribution bound given the value bounds, then each value bound given the rest."""
 
@@ -145,7 +147,8 @@ def profiled_histograms(plan: ir.QueryPlan, accounting: Accounting) -> tuple[His
         else:
             per_group = offered_modes(plan, accounting)[1]
         statistics = (TOTAL, *SPREAD) if per_group and plan.group_keys else (TOTAL,)
-        histograms += [contribution_histogram(name) for name in statistics]
+        limit = plan.auto_bounds.limit if plan.auto_bounds else DISCLOSED_SPAN * contribution_key(plan.contribution)
+        histograms += [contribution_histogram(name, limit) for name in statistics]
     columns = plan.auto_bounds.columns if plan.auto_bounds else ()
     fixed = {part.value.column: part.value for part in plan.parts if part.value is not None}
     histograms += [value_histogram(fixed[column]) for column in columns]
@@ -242,13 +245,22 @@ def column_shares(plan: ir.QueryPlan, choice: Choice) -> dict[str, float]:
         parts = [plan.parts[index] for index in plan.parts_of(column.expr)]
         if not parts or any(part.kind is ir.PartKind.QUANTILE for part in parts):
             continue  # a quantile reads a sample of each member's values: fewer rows, not a lower value
+        clamped = max((choice.clamped.get(part.column or "", 0.0) for part in parts), default=0.0)
         if all(part.kind is ir.PartKind.COUNT_UNITS for part in parts):
             share = choice.groups_share
+        elif set(plan.parts_of(column.expr)) <= ratio_parts(plan):  # an average: fewer rows, only clamping lowers it
+            share = clamped
         else:
-            clamped = max((choice.clamped.get(part.column or "", 0.0) for part in parts), default=0.0)
             share = 1 - (1 - choice.rows_share) * (1 - clamped)
         shares[column.name] = round(min(max(share, 0.0), 1.0), 4)
     return shares
+
+
+def ratio_parts(plan: ir.QueryPlan) -> set[int]:
+    """The parts only averages and spreads read (a ratio of sums to counts): dropping rows thins them, not biases."""
+    ratios = (ir.AggregateKind.AVG, *(kind for kind in ir.AggregateKind if kind.is_spread))
+    read = {index for aggregate in plan.aggregates for index in aggregate.parts if aggregate.kind not in ratios}
+    return {index for aggregate in plan.aggregates for index in aggregate.parts if aggregate.kind in ratios} - read
 
 
 class _Model:
@@ -262,6 +274,7 @@ class _Model:
         self.weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
         self.member_level = TOTAL in profile.counts
         self.groups = (public_groups(plan) or PRIVATE_GROUPS_GUESS) if plan.group_keys else 1
+        self.in_ratios = ratio_parts(plan)
 
     def rows(self) -> float:
         """About the query's rows (members' at member level; else the rows a column's values were counted from)."""
@@ -338,8 +351,10 @@ class _Model:
                     share += step / max(self.typical(part, upper), 1)
             elif part.kind is ir.PartKind.COUNT_UNITS:
                 share = self.lost_groups(contribution) + noise / self.profile.members()
-            elif part.kind is ir.PartKind.CENTERED_SUM:
-                share = clamped + noise / (rows * max(self.typical(part, upper), 1))
+            elif index in self.in_ratios:  # an average's: its rows are fewer, not its value lower
+                kept = max(rows * (1 - rows_share), 1.0)
+                typical = self.typical(part, upper) if part.value is not None else 1.0
+                share = clamped + noise / (kept * max(typical, 1))
             elif part.kind is ir.PartKind.SUM:
                 share = rows_share + clamped + noise / (rows * max(self.typical(part, upper), 1))
             else:

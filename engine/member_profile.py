@@ -31,6 +31,8 @@ EDGES: tuple[int, ...] = tuple(sorted({round(2 ** (step / 2)) for step in range(
 """Bin edges of the contribution statistics, and every value a chosen bound may take: 1, 2, 3, 4, 6, 8, 11, … 2^20."""
 DETECTION_ALPHA = 0.05
 """The chance that noise alone makes any empty bin of the profile read as occupied."""
+SHRINKAGE = 2.0
+"""Dense histograms' counts are lowered by this many times the noise's mean size (``ProfileNoise.shrinkage``)."""
 TOTAL = "rows"
 SPREAD = ("groups", "fullest")
 """The statistics of the per-group mode (G groups × R rows in each); the total mode reads rows only."""
@@ -44,6 +46,8 @@ class Histogram:
     edges: tuple[int, ...]
     last: float
     """The last bin's typical value: its lower edge times √2 (counts), or the range's top (values, clamped to it)."""
+    sparse: bool = False
+    """Whether most of its bins are empty far from the data (a column's range): noise there is read as nothing."""
 
     def bin_of(self, value: int) -> int:
         return max(bisect.bisect_right(self.edges, value) - 1, 0)
@@ -55,8 +59,12 @@ class Histogram:
         return (self.edges[index] + self.edges[index + 1] - 1) / 2
 
 
-def contribution_histogram(name: str) -> Histogram:
-    return Histogram(name, EDGES, EDGES[-1] * math.sqrt(2))
+def contribution_histogram(name: str, limit: int) -> Histogram:
+    """Bins of a contribution statistic: every edge up to ``limit`` (the largest bound a choice may make), and the
+    rest above it in one bin. Every bin is read as released (negative counts as 0): a thin tail of busy members
+    holds many rows, and only bins this few keep its noise small enough to see it."""
+    edges = tuple(sorted({*(edge for edge in EDGES if edge < limit), limit}))
+    return Histogram(name, edges, limit * math.sqrt(2))
 
 
 def value_histogram(value: ir.FixedPoint) -> Histogram:
@@ -65,7 +73,9 @@ def value_histogram(value: ir.FixedPoint) -> Histogram:
     These edges are also the upper bounds a choice may make.
     """
     tops = {max(value.lower + 1, math.floor(value.upper * 2 ** (-step / 2))) for step in range(STEPS)}
-    return Histogram(value_statistic(value.column), tuple(sorted({value.lower, *tops})), float(value.upper))
+    return Histogram(
+        value_statistic(value.column), tuple(sorted({value.lower, *tops})), float(value.upper), sparse=True
+    )
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,16 @@ class ProfileNoise:
             if noisy[index] > single or above > single * math.sqrt(len(noisy) - index):
                 return index
         return -1
+
+    def shrinkage(self) -> float:
+        """What every count of a dense histogram is lowered by (then at least 0): noise alone rarely passes it.
+
+        A bin of busy members holds many rows: read as released, the noise of
+        empty bins would show phantom rows; thresholded at the 5% union bound,
+        a thin tail holding half the rows would not show at all. Lowering every
+        count by the noise's typical size keeps most of such a tail and few phantoms.
+        """
+        return SHRINKAGE * self.mode.mean_error(self.scale)
 
     @classmethod
     def fitted(cls, mode: Mode, histograms: tuple[Histogram, ...], loss: float) -> ProfileNoise:
@@ -147,8 +167,11 @@ def release(noise: ProfileNoise, exact: MemberProfile, receipt: ChargeReceipt, c
     for histogram in noise.histograms:
         window = noisy[start : start + len(histogram.edges)]
         start += len(histogram.edges)
-        top = noise.highest_occupied(window)
-        counts[histogram.name] = tuple(float(max(count, 0)) if k <= top else 0.0 for k, count in enumerate(window))
+        if histogram.sparse:
+            top = noise.highest_occupied(window)
+            counts[histogram.name] = tuple(float(max(n, 0)) if k <= top else 0.0 for k, n in enumerate(window))
+        else:
+            counts[histogram.name] = tuple(max(n - noise.shrinkage(), 0.0) for n in window)
     return NoisyProfile(counts, {histogram.name: histogram for histogram in noise.histograms})
 
 
