@@ -247,7 +247,11 @@ def ours(
             releases.append(
                 {json.dumps(list(row[:keys])): float(row[keys]) for row in result.rows if row[keys] is not None}
             )
-            bounds.append(dict(getattr(result, "bounds", None) or {}))
+            chosen = dict(getattr(result, "bounds", None) or {})
+            clamps = getattr(result, "value_bounds", None) or {}
+            if query.column in clamps:  # the clamp the engine chose for the query's column
+                chosen["value_bounds"] = clamps[query.column]
+            bounds.append(chosen)
             bias.append(dict(getattr(result, "bias", None) or {}))
         runner.close()
     return Answers(seconds, releases, bounds=bounds, bias=bias)
