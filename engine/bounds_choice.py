@@ -177,7 +177,10 @@ class _Model:
         self.plan, self.profile, self.mode = plan, profile, noise.mode
         self.per_unit = [part.scale / max(part.sensitivity, 1) for part in noise.parts]
         self.weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
-        self.rows = profile.total(TOTAL)
+        # Each member's rows are at least its fullest group's, and at least one per group: where noise hides the
+        # busiest members from the rows histogram but not from another, the rows are at least what that one shows
+        # (else the rows bounding removes, read from the other, could exceed all the rows).
+        self.rows = max(profile.total(statistic) for statistic in profile.counts)
         self.groups = (public_groups(plan) or PRIVATE_GROUPS_GUESS) if plan.group_keys else 1
 
     def lost_rows(self, contribution: ir.Contribution) -> float:

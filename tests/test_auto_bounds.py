@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from engine import Engine
 from engine.accounting import Accounting, ChargeReceipt, PrivacyRequest
 from engine.backends.polars import PolarsBackend
-from engine.bounds_choice import candidates, profiled_statistics
+from engine.bounds_choice import candidates, disclosed, profiled_statistics
 from engine.mechanisms import MODES, calibrate, part_weights, release, request_loss
-from engine.member_profile import ProfileNoise
+from engine.member_profile import EDGES, NoisyProfile, ProfileNoise, bin_of
 from engine.plan import Contribution
 from engine.planner import plan_query
 from engine.policy import load_policy
@@ -326,3 +326,36 @@ def test_the_disclosed_bias_of_a_zipf_tail_tracks_the_true_share(tmp_path: Path)
     assert truth > 0.5
     sql = "SELECT COUNT(*) AS n FROM shifts WHERE age > -{run}"
     assert_tracks(disclosed_shares(tmp_path, pool, FIXED_G1_R10, sql), truth)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 64, 1000, 1024, 2**20])
+@pytest.mark.parametrize("accounting", list(Accounting))
+def test_the_candidates_stay_within_the_limit_and_reach_it(tmp_path: Path, limit: int, accounting: Accounting) -> None:
+    privacy = f'unit = "member_id"\nmax_groups = "auto"\nmax_rows_per_group = "auto"\nauto_limit = {limit}'
+    policy = load_policy(write_dataset(tmp_path, truncation_pool(1, 0, 0), privacy=privacy) / "shifts.toml")
+    for sql, groups in (("SELECT COUNT(*) FROM shifts", 1), ("SELECT city, COUNT(*) FROM shifts GROUP BY city", limit)):
+        found = candidates(plan_query(parse(sql), policy), accounting)
+        assert len(found) == len(set(found))
+        assert {c.max_groups for c in found} == ({1} if groups == 1 else {e for e in EDGES if e <= limit} | {limit})
+        assert {c.max_rows_per_group for c in found} == {e for e in EDGES if e <= limit} | {limit}
+        assert all(c.max_rows_per_member is None and c.unit_column == "member_id" for c in found)
+
+
+def test_the_disclosed_share_counts_the_rows_every_histogram_shows(tmp_path: Path) -> None:
+    """Noise hid the 300 busiest members (40 rows, 20 in each of two groups) from the rows histogram only.
+
+    Their fullest groups still show 300 × 19 rows: the share bounding removes is a share of at least those, not of
+    the 2,000 rows the rows histogram shows (which the rows removed from the fullest groups alone exceed).
+    """
+    policy = load_policy(write_dataset(tmp_path, truncation_pool(1, 0, 0), privacy=FIXED_G1_R10) / "shifts.toml")
+    plan = plan_query(parse("SELECT region, COUNT(*) AS n FROM shifts GROUP BY region"), policy)
+    noise = calibrate(plan, PrivacyRequest.validate(1.0, None, policy.budget))
+    counts = {name: [2_000.0] + [0.0] * (len(EDGES) - 1) for name in ("rows", "groups", "fullest")}
+    counts["groups"][bin_of(2)] = counts["fullest"][bin_of(20)] = 300.0
+    hidden = disclosed(plan, NoisyProfile({name: tuple(values) for name, values in counts.items()}), noise)
+    assert 0.3 < hidden.rows_share < 0.9
+    counts["rows"][bin_of(40)] = 300.0
+    seen = disclosed(plan, NoisyProfile({name: tuple(values) for name, values in counts.items()}), noise)
+    assert seen.rows_share == pytest.approx(
+        exact_share(truncation_pool(2_000, 300, 40, ("north", "south")), 1, 10), abs=0.05
+    )

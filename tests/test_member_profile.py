@@ -155,9 +155,8 @@ def test_spark_profiles_exactly_what_polars_profiles(spark_backend: Backend, sql
         for city in ("a", "b", None)[: member % 3 + 1]
         for _ in range(member)
     ]
-    assert profile_of(spark_backend, pool, AUTO_PER_GROUP, sql) == profile_of(
-        PolarsBackend(), pool, AUTO_PER_GROUP, sql
-    )
+    _, on_spark = profile_of(spark_backend, pool, AUTO_PER_GROUP, sql)
+    assert on_spark == profile_of(PolarsBackend(), pool, AUTO_PER_GROUP, sql)[1]
 
 
 def test_the_profile_counts_members_per_value_of_each_statistic(tmp_path: Path) -> None:
@@ -261,3 +260,16 @@ def test_the_highest_occupied_bin_needs_more_than_noise() -> None:
     thin = [0] * 30 + [math.ceil(single / 2)] * 10  # no one bin passes, several together do
     assert 30 <= noise.highest_occupied(thin) < len(EDGES) - 1
     assert noise.highest_occupied([*[0] * 30, 1, *[0] * 9]) == -1
+
+
+@pytest.mark.parametrize("mode", [PURE, ZCDP], ids=["pure", "zcdp"])
+def test_the_released_counts_spread_as_the_noise_scale_says(mode: Mode) -> None:
+    """400 releases of one occupied bin: the spread of its released count is the noise's (Laplace or Gaussian)."""
+    noise = ProfileNoise.fitted(mode, (TOTAL, *SPREAD), 0.1)
+    exact = MemberProfile({"rows": {1: 100_000}, "groups": {1: 100_000}, "fullest": {1: 100_000}})
+    released = [release(noise, exact, ChargeReceipt("q", COST), COST).counts[TOTAL][0] for _ in range(400)]
+    mean = sum(released) / len(released)
+    spread = math.sqrt(sum((count - mean) ** 2 for count in released) / (len(released) - 1))
+    expected = noise.scale * (math.sqrt(2) if mode is PURE else 1.0)  # discrete Laplace: about √2 · scale
+    assert 0.75 * expected < spread < 1.25 * expected
+    assert abs(mean - 100_000) < 5 * expected / math.sqrt(len(released))
