@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import polars as pl
 
+from tests.test_sensitivity import SCHEMA as SENSITIVITY_SCHEMA
+
 REGIONS = ("north", "south", "east", "west")
-SCHEMA = {
-    "member_id": pl.Int64,
-    "region": pl.String,
-    "city": pl.String,
-    "hours": pl.Float64,
-    "age": pl.Int64,
-    "member_flag": pl.Boolean,
-}
+SCHEMA = {name: dtype for name, dtype in SENSITIVITY_SCHEMA.items() if name != "day"}
+"""The columns of ``tests.conftest.POLICY_TEMPLATE``."""
+
+
+def aggregate_query(group_by: str, aggregates: tuple[str, ...], where: str = "") -> str:
+    """``SELECT keys, aggregate AS c0, … FROM shifts [WHERE …] [GROUP BY keys]``."""
+    keys = f"{group_by}, " if group_by else ""
+    grouping = f" GROUP BY {group_by}" if group_by else ""
+    columns = ", ".join(f"{aggregate} AS c{index}" for index, aggregate in enumerate(aggregates))
+    return f"SELECT {keys}{columns} FROM shifts{where}{grouping}"
 
 
 def truncation_pool(light: int, heavy: int, heavy_rows: int, regions: tuple[str, ...] = ("north",)) -> pl.DataFrame:

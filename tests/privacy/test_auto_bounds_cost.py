@@ -41,6 +41,7 @@ from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
 from engine.sql import parse
+from tests.bounds_pools import aggregate_query
 from tests.conftest import ROW_LEVEL, small_pool, write_dataset
 from tests.privacy.test_charged_cost import KEY_SETS, RELATIVE, Setting, epsilon_of_rho, recompute
 
@@ -82,10 +83,7 @@ class AutoSetting:
 
     @property
     def sql(self) -> str:
-        keys = f"{self.group_by}, " if self.group_by else ""
-        grouping = f" GROUP BY {self.group_by}" if self.group_by else ""
-        columns = ", ".join(f"{aggregate} AS c{index}" for index, aggregate in enumerate(self.aggregates))
-        return f"SELECT {keys}{columns} FROM shifts{grouping}"
+        return aggregate_query(self.group_by, self.aggregates)
 
     @property
     def auto(self) -> bool:
