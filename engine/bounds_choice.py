@@ -277,9 +277,16 @@ class _Model:
         self.in_ratios = ratio_parts(plan)
 
     def rows(self) -> float:
-        """About the query's rows (members' at member level; else the rows a column's values were counted from)."""
+        """About the query's rows (members' at member level; else the rows a column's values were counted from).
+
+        A member's rows are at least its fullest group's, and at least one per group: where noise hides the
+        busiest members from the rows histogram but not from another, the rows are at least what that one shows
+        (else the rows bounding removes, read from the other, could exceed all the rows).
+        """
         if self.member_level:
-            return self.profile.total(TOTAL)
+            return max(
+                self.profile.total(statistic) for statistic in (TOTAL, *SPREAD) if statistic in self.profile.counts
+            )
         return max((math.fsum(counts) for counts in self.profile.counts.values()), default=1.0) or 1.0
 
     def lost_rows(self, contribution: ir.Contribution) -> float:

@@ -479,7 +479,7 @@ def test_the_transparency_log_is_public_and_holds_no_results(
             "purpose": "research",
             "sql": "SELECT region, COUNT(*) AS n FROM refusals GROUP BY region",
             "cost": {"epsilon": 0.3, "delta": 0.0},
-            "bounds": None,
+            "bounds": None,  # fixed bounds, their bias not asked for: the policy says them
         }
     ]
     assert result.query_id not in response.text and "rows" not in response.text and "accuracy" not in response.text
