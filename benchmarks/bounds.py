@@ -9,13 +9,10 @@ policy's fixed bounds stand in), and takes the median over repetitions.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-
-import numpy as np
 
 from benchmarks.generate import MEMBER_BOUNDS, POLICY_COLUMNS
 from benchmarks.queries import BenchQuery
@@ -105,19 +102,17 @@ def median_bounds(chosen: Sequence[Bounds]) -> Bounds | None:
     mode = Counter(bounds.total for bounds in chosen).most_common(1)[0][0]
     runs = [bounds for bounds in chosen if bounds.total == mode]
 
-    def middle(name: str, whole: bool) -> Any:
-        values = [getattr(bounds, name) for bounds in runs if getattr(bounds, name) is not None]
-        if not values:
-            return None
-        value = float(np.median(values))
-        return math.ceil(value) if whole else value
+    def middle(name: str) -> Any:
+        """The lower median: a value some run chose (the oracle's table holds sums for those clamps only)."""
+        values = sorted(getattr(bounds, name) for bounds in runs if getattr(bounds, name) is not None)
+        return values[(len(values) - 1) // 2] if values else None
 
     return Bounds(
-        max_rows_per_member=middle("max_rows_per_member", True),
-        max_groups=middle("max_groups", True),
-        max_rows_per_group=middle("max_rows_per_group", True),
-        lower=middle("lower", False),
-        upper=middle("upper", False),
+        max_rows_per_member=middle("max_rows_per_member"),
+        max_groups=middle("max_groups"),
+        max_rows_per_group=middle("max_rows_per_group"),
+        lower=middle("lower"),
+        upper=middle("upper"),
     )
 
 

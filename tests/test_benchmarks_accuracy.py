@@ -49,7 +49,8 @@ def test_bounds_from_a_result_document() -> None:
 def test_median_bounds_takes_the_most_common_mode() -> None:
     runs = [Bounds(max_rows_per_member=c) for c in (30, 40, 50)] + [Bounds(None, 2, 12)]
     assert median_bounds(runs) == Bounds(max_rows_per_member=40)
-    assert median_bounds([Bounds(None, 1, 10), Bounds(None, 2, 13)]) == Bounds(None, 2, 12)  # medians round up
+    # the lower median of each field: a value some run chose
+    assert median_bounds([Bounds(None, 1, 10), Bounds(None, 2, 13)]) == Bounds(None, 1, 10)
     assert median_bounds([]) is None
 
 
@@ -254,7 +255,7 @@ def test_the_suite_end_to_end_with_a_fake_peer(pool, tmp_path: Path, monkeypatch
     write_report(results, out)
     text = out.read_text()
     assert "| count_by_region | oracle |" in text and "Targets of issue 13" in text
-    assert "| count_by_region | 1 |" in text and "G=1 R=10 (policy)" in text
+    assert "| count_by_region | 1 |" in text and "G=1 R=10" in text  # as the engine reports them
     assert (tmp_path / "plots" / "accuracy_error_vs_epsilon.png").exists()
 
 
