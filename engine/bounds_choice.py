@@ -353,7 +353,7 @@ class _Model:
                 share = scale * QUANTILE_RANK_FACTOR * self.groups / rows
                 if upper is not None and part.alpha is not None:  # a bound near the quantile may clamp it
                     assert part.value is not None
-                    share += max(self.above(part.column or "", upper) - (1 - part.alpha) / 2, 0.0)
+                    share += max(self.above(part.column or "", upper) - (1 - part.alpha) / 4, 0.0)
                     step = (part.value.upper - part.value.lower) / QUANTILE_GRID  # and a wide one coarsens its grid
                     share += step / max(self.typical(part, upper), 1)
             elif part.kind is ir.PartKind.COUNT_UNITS:
