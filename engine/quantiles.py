@@ -174,23 +174,30 @@ def _least_score(
     return min(found)
 
 
-def release(measure: dp.Measure, part: Part, scale: float, groups: Sequence[Any], rng: Any = None) -> list[int]:
+def release(measure: dp.Measure, part: Part, scale: float, groups: Sequence[Any]) -> list[int]:
     """One released quantile per group, in fixed-point units like every other part.
 
-    ``rng`` (NumPy's, fresh from the OS by default) only places the value
-    inside the chosen interval.
+    The draw inside each chosen interval is OpenDP's too (its uniform floats
+    in [0, 1), one per group): no Python or NumPy generator runs in a release.
     """
     assert part.value is not None and part.alpha is not None
     grid = candidates(part.value)
     weight = weights(part.alpha)
     select = _selection(measure, scale * weight.per_row)
-    draw = np.random.default_rng() if rng is None else rng
+    chosen = [int(select(scores(np.asarray(values), grid, weight))) for values in groups]
+    uniform = _uniform(len(chosen))
     released = []
-    for values in groups:
-        chosen = int(select(scores(np.asarray(values), grid, weight)))
-        low, high = grid.edge(int(grid.left[chosen])), grid.edge(int(grid.right[chosen]))
-        released.append(min(max(round(low + draw.random() * (high - low)), part.value.lower), part.value.upper))
+    for candidate, fraction in zip(chosen, uniform, strict=True):
+        low, high = grid.edge(int(grid.left[candidate])), grid.edge(int(grid.right[candidate]))
+        released.append(min(max(round(low + fraction * (high - low)), part.value.lower), part.value.upper))
     return released
+
+
+def _uniform(count: int) -> list[float]:
+    """``count`` uniform floats in [0, 1) from OpenDP's sampler (its imputation of missing values)."""
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=True))
+    impute = dp.t.make_impute_uniform_float(domain, dp.symmetric_distance(), bounds=(0.0, 1.0))
+    return list(impute([math.nan] * count))
 
 
 def rank_accuracy(part: Part, scale: float, alpha: float) -> float:

@@ -7,8 +7,8 @@
   scale: the charged cost did not change.
 * The released values follow the mechanism exactly: OpenDP's noisy min over
   the candidates (permute-and-flip under pure DP, Gumbel under zCDP), then a
-  uniform draw inside the chosen interval. OpenDP's sampler cannot be seeded,
-  so the check bounds the distance of distribution functions (DKW) at a
+  uniform draw inside the chosen interval (OpenDP's sampler too). It cannot be
+  seeded, so the check bounds the distance of distribution functions (DKW) at a
   failure rate of 1e-6: never flaky, and a wrong scale, no uniform draw or the
   worst candidate chosen are far outside it.
 * At equal ε the median is closer to the truth than the old 1,001-point grid's.
@@ -222,7 +222,7 @@ def test_released_values_follow_the_mechanism(
     weight = quantiles.weights(alpha)
     probabilities = chosen_probabilities(quantiles.scores(values, grid, weight), scale * weight.per_row, accounting)
     draws = 10_000
-    released = quantiles.release(MEASURES[accounting], part, scale, [values] * draws, np.random.default_rng(5))
+    released = quantiles.release(MEASURES[accounting], part, scale, [values] * draws)
     points, counts = np.unique(released, return_counts=True)
     at_most = np.cumsum(counts) / draws  # the empirical P(released ≤ v), and below: P(released < v)
     below = at_most - counts / draws
