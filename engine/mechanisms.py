@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import numpy as np
 import opendp.prelude as dp
 
+from engine import quantiles
 from engine.accounting import Accounting, ChargeReceipt, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
 from engine.backends.base import ExactAggregates
 from engine.errors import InternalError, PolicyViolation, UnknownColumn
@@ -29,7 +29,6 @@ from engine.sensitivity import Sensitivity
 ALPHA = 0.05
 """Accuracy is the half-width of a (1 - ALPHA) interval: 95%."""
 _ATTEMPTS = 40
-_QUANTILE_GRID = 1000
 _EXACT_GAUSSIAN_ACCURACY_SCALE = 10_000.0
 MAX_WEIGHT_RATIO = 1e6
 """Weights further apart than this would starve a part of budget (and strain floating point)."""
@@ -169,19 +168,19 @@ class NoisePlan:
     def rank_accuracy(self, index: int, alpha: float = ALPHA) -> float:
         """For a quantile part: rows by which, with probability 1 - alpha, one released cell may miss its quantile.
 
-        OpenDP scores a candidate c by ``|(1 - q)·#{x < c} - q·#{x > c}|``
-        (q the quantile), which is ``|#{x < c} - q·n|`` rows of rank when no
-        value equals c, and picks the least score after noise at ``scale``:
-        exponential noise (permute-and-flip) under pure DP, Gumbel noise (the
-        exponential mechanism) under zCDP. Either way a candidate scoring ``t``
-        worse than the best one wins with probability at most ``exp(-t / scale)``,
-        so a union bound over the candidates gives this half-width. It adds to
-        the best grid point's own miss (the rows within one grid step); it is in
-        rows, not in the column's units, because that conversion needs the data.
+        A candidate (a point, or an interval of the bounds) scores the rows of
+        rank between it and the quantile, ``|#{x < c} - q·n|`` at its best point
+        c when no value equals c; OpenDP picks the least score after noise at
+        ``scale`` (engine/quantiles.py). A candidate scoring ``t`` worse than
+        the best one wins with probability at most ``exp(-t / scale)``, so a
+        union bound over the candidates gives this half-width. It adds to the
+        best point's own miss (ties) and to the rows inside the chosen
+        interval, where the value is drawn uniformly; it is in rows, not in the
+        column's units, because that conversion needs the data.
         """
         noise = self.parts[index]
         assert noise.part.kind is PartKind.QUANTILE
-        return noise.scale * math.log(len(quantile_candidates(noise.part)) / alpha)
+        return quantiles.rank_accuracy(noise.part, noise.scale, alpha)
 
 
 def _measurement(mode: Mode, scale: float) -> dp.Measurement:
@@ -391,27 +390,8 @@ def _loss(plan: QueryPlan, part: Part, mode: Mode, scale: float, sensitivity: in
 
 
 def _quantile_measurement(part: Part, mode: Mode, scale: float) -> dp.Measurement:
-    """OpenDP's exponential-mechanism quantile over a grid of candidates inside the bounds."""
-    assert part.value is not None and part.alpha is not None
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-    return dp.m.make_private_quantile(
-        domain,
-        dp.symmetric_distance(),
-        mode.quantile_measure,
-        candidates=quantile_candidates(part),
-        alpha=part.alpha,
-        scale=scale,
-    )
-
-
-def quantile_candidates(part: Part) -> list[float]:
-    """Every integer for a narrow integer range, else 1,001 evenly spaced points of the bounds."""
-    assert part.value is not None
-    value = part.value
-    if value.scale == 1 and value.upper - value.lower <= _QUANTILE_GRID:
-        return [float(v) for v in range(value.lower, value.upper + 1)]
-    low, high = value.lower / value.scale, value.upper / value.scale
-    return [low + (high - low) * i / _QUANTILE_GRID for i in range(_QUANTILE_GRID + 1)]
+    """The OpenDP measurement whose map a quantile part pays (engine/quantiles.py): its scores, then noisy max."""
+    return quantiles.measurement(part, mode.quantile_measure, scale)
 
 
 def _threshold_measurement(mode: Mode, scale: float, value: int) -> dp.Measurement:
@@ -465,10 +445,7 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[Any]], receipt: ChargeR
 
 def _noisy_quantiles(mode: Mode, part_noise: PartNoise, groups: Sequence[Sequence[int]]) -> list[int]:
     """One released quantile per group, as fixed-point integers (like every other part)."""
-    measurement = _quantile_measurement(part_noise.part, mode, part_noise.scale)
-    units = part_noise.units_per_value
-    # A float64 array crosses into OpenDP as one buffer; a list of Python floats is converted value by value.
-    return [round(float(measurement(np.asarray(values, dtype=np.float64) / units)) * units) for values in groups]
+    return quantiles.release(mode.quantile_measure, part_noise.part, part_noise.scale, groups)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,15 @@ def median_pool() -> pl.DataFrame:
     )
 
 
+def median_hours_pool() -> pl.DataFrame:
+    """Forty one-row members, half working 10 hours and half 50: a float column, so the candidates are intervals."""
+    frame = small_pool(rows=40, members=40)
+    return frame.with_columns(
+        member_id=pl.int_range(1, 41, dtype=pl.Int64),
+        hours=pl.Series([10.0] * 20 + [50.0] * 20, dtype=frame.schema["hours"]),
+    )
+
+
 def one_region_per_member(pool: pl.DataFrame) -> pl.DataFrame:
     """Every member's rows in one region, so that only the worst member ever meets ``max_groups``.
 
@@ -159,6 +168,17 @@ CASES = [
         "median_member_zcdp",
         AuditQuery("SELECT MEDIAN(age) FROM shifts", 1.0, 1e-6, only_cell),
         lambda: add_worst(median_pool(), worst_member(40)),
+        accounting="zcdp",
+    ),
+    Case(
+        "median_hours_member_pure",
+        AuditQuery("SELECT MEDIAN(hours) FROM shifts", 1.0, None, only_cell),
+        lambda: add_worst(median_hours_pool(), worst_member(40)),
+    ),
+    Case(
+        "median_hours_member_zcdp",
+        AuditQuery("SELECT MEDIAN(hours) FROM shifts", 1.0, 1e-6, only_cell),
+        lambda: add_worst(median_hours_pool(), worst_member(40)),
         accounting="zcdp",
     ),
     Case(
