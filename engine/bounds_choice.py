@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from engine import plan as ir
 from engine.accounting import Accounting
 from engine.backends.bounding import value_statistic
-from engine.mechanisms import NoisePlan
+from engine.mechanisms import ALPHA, NoisePlan
 from engine.member_profile import (
     EDGES,
     SPREAD,
@@ -47,14 +47,13 @@ from engine.member_profile import (
     contribution_histogram,
     value_histogram,
 )
+from engine.quantiles import INTERVALS
 from engine.sensitivity import part_sensitivity, public_groups
 
 PRIVATE_GROUPS_GUESS = 100
 """How many groups a query with private keys is taken to release: unknown before the release."""
-QUANTILE_RANK_FACTOR = math.log(1001 / 0.05)
+QUANTILE_RANK_FACTOR = math.log(INTERVALS / ALPHA)
 """A quantile misses by about its noise scale times this many rows of rank (the union bound over its candidates)."""
-QUANTILE_GRID = 1000
-"""Steps of a quantile's candidate grid between its bounds (``mechanisms.quantile_candidates``)."""
 DISCLOSED_SPAN = 8
 """With fixed bounds, the profile's bins reach this many times the bound (beyond, one bin)."""
 ROUNDS = 2
@@ -354,7 +353,7 @@ class _Model:
                 if upper is not None and part.alpha is not None:  # a bound near the quantile may clamp it
                     assert part.value is not None
                     share += max(self.above(part.column or "", upper) - (1 - part.alpha) / 4, 0.0)
-                    step = (part.value.upper - part.value.lower) / QUANTILE_GRID  # and a wide one coarsens its grid
+                    step = (part.value.upper - part.value.lower) / INTERVALS  # and a wide one coarsens its grid
                     share += step / max(self.typical(part, upper), 1)
             elif part.kind is ir.PartKind.COUNT_UNITS:
                 share = self.lost_groups(contribution) + noise / self.profile.members()
