@@ -32,7 +32,7 @@ EDGES: tuple[int, ...] = tuple(sorted({round(2 ** (step / 2)) for step in range(
 DETECTION_ALPHA = 0.05
 """The chance that noise alone makes any empty bin of the profile read as occupied."""
 SHRINKAGE = 1.0
-"""Dense histograms' counts are lowered by this many times the noise's mean size (``ProfileNoise.shrinkage``)."""
+"""Dense histograms' counts are lowered by this many times the noise's mean size (``ProfileNoise.dense_counts``)."""
 TOTAL = "rows"
 SPREAD = ("groups", "fullest")
 """The statistics of the per-group mode (G groups × R rows in each); the total mode reads rows only."""
@@ -105,16 +105,33 @@ class ProfileNoise:
                 return index
         return -1
 
-    def shrinkage(self) -> float:
-        """What every count of a dense histogram is lowered by (then at least 0): noise alone rarely passes it.
+    def dense_counts(self, noisy: Sequence[int]) -> tuple[float, ...]:
+        """A contribution histogram's counts, read from its noisy release (post-processing only).
 
-        A bin of busy members holds many rows: read as released, the noise of
-        empty bins would show phantom rows; thresholded at the 5% union bound,
-        a thin tail holding half the rows would not show at all. Lowering every
-        count by the noise's mean size keeps most of such a tail and few phantoms (the estimates of bias it gives
-        were the closest to the truth on the benchmark pool, against 0, 0.5 and 2 times).
+        A bin of busy members holds many rows. Read as released, the noise of
+        the many empty bins of large values would show phantom rows; cut at a
+        strict threshold, a thin tail holding a third of the rows would not
+        show at all. Above its fullest bin a histogram of members is about
+        non-increasing, so the counts there are fitted as such (pooling
+        adjacent bins that break it, as isotonic regression does), and each
+        pooled run of m bins is lowered by the noise's mean size over √m, then
+        floored at 0: an empty tail pools into long runs whose noise averages
+        out, while a real one, decreasing bin by bin, keeps its counts.
         """
-        return SHRINKAGE * self.mode.mean_error(self.scale)
+        mean = self.mode.mean_error(self.scale)
+        peak = max(range(len(noisy)), key=lambda k: noisy[k])
+        head = [max(float(n) - SHRINKAGE * mean, 0.0) for n in noisy[:peak]]
+        runs: list[list[float]] = []  # [sum, bins] per pooled run, non-increasing in average
+        for n in noisy[peak:]:
+            runs.append([float(n), 1.0])
+            while len(runs) > 1 and runs[-2][0] / runs[-2][1] < runs[-1][0] / runs[-1][1]:
+                total, bins = runs.pop()
+                runs[-1][0] += total
+                runs[-1][1] += bins
+        tail = []
+        for total, bins in runs:
+            tail += [max(total / bins - SHRINKAGE * mean / math.sqrt(bins), 0.0)] * int(bins)
+        return (*head, *tail)
 
     @classmethod
     def fitted(cls, mode: Mode, histograms: tuple[Histogram, ...], loss: float) -> ProfileNoise:
@@ -172,7 +189,7 @@ def release(noise: ProfileNoise, exact: MemberProfile, receipt: ChargeReceipt, c
             top = noise.highest_occupied(window)
             counts[histogram.name] = tuple(float(max(n, 0)) if k <= top else 0.0 for k, n in enumerate(window))
         else:
-            counts[histogram.name] = tuple(max(n - noise.shrinkage(), 0.0) for n in window)
+            counts[histogram.name] = noise.dense_counts(window)
     return NoisyProfile(counts, {histogram.name: histogram for histogram in noise.histograms})
 
 
