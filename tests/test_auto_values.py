@@ -85,8 +85,10 @@ def test_the_chosen_bound_is_in_the_result_and_the_transparency_log(tmp_path: Pa
     (release,) = engine.releases("shifts")
     assert release.bounds is not None and '"value_bounds"' in release.bounds and '"pay"' in release.bounds
     truth = dict(frame.group_by("region").agg(pl.col("pay").sum()).iter_rows())
-    for region, total in result.rows:
-        assert total == pytest.approx(truth[region], rel=0.1)
+    half_width = result.accuracy["total"]
+    assert half_width is not None
+    for region, total in result.rows:  # the pay is spread evenly: the bounds remove little (here under 10%)
+        assert abs(total - truth[region]) <= 2 * half_width + 0.1 * truth[region]
 
 
 def test_the_range_alone_would_drown_the_sum_in_noise(tmp_path: Path) -> None:
