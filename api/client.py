@@ -64,6 +64,12 @@ class QueryResult:
     """Quantile columns: rows of rank one cell may be off by (95%), beyond the candidate grid's own step."""
     accuracy_target: dict[str, float] = field(default_factory=dict)
     """The half-widths asked for instead of an ε; ``cost`` is the least ε that met them."""
+    bounds: dict[str, int] = field(default_factory=dict)
+    """Member level: the contribution bounds the query ran with (chosen by DP where the policy says auto)."""
+    value_bounds: dict[str, list[float]] = field(default_factory=dict)
+    """Columns with bounds = "auto": the clamp bounds the query chose by DP, [low, high]."""
+    bias: dict[str, float] = field(default_factory=dict)
+    """Per aggregate column, the estimated share of its rows (or value mass) that bounding removed."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueryResult:
@@ -82,6 +88,9 @@ class QueryResult:
             notes=list(data.get("notes", [])),
             rank_accuracy=dict(data.get("rank_accuracy", {})),
             accuracy_target=dict(data.get("accuracy_target", {})),
+            bounds=dict(data.get("bounds", {})),
+            value_bounds=dict(data.get("value_bounds", {})),
+            bias=dict(data.get("bias", {})),
         )
 
 
@@ -89,14 +98,18 @@ class QueryResult:
 class ColumnInfo:
     name: str
     type: str
-    bounds: tuple[float, float] | tuple[str, str] | None
-    """Numbers; ISO dates (text) for date and datetime columns."""
+    bounds: tuple[float, float] | tuple[str, str] | str | None
+    """Numbers; ISO dates (text) for date and datetime columns; "auto" (chosen per query inside ``range``)."""
     public_keys: list[str | bool] | None
+    range: tuple[float, float] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ColumnInfo:
-        bounds = data["bounds"]
-        return cls(data["name"], data["type"], None if bounds is None else (bounds[0], bounds[1]), data["public_keys"])
+        bounds, outer = data["bounds"], data.get("range")
+        pair = bounds if bounds is None or isinstance(bounds, str) else (bounds[0], bounds[1])
+        return cls(
+            data["name"], data["type"], pair, data["public_keys"], None if outer is None else (outer[0], outer[1])
+        )
 
 
 @dataclass(frozen=True)
@@ -106,10 +119,10 @@ class DatasetInfo:
     name: str
     description: str
     privacy_unit: str
-    max_groups: int | None
-    max_rows_per_group: int | None
-    max_rows_per_member: int | None
-    """Rows one member may add over all groups (total mode), where the policy allows that mode."""
+    max_groups: int | str | None
+    max_rows_per_group: int | str | None
+    max_rows_per_member: int | str | None
+    """A number of rows or groups, or "auto" (chosen per query by DP); None where the policy does not offer it."""
     accounting: str
     max_epsilon_per_query: float
     columns: list[ColumnInfo]
@@ -234,10 +247,13 @@ class TransparencyEntry:
     purpose: str | None
     sql: str
     cost: Cost
+    bounds: dict[str, Any] | None = None
+    """The contribution bounds it chose by DP (auto), or ran with (its bias disclosed); chosen ``value_bounds``."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransparencyEntry:
-        return cls(data["at"], data["buyer"], data["purpose"], data["sql"], Cost.from_dict(data["cost"]))
+        cost = Cost.from_dict(data["cost"])
+        return cls(data["at"], data["buyer"], data["purpose"], data["sql"], cost, data.get("bounds"))
 
 
 @dataclass(frozen=True)
@@ -329,13 +345,15 @@ class Client:
         idempotency_key: str | None = None,
         weights: dict[str, float] | None = None,
         accuracy: dict[str, float] | None = None,
+        explain_bias: bool = False,
     ) -> QueryResult:
         """Ask a query, charged ``(epsilon, delta)`` first (nothing when dry, cached or a keyed retry).
 
         ``weights`` split ε across output columns (column → weight, default 1 each). ``accuracy`` (column → 95%
-        half-width), instead of ``epsilon``, spends the least ε that meets every target.
+        half-width), instead of ``epsilon``, spends the least ε that meets every target. ``explain_bias`` also
+        estimates what bounding removed (``bias``), for a share of the ε.
         """
-        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "dry_run": dry_run}
+        body: dict[str, Any] = {"dataset": dataset, "sql": sql, "dry_run": dry_run, "explain_bias": explain_bias}
         if epsilon is not None:
             body["epsilon"] = epsilon
         if accuracy is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,11 @@ class QueryRequest(_Input):
         description="Instead of epsilon: output column (COUNT or SUM) → the 95% half-width it needs; the query "
         "spends the least ε that meets every target, or is refused with the ε it would need.",
     )
+    explain_bias: bool = Field(
+        default=False,
+        description="Also estimate the share of rows bounding removes (``bias`` in the result), for the policy's "
+        "auto_share of the query's ε (always done where the policy's bounds are auto).",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> QueryRequest:
@@ -69,10 +74,12 @@ class ReleaseSummary(BaseModel):
 class ColumnInfo(BaseModel):
     name: str
     type: str
-    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = Field(
-        description="numbers; for date and datetime columns, the declared range as ISO dates"
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | Literal["auto"] | None = Field(
+        description='numbers; for date and datetime columns, the declared range as ISO dates; "auto": chosen per '
+        "query by DP inside range"
     )
     public_keys: list[str | bool] | None
+    range: tuple[float, float] | None = Field(default=None, description='the hard outer range of bounds = "auto"')
 
 
 class PublicTableInfo(BaseModel):
@@ -88,9 +95,9 @@ class DatasetInfo(BaseModel):
     name: str
     description: str
     privacy_unit: Literal["member", "row"]
-    max_groups: int | None
-    max_rows_per_group: int | None
-    max_rows_per_member: int | None = Field(
+    max_groups: int | Literal["auto"] | None
+    max_rows_per_group: int | Literal["auto"] | None
+    max_rows_per_member: int | Literal["auto"] | None = Field(
         default=None, description="rows one member may add over all groups (total mode); None where not allowed"
     )
     accounting: str
@@ -172,6 +179,11 @@ class TransparencyEntry(BaseModel):
     purpose: str | None
     sql: str
     cost: CostBody
+    bounds: dict[str, Any] | None = Field(
+        default=None,
+        description="The contribution bounds the query chose by DP (auto), or ran with (explain_bias), and under "
+        'value_bounds the clamp bounds it chose for bounds = "auto" columns.',
+    )
 
 
 class TransparencyLog(BaseModel):

@@ -107,11 +107,24 @@ def peers(
     run_peers(parse_sizes(rows), repeats, peers_dir, data_dir, results, _selection(queries, only_peers, tag))
 
 
+EpsilonsOption = Annotated[str, typer.Option("--epsilons", help="Comma-separated.")]
+
+
 @app.command()
 def accuracy(
     rows: RowsOption = "1M",
-    repetitions: Annotated[int, typer.Option("--repetitions")] = 20,
-    epsilons: Annotated[str, typer.Option("--epsilons", help="Comma-separated.")] = "0.1,0.3,1,3,10",
+    repetitions: Annotated[int, typer.Option("--repetitions", help="Our releases per query and ε.")] = 20,
+    epsilons: EpsilonsOption = "0.1,0.3,1,3,10",
+    bounds: Annotated[
+        str,
+        typer.Option(
+            "--bounds",
+            help="Member bounds: auto (the engine chooses; falls back to fixed, with a note, if it refuses) or fixed.",
+        ),
+    ] = "auto",
+    peer_repetitions: Annotated[
+        int | None, typer.Option("--peer-repetitions", help="Each peer's releases per query and ε (default: same).")
+    ] = None,
     peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
@@ -119,8 +132,8 @@ def accuracy(
     only_peers: OnlyPeersOption = "",
     tag: TagOption = "",
 ) -> None:
-    """Mean relative error against ε (0.1 … 10) per query, ours and the peers'."""
-    from benchmarks.accuracy import run_accuracy
+    """Mean relative error against ε (0.1 … 10) per query: ours, the oracle's, and the peers' (issue 13 targets)."""
+    from benchmarks.accuracy import BoundsMode, run_accuracy
     from benchmarks.sizes import parse_sizes
 
     run_accuracy(
@@ -129,9 +142,27 @@ def accuracy(
         peers_dir,
         data_dir,
         results,
-        tuple(float(e) for e in epsilons.split(",")),
+        _epsilons(epsilons),
         _selection(queries, only_peers, tag),
+        BoundsMode(bounds),
+        peer_repetitions,
     )
+
+
+@app.command()
+def oracle(
+    rows: RowsOption = "200K,1M",
+    epsilons: EpsilonsOption = "0.1,0.3,1,3,10",
+    data_dir: DataOption = DATA,
+    results: ResultsOption = RESULTS,
+    queries: QueriesOption = "",
+    tag: TagOption = "",
+) -> None:
+    """The least error any fixed bounds achieve per query and ε, found with the exact data (evaluation only)."""
+    from benchmarks.accuracy import run_oracle
+    from benchmarks.sizes import parse_sizes
+
+    run_oracle(parse_sizes(rows), _epsilons(epsilons), data_dir, results, _selection(queries, "", tag))
 
 
 @app.command()
@@ -144,6 +175,10 @@ def report(
 
     write_report(results, out)
     typer.echo(f"wrote {out}")
+
+
+def _epsilons(text: str) -> tuple[float, ...]:
+    return tuple(float(epsilon) for epsilon in text.split(",") if epsilon.strip())
 
 
 def _selection(queries: str, peers: str, tag: str):  # noqa: ANN202 - imported lazily, like every command's code

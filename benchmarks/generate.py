@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from benchmarks.policy_file import Contribution, PolicyColumn, write_policy
+from benchmarks.policy_file import AUTO, Contribution, PolicyColumn, write_policy
 
 REGIONS = ("north", "south", "east", "west")
 SECTORS = tuple(f"sector_{i:02d}" for i in range(50))
@@ -49,6 +49,9 @@ MANIFEST = "manifest.json"
 
 ROW_DATASET, MEMBER_DATASET = "pool_rows", "pool_members"
 MEMBER_BOUNDS = Contribution("member_id", max_groups=1, max_rows_per_group=10)
+"""The fixed member-level policy of the generated pools (speed suite, peers, and accuracy with ``--bounds fixed``)."""
+AUTO_MEMBER_BOUNDS = Contribution("member_id", max_groups=AUTO, max_rows_per_group=AUTO, max_rows_per_member=AUTO)
+"""Every contribution bound chosen by the engine per query (accuracy with ``--bounds auto``)."""
 POLICY_COLUMNS: tuple[PolicyColumn, ...] = (
     PolicyColumn("member_id", "id"),
     PolicyColumn("region", "category", values=REGIONS),
@@ -61,6 +64,14 @@ POLICY_COLUMNS: tuple[PolicyColumn, ...] = (
     PolicyColumn("shift_date", "date", bounds=(FIRST_DAY.isoformat(), LAST_DAY.isoformat())),
 )
 """What the generated policies declare: every column of the pool."""
+AUTO_POLICY_COLUMNS: tuple[PolicyColumn, ...] = tuple(
+    {
+        "hours": PolicyColumn("hours", "float", bounds="auto", range=HOURS_BOUNDS),
+        "earnings": PolicyColumn("earnings", "float", bounds="auto", range=EARNINGS_BOUNDS),
+    }.get(column.name, column)
+    for column in POLICY_COLUMNS
+)
+"""The automatic policy's columns: the summed ones' clamp bounds chosen by DP inside the fixed bounds."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -19,8 +20,18 @@ Series = dict[str, list[tuple[float, float]]]
 """A line per system: ``{"coopdp (member)": [(rows, seconds), …]}``."""
 
 
-def loglog_panels(panels: dict[str, Series], path: Path, xlabel: str, ylabel: str, title: str) -> Path:
-    """One small log-log panel per query, shared legend; a small PNG (about 100 dpi)."""
+def loglog_panels(
+    panels: dict[str, Series],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """One small log-log panel per query, shared legend; a small PNG (about 100 dpi).
+
+    ``styles`` overrides a system's line (``{"oracle": {"color": "black", "linestyle": "--"}}``).
+    """
     columns = min(4, max(1, len(panels)))
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.9 * rows), squeeze=False)
@@ -29,10 +40,12 @@ def loglog_panels(panels: dict[str, Series], path: Path, xlabel: str, ylabel: st
     colours = {system: f"C{index % 10}" for index, system in enumerate(systems)}  # one colour per system everywhere
     for axis, (name, series) in zip(axes.flat, panels.items(), strict=False):
         for system, points in sorted(series.items()):
+            points = [(x, y) for x, y in points if y is not None and y > 0]  # a log axis shows no zero or gap
             if not points:
                 continue
             xs, ys = zip(*sorted(points), strict=True)
-            (line,) = axis.plot(xs, ys, marker="o", markersize=3, label=system, color=colours[system])
+            style = {"marker": "o", "markersize": 3, "color": colours[system], **(styles or {}).get(system, {})}
+            (line,) = axis.plot(xs, ys, label=system, **style)
             handles.setdefault(system, line)
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -51,3 +64,16 @@ def loglog_panels(panels: dict[str, Series], path: Path, xlabel: str, ylabel: st
     figure.savefig(path, dpi=90)
     plt.close(figure)
     return path
+
+
+ORACLE_STYLE = {"color": "black", "linestyle": "--", "marker": "s"}
+
+
+def error_styles(systems: set[str]) -> dict[str, dict[str, Any]]:
+    """The oracle dashed black; a peer run with our bounds dotted, in its own colour."""
+    styles: dict[str, dict[str, Any]] = {
+        system: {"linestyle": ":"} for system in systems if system.endswith("(our bounds)")
+    }
+    if "oracle" in systems:
+        styles["oracle"] = ORACLE_STYLE
+    return styles

@@ -39,8 +39,10 @@ def pool_for(rows: int, data_dir: Path) -> Pool:
 class EngineRunner:
     """An engine over a pool's policies with a throwaway ledger; a new ε per call defeats release reuse."""
 
-    def __init__(self, pool: Pool, scratch: Path) -> None:
-        self.engine = Engine.from_policies(pool.policies, ledger=f"sqlite:///{scratch / 'ledger.db'}")
+    def __init__(self, pool: Pool, scratch: Path, policies: Path | None = None) -> None:
+        """``policies``: another directory of policies over the pool (default: the pool's own)."""
+        directory = policies if policies is not None else pool.policies
+        self.engine = Engine.from_policies(directory, ledger=f"sqlite:///{scratch / 'ledger.db'}")
         self._fresh = itertools.count(1)
 
     def call(self, query: BenchQuery, dataset: str, epsilon: float = 1.0) -> Callable[[], Any]:

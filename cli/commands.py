@@ -140,6 +140,14 @@ def query(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Cost and accuracy only; reads no data.")] = False,
     weight: WeightOption = None,
     accuracy: AccuracyOption = None,
+    explain_bias: Annotated[
+        bool,
+        typer.Option(
+            "--explain-bias",
+            help="Also estimate the share of rows bounding removes, for the policy's auto_share of the ε "
+            "(always done where the policy's bounds are auto).",
+        ),
+    ] = False,
     output: FormatOption = OutputFormat.TABLE,
     policies: PoliciesOption = Path("policies"),
     ledger: LedgerOption = None,
@@ -148,7 +156,15 @@ def query(
     weights, targets = _numbers(weight, "--weight"), _numbers(accuracy, "--accuracy")
     with _session(policies, ledger, output) as engine:
         result = engine.query(
-            dataset, sql, epsilon=epsilon, delta=delta, buyer=buyer, dry_run=dry_run, weights=weights, accuracy=targets
+            dataset,
+            sql,
+            epsilon=epsilon,
+            delta=delta,
+            buyer=buyer,
+            dry_run=dry_run,
+            weights=weights,
+            accuracy=targets,
+            explain_bias=explain_bias,
         )
     if output is OutputFormat.JSON:
         print(json.dumps(result.to_dict()))
@@ -326,9 +342,11 @@ def _budget_dict(status: BudgetStatus) -> dict[str, Any]:
 
 def _print_result(result: Result) -> None:
     title = "dry run: nothing read, nothing charged" if result.dry_run else f"{result.dataset} · {result.query_id}"
-    caption = "± is the half-width of a 95% interval per cell"
+    caption = "± is the half-width of a 95% interval per cell (noise only)"
     if result.rank_accuracy:
         caption += "; for quantiles, in rows of rank"
+    if result.bias:
+        caption += "; bias: the estimated share bounding removed"
     table = Table(title=title, caption=caption)
     for column in result.columns:
         table.add_column(column, justify="right")
@@ -336,7 +354,12 @@ def _print_result(result: Result) -> None:
         table.add_row(*(_cell(value) for value in row))
     table.add_section()
     table.add_row(*(_accuracy_cell(result, column) for column in result.columns), style="dim")
+    if result.bias:
+        table.add_row(*(_bias_cell(result, column) for column in result.columns), style="dim")
     console.print(table)
+    if result.bounds:
+        bounds = ", ".join(f"{name} = {value}" for name, value in result.bounds.items())
+        console.print(f"contribution bounds: {bounds}", highlight=False)
     asked = ", ".join(f"{name} ± {target:g}" for name, target in result.accuracy_target.items())
     console.print(
         f"cost ε={result.cost.epsilon} δ={result.cost.delta}"
@@ -354,6 +377,11 @@ def _cell(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def _bias_cell(result: Result, column: str) -> str:
+    share = result.bias.get(column)
+    return "" if share is None else f"bias −{share:.1%}"
 
 
 def _accuracy_cell(result: Result, column: str) -> str:

@@ -36,8 +36,14 @@ description = "Shifts logged by members of the riders' cooperative (synthetic de
 
 [privacy]
 unit = "member_id"          # member-level privacy
-max_groups = 1              # groups one member may touch per query
-max_rows_per_group = 10     # rows' worth one member may add to one group
+# How much one member may add to a query: chosen per query by DP ("auto", up to
+# auto_limit), or fixed numbers. Total: rows over all groups; or per group:
+# max_groups groups of max_rows_per_group rows' worth. The engine picks the mode.
+max_rows_per_member = "auto"
+max_groups = "auto"
+max_rows_per_group = "auto"
+auto_limit = 1024           # the largest bound auto may choose
+auto_share = 0.1            # the share of each query's epsilon spent choosing
 
 [budget]
 epsilon = 10.0              # for all buyers together, forever

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,6 +21,17 @@ from sqlglot import exp
 from engine.accounting import EXACT, ChargeReceipt, Cost, PrivacyRequest, budget_of, exact
 from engine.accuracy_targets import choose, part_targets
 from engine.backends import BACKENDS, Backend
+from engine.bounds_choice import (
+    Choice,
+    choose_bounds,
+    column_shares,
+    contribution_bounds,
+    disclosed,
+    largest,
+    profiled_histograms,
+    value_bounds,
+    with_value_bounds,
+)
 from engine.errors import (
     Conflict,
     CoopdpError,
@@ -46,13 +57,16 @@ from engine.ledger import (
     StoredRelease,
     open_ledger,
 )
-from engine.mechanisms import NoisePlan, calibrate, part_weights, release
+from engine.mechanisms import MODES, NoisePlan, calibrate, part_weights, release, request_loss
+from engine.member_profile import ProfileNoise
+from engine.member_profile import release as release_profile
 from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
 from engine.postprocess import Table, build_table, rank_accuracy
 from engine.postprocess import accuracy as column_accuracy
 from engine.result import Result
+from engine.sensitivity import check_no_overflow
 from engine.sql import normalised, parse
 
 DEFAULT_LEDGER_NAME = "coopdp.db"
@@ -76,13 +90,31 @@ class Caller:
 
 @dataclass(frozen=True)
 class PlannedQuery:
-    """A query as far as it goes before any data is read: checked, planned and calibrated, nothing charged."""
+    """A query as far as it goes before any data is read: checked, planned and calibrated, nothing charged.
+
+    With a ``profile`` (bounds chosen per query, or their bias disclosed) the
+    plan's noise is calibrated at the largest bounds the choice may make, and
+    again at the chosen ones once the profile is released.
+    """
 
     policy: Policy
     caller: Caller
     statement: exp.Select
     plan: QueryPlan
     noise: NoisePlan
+    request: PrivacyRequest
+    weights: tuple[float, ...] | None = None
+    profile: ProfileNoise | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a charged query released: its table, and the plan and noise it ran with (bounds chosen or not)."""
+
+    table: Table
+    plan: QueryPlan
+    noise: NoisePlan
+    choice: Choice | None
 
 
 @dataclass(frozen=True)
@@ -93,6 +125,8 @@ class Ask:
     delta: float | None
     weights: Mapping[str, float] | None
     accuracy: Mapping[str, float] | None
+    explain_bias: bool = False
+    """Release an estimate of what bounding removes (a share of the query's ε; always so with ``"auto"`` bounds)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +189,7 @@ class Engine:
         idempotency_key: str | None = None,
         weights: Mapping[str, float] | None = None,
         accuracy: Mapping[str, float] | None = None,
+        explain_bias: bool = False,
     ) -> Result:
         """Answer ``sql`` with differential privacy, charging ``(epsilon, delta)`` first.
 
@@ -162,20 +197,22 @@ class Engine:
         weighted 3 gets three times the ε (ρ under zCDP) of a column weighted 1.
         ``accuracy`` (output column → 95% half-width), instead of ``epsilon``,
         charges the least ε that meets every target (engine/accuracy_targets.py).
+        ``explain_bias`` spends the policy's ``auto_share`` of it estimating what
+        bounding removes (``bias`` in the result; always there with ``"auto"`` bounds).
         A repeat (the same idempotency key, or a query whose stored release may
         be reused) returns the stored release, ``cached``, at no cost.
         """
-        ask = Ask(epsilon, delta, weights, accuracy)
+        ask = Ask(epsilon, delta, weights, accuracy, explain_bias)
         planned = self._plan(dataset, sql, ask, buyer)
         if dry_run:
-            return self._result(planned, ask, None, columns=[c.name for c in planned.plan.output], dry_run=True)
+            return self._result(planned, ask, None, dry_run=True)
         backend = self.backend(planned.policy)
         backend.check_schema(planned.plan)
         charge = self._charge(planned, ask, idempotency_key)
         if isinstance(charge, StoredRelease):
             return self._stored(charge, planned.policy, planned.caller)
-        table = self._answer(backend, planned, charge)
-        result = self._result(planned, ask, charge.query_id, table=table)
+        answer = self._answer(backend, planned, charge)
+        result = self._result(planned, ask, charge.query_id, answer=answer)
         self.ledger.record_result(charge.query_id, json.dumps(result.to_dict()))
         return result
 
@@ -186,6 +223,7 @@ class Engine:
             normalised(planned.statement)
             + _split_comment("weights", ask.weights)
             + _split_comment("accuracy", ask.accuracy)
+            + (" /* explain_bias */" if ask.explain_bias else "")
         )
         consent_column = policy.consent_column(caller.purpose)
         return self.ledger.charge(
@@ -202,12 +240,27 @@ class Engine:
             )
         )
 
-    def _answer(self, backend: Backend, planned: PlannedQuery, charge: ChargeReceipt) -> Table:
-        """Read, bound, noise and post-process: everything after the charge, which must not fail on any data."""
+    def _answer(self, backend: Backend, planned: PlannedQuery, charge: ChargeReceipt) -> Answer:
+        """Read, bound, noise and post-process: everything after the charge, which must not fail on any data.
+
+        With a profile, it is released first: the bounds are chosen from it (or
+        their bias estimated), recorded in the ledger, and the noise calibrated
+        at the chosen bounds (within what was checked before the charge).
+        """
         try:
-            exact_aggregates = backend.execute(planned.plan)
-            noisy = release(planned.noise, exact_aggregates, charge)
-            return build_table(planned.plan, planned.noise, noisy.keys, noisy.parts)
+            plan, noise, choice = planned.plan, planned.noise, None
+            if planned.profile is not None:
+                profile = release_profile(planned.profile, backend.profile(plan), charge, noise.cost)
+                if plan.auto_bounds is None:
+                    choice = disclosed(plan, profile, noise)
+                else:
+                    choice = choose_bounds(plan, profile, noise, planned.weights)
+                    plan = with_value_bounds(replace(plan, contribution=choice.contribution), choice.uppers)
+                    noise = calibrate(plan, planned.request, planned.weights, planned.profile.loss)
+                self.ledger.record_bounds(charge.query_id, json.dumps(choice.bounds(planned.plan)))
+            exact_aggregates = backend.execute(plan)
+            noisy = release(noise, exact_aggregates, charge)
+            return Answer(build_table(plan, noise, noisy.keys, noisy.parts), plan, noise, choice)
         except BaseException as error:
             self.ledger.record_failure(charge.query_id)  # identical queries waiting for it stop, uncharged
             if isinstance(error, CoopdpError) or not isinstance(error, Exception):
@@ -221,17 +274,20 @@ class Engine:
         ask: Ask,
         query_id: str | None,
         *,
-        table: Table | None = None,
-        columns: list[str] | None = None,
+        answer: Answer | None = None,
         dry_run: bool = False,
     ) -> Result:
-        """The result document of a release (its ``table``), or of a dry run (the ``columns`` alone, no rows)."""
-        plan, noise = planned.plan, planned.noise
+        """The result document of a release (its ``answer``), or of a dry run (the columns alone, no rows)."""
+        plan, noise = (answer.plan, answer.noise) if answer else (planned.plan, planned.noise)
+        table = answer.table if answer else None
+        notes = [*plan.notes, *(table.notes if table else [])]
+        if dry_run and plan.auto_bounds is not None:
+            notes.append(AUTO_DRY_RUN_NOTE)
         return Result(
             query_id=query_id,
             dataset=planned.policy.name,
             buyer=planned.caller.name,
-            columns=table.columns if table else columns or [],
+            columns=table.columns if table else [column.name for column in plan.output],
             rows=table.rows if table else [],
             accuracy=table.accuracy if table else column_accuracy(plan, noise),
             cost=noise.cost,
@@ -239,9 +295,12 @@ class Engine:
             cached=False,
             dry_run=dry_run,
             private_keys=list(plan.private_keys),
-            notes=[*plan.notes, *(table.notes if table else [])],
+            notes=notes,
             rank_accuracy=rank_accuracy(plan, noise),
             accuracy_target=_echo(ask.accuracy),
+            bounds={} if dry_run else contribution_bounds(plan.contribution),
+            value_bounds=value_bounds(plan, answer.choice.uppers) if answer and answer.choice else {},
+            bias=column_shares(plan, answer.choice) if answer and answer.choice else {},
         )
 
     def explain(
@@ -285,11 +344,15 @@ class Engine:
         caller = self.caller(policy, buyer)
         statement = parse(sql)
         plan = plan_query(statement, policy, consent_column=policy.consent_column(caller.purpose))
-        if ask.accuracy is None:
-            noise = calibrate(plan, request, part_weights(plan, ask.weights) if ask.weights else None)
+        weights = part_weights(plan, ask.weights) if ask.weights else None
+        profile = _profile_noise(policy, plan, request, ask)
+        if profile is not None:
+            noise = _calibrated_at_every_limit(plan, request, weights, profile.loss)
+        elif ask.accuracy is None:
+            noise = calibrate(plan, request, weights)
         else:
             noise = self._meet(policy, caller, plan, request, ask.accuracy)
-        return PlannedQuery(policy, caller, statement, plan, noise)
+        return PlannedQuery(policy, caller, statement, plan, noise, request, weights, profile)
 
     def _meet(
         self, policy: Policy, caller: Caller, plan: QueryPlan, request: PrivacyRequest, accuracy: Mapping[str, float]
@@ -434,6 +497,47 @@ class Engine:
 
     def close(self) -> None:
         self.ledger.close()
+
+
+AUTO_DRY_RUN_NOTE = (
+    "contribution bounds are chosen when the query runs (auto): the accuracy shown is at the largest bounds it may "
+    "choose; the answer's will be as good or better"
+)
+
+
+def _profile_noise(policy: Policy, plan: QueryPlan, request: PrivacyRequest, ask: Ask) -> ProfileNoise | None:
+    """The member profile's noise, when bounds are chosen per query or their bias is asked for; else None.
+
+    It spends the policy's ``auto_share`` of the request's loss; the query's parts get the rest.
+    """
+    if plan.auto_bounds is None and not ask.explain_bias:
+        return None
+    if plan.contribution.unit_column is None and plan.auto_bounds is None:
+        raise PolicyViolation("explain_bias is for member-level datasets: at row level bounding removes no rows")
+    if ask.accuracy is not None:
+        raise PolicyViolation(
+            "accuracy targets need fixed contribution bounds: give epsilon (this query's bounds are chosen by DP "
+            "when it runs, or their bias is estimated)"
+        )
+    loss = policy.privacy.auto_share * request_loss(plan, request)
+    return ProfileNoise.fitted(MODES[request.accounting], profiled_histograms(plan, request.accounting), loss)
+
+
+def _calibrated_at_every_limit(
+    plan: QueryPlan, request: PrivacyRequest, weights: tuple[float, ...] | None, reserved: float
+) -> NoisePlan:
+    """The plan's noise beside the profile's loss; with ``"auto"`` bounds, checked at each mode's largest bounds.
+
+    Whatever the choice after the charge, its bounds are at most these: its
+    plan cannot overflow and its noise calibrates (a smaller sensitivity only needs less noise).
+    """
+    noise = calibrate(plan, request, weights, reserved)
+    if plan.auto_bounds is not None:
+        for contribution in largest(plan, request.accounting):
+            bounded = replace(plan, contribution=contribution)
+            check_no_overflow(bounded)
+            calibrate(bounded, request, weights, reserved)
+    return noise
 
 
 def _capped(left: Decimal, quota: Decimal | None, spent_by_buyer: Decimal) -> Decimal:

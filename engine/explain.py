@@ -146,6 +146,8 @@ class Explanation:
     """Whether each unit's groups are sampled down to ``max_groups``."""
     other_mode: str | None
     """Where the policy allows both contribution modes: the one not used, and why (None where it allows one)."""
+    auto: ir.AutoBounds | None
+    """Bounds chosen when the query runs (the contribution above is their largest), or None."""
     keys: tuple[KeyExplanation, ...]
     threshold: Threshold | None
     parts: tuple[PartExplanation, ...]
@@ -181,6 +183,7 @@ class Explanation:
                 "groups_touched": self.groups_touched,
                 "chooses_groups": self.chooses_groups,
                 "other_mode": self.other_mode,
+                "auto": _auto_dict(self.auto),
             },
             "keys": [_key_dict(key) for key in self.keys],
             "threshold": _threshold_dict(self.threshold),
@@ -202,6 +205,18 @@ class Explanation:
             },
             "remaining": self.remaining.to_dict(),
         }
+
+
+def _auto_dict(auto: ir.AutoBounds | None) -> dict[str, Any] | None:
+    if auto is None:
+        return None
+    bounds = {
+        "max_rows_per_member": auto.max_rows_per_member,
+        "max_groups": auto.max_groups,
+        "max_rows_per_group": auto.max_rows_per_group,
+    }
+    chosen = [name for name, setting in bounds.items() if setting == "auto"]
+    return {"chosen": chosen, "columns": list(auto.columns), "limit": auto.limit, "share": auto.share}
 
 
 def _other_mode(plan: ir.QueryPlan, policy: Policy) -> str | None:
@@ -242,6 +257,7 @@ def explain(
         consent_column=policy.consent_column(purpose),
         contribution=plan.contribution,
         groups_touched=plan.groups_touched_per_unit,
+        auto=plan.auto_bounds,
         chooses_groups=chooses_groups(plan),
         other_mode=_other_mode(plan, policy),
         keys=tuple(_key(plan, policy, text, key) for key in plan.group_keys),

@@ -67,6 +67,15 @@ def _contribution(explanation: Explanation) -> list[str]:
         ]
     if explanation.other_mode is not None:
         lines.append(f"  not used, though the policy allows it: {explanation.other_mode}")
+    auto = explanation.auto
+    if auto is not None:
+        names = ("max_rows_per_member", "max_groups", "max_rows_per_group")
+        picked = [name for name in names if getattr(auto, name) == "auto"]
+        what = ", ".join([*picked, *(f"{column}'s upper bound" for column in auto.columns)])
+        lines.append(
+            f"  chosen when the query runs, by DP for {auto.share:.0%} of its loss: {what}"
+            f" (bounds up to {auto.limit}; shown here at their largest)"
+        )
     return lines
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import numpy as np
 import opendp.prelude as dp
 
+from engine import quantiles
 from engine.accounting import Accounting, ChargeReceipt, Cost, PrivacyRequest, compose, largest_rho, zcdp_to_epsilon
 from engine.backends.base import ExactAggregates
 from engine.errors import InternalError, PolicyViolation, UnknownColumn
@@ -29,7 +29,6 @@ from engine.sensitivity import Sensitivity
 ALPHA = 0.05
 """Accuracy is the half-width of a (1 - ALPHA) interval: 95%."""
 _ATTEMPTS = 40
-_QUANTILE_GRID = 1000
 _EXACT_GAUSSIAN_ACCURACY_SCALE = 10_000.0
 MAX_WEIGHT_RATIO = 1e6
 """Weights further apart than this would starve a part of budget (and strain floating point)."""
@@ -55,6 +54,8 @@ class Mode:
     threshold_metric: dp.Metric
     accuracy: Callable[[float, float], float]
     """(scale, alpha) → half-width of the (1 - alpha) interval of one noisy integer."""
+    mean_error: Callable[[float], float]
+    """scale → the expected absolute noise (Laplace: the scale; Gaussian: σ·√(2/π)); for choosing bounds."""
     largest_loss: Callable[[float, float], float]
     """(ε, δ) → the largest loss a request of (ε, δ) allows."""
     epsilon_of: Callable[[float, float], float]
@@ -91,6 +92,7 @@ PURE = Mode(
     make_threshold=dp.m.make_laplace_threshold,
     threshold_metric=dp.l01inf_distance(dp.absolute_distance(T="i64")),
     accuracy=lambda scale, alpha: float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha)),
+    mean_error=lambda scale: scale,
     largest_loss=lambda epsilon, delta: epsilon,
     epsilon_of=lambda epsilon, delta: epsilon,
     multiplier=lambda total, epsilon: total / epsilon,
@@ -108,6 +110,7 @@ ZCDP = Mode(
     make_threshold=dp.m.make_gaussian_threshold,
     threshold_metric=dp.l02inf_distance(dp.absolute_distance(T="i64")),
     accuracy=_gaussian_accuracy,
+    mean_error=lambda scale: scale * math.sqrt(2 / math.pi),
     largest_loss=largest_rho,
     epsilon_of=zcdp_to_epsilon,
     multiplier=lambda total, rho: math.sqrt(total / (2 * rho)) if rho > 0 else math.inf,
@@ -165,23 +168,42 @@ class NoisePlan:
     def rank_accuracy(self, index: int, alpha: float = ALPHA) -> float:
         """For a quantile part: rows by which, with probability 1 - alpha, one released cell may miss its quantile.
 
-        OpenDP scores a candidate c by ``|(1 - q)·#{x < c} - q·#{x > c}|``
-        (q the quantile), which is ``|#{x < c} - q·n|`` rows of rank when no
-        value equals c, and picks the least score after noise at ``scale``:
-        exponential noise (permute-and-flip) under pure DP, Gumbel noise (the
-        exponential mechanism) under zCDP. Either way a candidate scoring ``t``
-        worse than the best one wins with probability at most ``exp(-t / scale)``,
-        so a union bound over the candidates gives this half-width. It adds to
-        the best grid point's own miss (the rows within one grid step); it is in
-        rows, not in the column's units, because that conversion needs the data.
+        A candidate (a point, or an interval of the bounds) scores the rows of
+        rank between it and the quantile, ``|#{x < c} - q·n|`` at its best point
+        c when no value equals c; OpenDP picks the least score after noise at
+        ``scale`` (engine/quantiles.py). A candidate scoring ``t`` worse than
+        the best one wins with probability at most ``exp(-t / scale)``, so a
+        union bound over the candidates gives this half-width. It adds to the
+        best point's own miss (ties) and to the rows inside the chosen
+        interval, where the value is drawn uniformly; it is in rows, not in the
+        column's units, because that conversion needs the data.
         """
         noise = self.parts[index]
         assert noise.part.kind is PartKind.QUANTILE
-        return noise.scale * math.log(len(quantile_candidates(noise.part)) / alpha)
+        return quantiles.rank_accuracy(noise.part, noise.scale, alpha)
 
 
 def _measurement(mode: Mode, scale: float) -> dp.Measurement:
     return mode.make_noise(dp.vector_domain(dp.atom_domain(T="i64")), mode.vector_metric, scale=scale)
+
+
+def fitted_vector_noise(mode: Mode, sensitivity: int, loss: float) -> tuple[float, float]:
+    """The least noise scale (found by search) at which integer-vector noise of ``sensitivity`` spends at most ``loss``.
+
+    Returns the scale and the loss OpenDP's map reports for it.
+    """
+    scale = mode.multiplier(1.0, loss) * sensitivity
+    for _ in range(_ATTEMPTS):
+        spent = float(_measurement(mode, scale).map(sensitivity))
+        if spent <= loss:
+            return scale, spent
+        scale = math.nextafter(scale * (1 + 1e-12), math.inf)
+    raise InternalError("could not calibrate noise within the requested budget")
+
+
+def add_vector_noise(mode: Mode, scale: float, values: Sequence[int]) -> list[int]:
+    """``values`` with integer noise at ``scale`` (OpenDP's discrete Laplace or Gaussian); callers hold a receipt."""
+    return [int(value) for value in _measurement(mode, scale)([int(value) for value in values])]
 
 
 def part_weights(plan: QueryPlan, weights: Mapping[str, float]) -> tuple[float, ...]:
@@ -218,8 +240,14 @@ def _weight(value: object) -> float:
     return number
 
 
-def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float] | None = None) -> NoisePlan:
+def calibrate(
+    plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float] | None = None, reserved: float = 0.0
+) -> NoisePlan:
     """Noise scales for every part so that the whole query costs at most ``request``.
+
+    ``reserved`` is a loss (ε, or ρ under zCDP) another measurement of the
+    same query spends (choosing its contribution bounds): it is composed
+    with the parts' losses, so that all of them together fit the request.
 
     Each part's scale is ``multiplier × sensitivity`` over its weight (pure:
     the ε shares are proportional to the weights) or over the weight's square
@@ -246,11 +274,13 @@ def calibrate(plan: QueryPlan, request: PrivacyRequest, weights: Sequence[float]
 
     def attempt(multiplier: float) -> _Attempt | None:
         """The noise at ``multiplier``, or None when its composed loss does not fit the request."""
-        tried = _attempt(plan, mode, multiplier, sensitivities, spread, threshold_delta)
+        tried = _attempt(plan, mode, multiplier, sensitivities, spread, threshold_delta, reserved)
         fits = tried.loss <= target and mode.epsilon_of(tried.loss, conversion_delta) <= epsilon
         return tried if fits and (tried.threshold is None or tried.threshold.delta <= threshold_delta) else None
 
-    multiplier = mode.multiplier(math.fsum(weights), target)
+    if reserved and not 0 < reserved < target:
+        raise InternalError("the reserved loss must leave part of the request to the query's parts")
+    multiplier = mode.multiplier(math.fsum(weights), target - reserved)
     for _ in range(_ATTEMPTS):
         fitted = attempt(multiplier)
         if fitted is not None:
@@ -285,6 +315,7 @@ def _attempt(
     sensitivities: Sequence[int],
     spread: Sequence[float],
     threshold_delta: float,
+    reserved: float,
 ) -> _Attempt:
     pairs = list(zip(plan.parts, sensitivities, spread, strict=True))
     scales = [_scale(plan, part, mode, multiplier * f, s) for part, s, f in pairs]
@@ -296,7 +327,7 @@ def _attempt(
         threshold, losses[plan.threshold_part] = _threshold(
             plan, mode, multiplier * spread[plan.threshold_part], threshold_delta
         )
-    return _Attempt(scales, losses, threshold, compose(losses))
+    return _Attempt(scales, losses, threshold, compose([*losses, reserved] if reserved else losses))
 
 
 _TIGHTENING_STEPS = 16
@@ -326,6 +357,13 @@ def _tightened(
     return fitted
 
 
+def request_loss(plan: QueryPlan, request: PrivacyRequest) -> float:
+    """The largest loss (ε, or ρ under zCDP) the request allows the query's measurements together."""
+    mode = MODES[request.accounting]
+    _, conversion_delta = delta_split(mode, float(request.delta), plan.threshold_part is not None)
+    return mode.largest_loss(float(request.epsilon), conversion_delta)
+
+
 def delta_split(mode: Mode, delta: float, private_keys: bool) -> tuple[float, float]:
     """How a query's δ divides: (the private-key threshold's, the ρ → ε conversion's).
 
@@ -352,27 +390,8 @@ def _loss(plan: QueryPlan, part: Part, mode: Mode, scale: float, sensitivity: in
 
 
 def _quantile_measurement(part: Part, mode: Mode, scale: float) -> dp.Measurement:
-    """OpenDP's exponential-mechanism quantile over a grid of candidates inside the bounds."""
-    assert part.value is not None and part.alpha is not None
-    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-    return dp.m.make_private_quantile(
-        domain,
-        dp.symmetric_distance(),
-        mode.quantile_measure,
-        candidates=quantile_candidates(part),
-        alpha=part.alpha,
-        scale=scale,
-    )
-
-
-def quantile_candidates(part: Part) -> list[float]:
-    """Every integer for a narrow integer range, else 1,001 evenly spaced points of the bounds."""
-    assert part.value is not None
-    value = part.value
-    if value.scale == 1 and value.upper - value.lower <= _QUANTILE_GRID:
-        return [float(v) for v in range(value.lower, value.upper + 1)]
-    low, high = value.lower / value.scale, value.upper / value.scale
-    return [low + (high - low) * i / _QUANTILE_GRID for i in range(_QUANTILE_GRID + 1)]
+    """The OpenDP measurement whose map a quantile part pays (engine/quantiles.py): its scores, then noisy max."""
+    return quantiles.measurement(part, mode.quantile_measure, scale)
 
 
 def _threshold_measurement(mode: Mode, scale: float, value: int) -> dp.Measurement:
@@ -420,17 +439,13 @@ def add_noise(noise: NoisePlan, exact: Sequence[Sequence[Any]], receipt: ChargeR
         if part_noise.part.kind is PartKind.QUANTILE:
             noisy.append(_noisy_quantiles(noise.mode, part_noise, values))
             continue
-        measurement = _measurement(noise.mode, part_noise.scale)
-        noisy.append(list(measurement([int(value) for value in values])))
+        noisy.append(add_vector_noise(noise.mode, part_noise.scale, values))
     return noisy
 
 
 def _noisy_quantiles(mode: Mode, part_noise: PartNoise, groups: Sequence[Sequence[int]]) -> list[int]:
     """One released quantile per group, as fixed-point integers (like every other part)."""
-    measurement = _quantile_measurement(part_noise.part, mode, part_noise.scale)
-    units = part_noise.units_per_value
-    # A float64 array crosses into OpenDP as one buffer; a list of Python floats is converted value by value.
-    return [round(float(measurement(np.asarray(values, dtype=np.float64) / units)) * units) for values in groups]
+    return quantiles.release(mode.quantile_measure, part_noise.part, part_noise.scale, groups)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from engine.plan_parts import (
     Aggregate,
     AggregateKind,
+    AutoBounds,
+    BoundSetting,
     ColumnKind,
     Contribution,
     DerivedColumn,
@@ -91,6 +93,8 @@ __all__ = [
     "DerivedColumn",
     "Source",
     "FixedPoint",
+    "AutoBounds",
+    "BoundSetting",
     "Contribution",
     "PartKind",
     "Part",
@@ -197,6 +201,8 @@ class QueryPlan:
     order_by: tuple[OrderItem, ...] = ()
     limit: int | None = None
     offset: int = 0
+    auto_bounds: AutoBounds | None = None
+    """Set when the policy leaves contribution bounds to the engine: ``contribution`` then holds their limits."""
 
     def parts_of(self, expr: PostExpr) -> set[int]:
         """The measured parts an output expression reads (through its aggregates)."""

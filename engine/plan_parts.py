@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 from engine.plan_rows import RowExpr, Scalar
 
@@ -106,6 +107,7 @@ class Contribution:
     max_groups: int
     max_rows_per_group: int
     max_rows_per_member: int | None = None
+    """Set in the total-contribution mode: each unit's rows across all groups, in total."""
 
     @property
     def total(self) -> bool:
@@ -121,6 +123,30 @@ class Contribution:
     def row_cap(self) -> int:
         """The most rows one unit keeps in one group: ``max_rows_per_group``, in total mode ``max_rows_per_member``."""
         return self.max_rows_per_member if self.max_rows_per_member is not None else self.max_rows_per_group
+
+
+BoundSetting = int | Literal["auto"] | None
+"""A contribution bound as the policy sets it: a number, ``"auto"``, or not offered."""
+
+
+@dataclass(frozen=True)
+class AutoBounds:
+    """The policy's bounds when any the query uses is ``"auto"``: chosen per query, after the charge, by a DP release.
+
+    The plan's :class:`Contribution` then holds the largest bounds the choice
+    may make (every ``"auto"`` at ``limit``), and its parts' value bounds the
+    ``columns``' whole ranges: the plan is checked and its noise calibrated at
+    those before the charge, so that no choice can fail after it.
+    """
+
+    max_groups: BoundSetting
+    max_rows_per_group: BoundSetting
+    max_rows_per_member: BoundSetting
+    limit: int
+    share: float
+    """The share of the query's loss (ε, or ρ under zCDP) the choice spends."""
+    columns: tuple[str, ...] = ()
+    """Columns with ``bounds = "auto"`` the query sums, averages or ranks: their upper clamp bound is chosen too."""
 
 
 # --- measured parts and aggregates ---------------------------------------------

@@ -16,15 +16,17 @@ from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
 
 from engine.dates import check_text_format, parse_date
 from engine.errors import PolicyError
 from engine.lookup import PublicTable, load_public_table
 
 ROW_UNIT = "row"
+AUTO = "auto"
+"""A bound the engine chooses per query, by DP (engine/bounds_choice.py)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -54,8 +56,11 @@ class ColumnPolicy(_Strict):
     """One column of the pool: its type, value bounds or public keys."""
 
     type: ColumnType
-    bounds: tuple[float, float] | tuple[dt.date, dt.date] | None = None
-    """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns."""
+    bounds: tuple[float, float] | tuple[dt.date, dt.date] | Literal["auto"] | None = None
+    """Numbers for int and float columns; ISO dates (``"2020-01-01"``) for date and datetime columns;
+    ``"auto"`` (with ``range``) for a numeric column whose clamp bounds are chosen per query by DP."""
+    range: tuple[float, float] | None = None
+    """With ``bounds = "auto"``: the hard outer range ``[low, high]`` (low ≥ 0) the chosen bounds stay inside."""
     values: tuple[str, ...] | None = None
     format: str | None = None
     """How a date or datetime column's text is written (``"%d/%m/%Y"``), where it is not ISO 8601 (docs/sources.md)."""
@@ -70,7 +75,10 @@ class ColumnPolicy(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ColumnPolicy:
-        low, high = self.bounds or (None, None)
+        if self.bounds == AUTO or self.range is not None:
+            self._check_auto()
+            return self
+        low, high = self._pair()
         if self.type.is_temporal:
             if not (isinstance(low, dt.date) and isinstance(high, dt.date)):
                 raise ValueError(f'a {self.type} column needs bounds = ["YYYY-MM-DD", "YYYY-MM-DD"] (its date range)')
@@ -100,17 +108,40 @@ class ColumnPolicy(_Strict):
                 raise ValueError("values must not repeat")
         return self
 
+    def _pair(self) -> tuple[object, object]:
+        """The written bounds as a pair ((None, None) when absent or ``"auto"``)."""
+        return self.bounds if isinstance(self.bounds, tuple) else (None, None)
+
+    def _check_auto(self) -> None:
+        """``bounds = "auto"`` goes with a numeric type and a finite, non-negative ``range``."""
+        if self.bounds != AUTO or self.range is None:
+            raise ValueError('bounds = "auto" and range = [low, high] go together')
+        if not self.type.is_numeric:
+            raise ValueError(f'a {self.type} column takes no bounds = "auto" (only int and float columns do)')
+        low, high = self.range
+        if not (math.isfinite(low) and math.isfinite(high)) or not 0 <= low < high:
+            raise ValueError("range must be finite numbers with 0 <= low < high (auto chooses the upper bound)")
+        if self.type is ColumnType.INT and not (low.is_integer() and high.is_integer()):
+            raise ValueError("an int column needs an integer range")
+
+    @property
+    def auto(self) -> bool:
+        """Whether the column's upper clamp bound is chosen per query (``bounds = "auto"``)."""
+        return self.bounds == AUTO
+
     @property
     def number_bounds(self) -> tuple[float, float]:
-        """A numeric column's bounds (validation guarantees them)."""
-        low, high = self.bounds or (None, None)
+        """A numeric column's bounds (validation guarantees them); for ``"auto"``, its whole range."""
+        if self.range is not None:
+            return self.range
+        low, high = self._pair()
         assert isinstance(low, float) and isinstance(high, float), "only int and float columns have number bounds"
         return low, high
 
     @property
     def date_range(self) -> tuple[dt.date, dt.date]:
         """A date or datetime column's declared range (validation guarantees it)."""
-        low, high = self.bounds or (None, None)
+        low, high = self._pair()
         assert isinstance(low, dt.date) and isinstance(high, dt.date), "only date columns have a date range"
         return low, high
 
@@ -155,6 +186,19 @@ class DatasetSection(_Strict):
         return name
 
 
+def _bound(value: object) -> int | Literal["auto"]:
+    """A positive whole number or ``"auto"``, as written (a TOML float, bool or other text is refused)."""
+    if value == AUTO:
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError('must be a positive whole number, or "auto"')
+    return value
+
+
+Bound = Annotated[int | Literal["auto"], PlainValidator(_bound)]
+"""A contribution bound: a number of rows or groups, or ``"auto"``."""
+
+
 class PrivacySection(_Strict):
     """Who a privacy unit is, and how much one unit may add to a query.
 
@@ -165,9 +209,19 @@ class PrivacySection(_Strict):
     """
 
     unit: str
-    max_groups: int | None = Field(default=None, gt=0)
-    max_rows_per_group: int | None = Field(default=None, gt=0)
-    max_rows_per_member: int | None = Field(default=None, gt=0)
+    max_groups: Bound | None = None
+    max_rows_per_group: Bound | None = None
+    max_rows_per_member: Bound | None = None
+    """Each member's rows across all groups, in total (the total-contribution mode)."""
+    auto_limit: int = Field(default=1024, gt=0, le=2**20)
+    """The largest value an ``"auto"`` bound may take."""
+    auto_share: float = Field(default=0.1, gt=0, le=0.5, allow_inf_nan=False)
+    """The share of each query's loss (ε, or ρ under zCDP) spent choosing its ``"auto"`` bounds."""
+
+    @property
+    def has_auto(self) -> bool:
+        """Whether any contribution bound is chosen per query."""
+        return AUTO in (self.max_groups, self.max_rows_per_group, self.max_rows_per_member)
 
     @property
     def per_group_bounds(self) -> bool:
@@ -272,7 +326,7 @@ class Policy(_Strict):
             if not privacy.per_group_bounds and privacy.max_rows_per_member is None:
                 raise ValueError(
                     "a member-level privacy unit needs privacy.max_rows_per_member, or privacy.max_groups and"
-                    " privacy.max_rows_per_group, or all three"
+                    ' privacy.max_rows_per_group, or all three (numbers, or "auto")'
                 )
         for table in self.public_tables:
             if not _NAME.match(table) or table.lower() == self.dataset.name.lower():

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine import plan as ir
+from engine import quantiles
 from engine.mechanisms import ALPHA, NoisePlan
 
 Value = str | int | float | bool | None
@@ -104,6 +105,7 @@ def build_table(
     plan: ir.QueryPlan, noise: NoisePlan, keys: Sequence[tuple[object, ...]], noisy: Sequence[Sequence[int]]
 ) -> Table:
     key_names = [key.column for key in plan.group_keys]
+    noisy = quantiles.in_order(plan.parts, noisy)
     rows = []
     for group, key in enumerate(keys):
         aggregates = [
@@ -160,7 +162,7 @@ def _aggregate(aggregate: ir.Aggregate, values: list[int]) -> Value:
     if aggregate.kind.is_spread:
         return _spread(aggregate, values)
     if aggregate.kind is ir.AggregateKind.QUANTILE:
-        return round(values[0] / value.scale, 6)  # a candidate of the grid, without fixed-point residue
+        return round(values[0] / value.scale, 6)  # without fixed-point residue (6 digits: finer than the intervals)
     count, centered_sum = values
     if count < 1:
         return None

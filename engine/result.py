@@ -67,6 +67,13 @@ class Result(BaseModel):
     """Quantile columns: with 95% probability a cell's rank is off by at most this many rows (beyond one grid step)."""
     accuracy_target: dict[str, float] = {}
     """The 95% half-widths the query asked for instead of an ε (as asked); ``cost`` is the least ε that meets them."""
+    bounds: dict[str, int] = {}
+    """Member level: the contribution bounds the query ran with (chosen by DP where the policy says ``"auto"``)."""
+    value_bounds: dict[str, list[float]] = {}
+    """Columns with ``bounds = "auto"``: the clamp bounds the query chose by DP, [low, high]."""
+    bias: dict[str, float] = {}
+    """Per aggregate column, the estimated share (0–1) of its rows or value mass that bounding removed (a DP
+    estimate: with ``"auto"`` bounds, or when asked for with ``explain_bias``)."""
 
     @classmethod
     def from_dict(cls, document: dict[str, Any], *, buyer: str | None, remaining: Cost, cached: bool) -> Result:
@@ -85,6 +92,9 @@ class Result(BaseModel):
             notes=document.get("notes", []),
             rank_accuracy=document.get("rank_accuracy", {}),
             accuracy_target=document.get("accuracy_target", {}),
+            bounds=document.get("bounds", {}),
+            value_bounds=document.get("value_bounds", {}),
+            bias=document.get("bias", {}),
         )
 
     def to_dict(self) -> dict[str, Any]:

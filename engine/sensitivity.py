@@ -57,7 +57,7 @@ class Sensitivity:
     """The L0 bound: how many groups one unit can move."""
 
 
-def _public_groups(plan: BoundedPlan) -> int:
+def public_groups(plan: BoundedPlan) -> int:
     """How many groups the public key sets make (0 when a key is private: its keys are not known)."""
     possible = 1
     for key in plan.group_keys:
@@ -73,7 +73,7 @@ def groups_touched_per_unit(plan: BoundedPlan) -> int:
     """The L0 bound: how many output groups one unit can change."""
     if _has_private_keys(plan):
         return plan.contribution.group_cap
-    return min(plan.contribution.group_cap, _public_groups(plan))
+    return min(plan.contribution.group_cap, public_groups(plan))
 
 
 def chooses_groups(plan: BoundedPlan) -> bool:
@@ -83,7 +83,7 @@ def chooses_groups(plan: BoundedPlan) -> bool:
     """
     if plan.contribution.total:
         return False
-    return bool(plan.group_keys) and (_has_private_keys(plan) or plan.contribution.max_groups < _public_groups(plan))
+    return bool(plan.group_keys) and (_has_private_keys(plan) or plan.contribution.max_groups < public_groups(plan))
 
 
 def part_sensitivity(plan: BoundedPlan, part: Part) -> Sensitivity:
@@ -114,6 +114,11 @@ def part_sensitivity(plan: BoundedPlan, part: Part) -> Sensitivity:
     per_group = 1 if part.kind is PartKind.COUNT_UNITS else per_row * plan.contribution.max_rows_per_group
     l2 = math.isqrt(groups * per_group * per_group - 1) + 1
     return Sensitivity(l1=groups * per_group, l2=l2, per_group=per_group, groups=groups)
+
+
+def profile_sensitivity(histograms: int) -> Sensitivity:
+    """Of the member profile (``engine.member_profile``): a member is one count in each of ``histograms`` histograms."""
+    return Sensitivity(l1=histograms, l2=math.isqrt(histograms - 1) + 1, per_group=1, groups=histograms)
 
 
 def noise_norms(plan: BoundedPlan, accounting: str) -> list[int]:

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from tests.bounds_pools import heavy_tail_pool, truncation_pool
 
 runner = CliRunner()
 QUERY = "SELECT region, COUNT(*) AS n, SUM(hours) AS h, AVG(age) FROM shifts WHERE age >= 25 GROUP BY region ORDER BY n DESC"
@@ -175,3 +176,61 @@ def test_quota_sets_a_buyers_epsilon_and_delta_on_a_dataset(policies: Path) -> N
     assert code == 1 and "not_found" in err
     assert _run(policies, "quota", "--dataset", "shifts", "--buyer", "lab")[0] == 0  # both lifted
     assert _run(policies, "query", "--dataset", "shifts", "--buyer", "lab", "--epsilon", "0.1", QUERY)[0] == 0
+
+
+# --- contribution bounds and their bias -----------------------------------------------------------------------
+
+BIAS_QUERY = "SELECT COUNT(*) AS n FROM shifts"
+
+
+@pytest.fixture
+def truncated(dataset: Callable[..., Path]) -> Path:
+    """2,000 members with one row and 300 with 40: bounds (1, 10) remove about 64% of the rows."""
+    return dataset(truncation_pool(2_000, 300, 40), epsilon=3.0, max_epsilon_per_query=1.0)
+
+
+def test_explain_bias_prints_the_bias_row_and_the_bounds_line(truncated: Path) -> None:
+    code, out, _ = _run(truncated, "query", "--dataset", "shifts", "--epsilon", "1", "--explain-bias", BIAS_QUERY)
+    assert code == 0
+    assert "contribution bounds: max_groups = 1, max_rows_per_group = 10" in out
+    (bias_row,) = [line for line in out.splitlines() if "bias −" in line]
+    share = float(bias_row.split("bias −")[1].split("%")[0]) / 100
+    assert 0.55 < share < 0.7
+    code, out, _ = _run(
+        truncated, "query", "--dataset", "shifts", "--epsilon", "1", "--explain-bias", "--format", "json",
+        BIAS_QUERY + " WHERE age > 0",
+    )  # fmt: skip
+    document = json.loads(out)
+    assert code == 0 and document["bounds"] == {"max_groups": 1, "max_rows_per_group": 10}
+    assert set(document["bias"]) == {"n"} and 0.55 < document["bias"]["n"] < 0.7
+
+
+def test_without_explain_bias_the_bounds_are_shown_and_no_bias(truncated: Path) -> None:
+    code, out, _ = _run(truncated, "query", "--dataset", "shifts", "--epsilon", "1", BIAS_QUERY)
+    assert code == 0 and "bias −" not in out
+    assert "contribution bounds: max_groups = 1, max_rows_per_group = 10" in out
+    code, out, _ = _run(truncated, "query", "--dataset", "shifts", "--epsilon", "1", "--format", "json", BIAS_QUERY)
+    assert code == 0 and "bias" not in json.loads(out)
+
+
+def test_auto_bounds_print_the_bounds_chosen_and_their_bias(dataset: Callable[..., Path]) -> None:
+    privacy = 'unit = "member_id"\nmax_groups = "auto"\nmax_rows_per_group = "auto"'
+    policies = dataset(heavy_tail_pool(), privacy=privacy, epsilon=3.0, max_epsilon_per_query=1.0)
+    code, out, _ = _run(policies, "query", "--dataset", "shifts", "--epsilon", "1", "--format", "json", BIAS_QUERY)
+    document = json.loads(out)
+    assert (
+        code == 0 and set(document["bounds"]) == {"max_groups", "max_rows_per_group"} and set(document["bias"]) == {"n"}
+    )
+    code, out, _ = _run(policies, "query", "--dataset", "shifts", "--epsilon", "1", BIAS_QUERY + " WHERE age > 0")
+    assert code == 0 and "bias −" in out and "contribution bounds: max_groups = 1, max_rows_per_group = " in out
+
+
+def test_explain_bias_at_row_level_exits_2_and_charges_nothing(dataset: Callable[..., Path]) -> None:
+    policies = dataset(privacy='unit = "row"', epsilon=1.0, max_epsilon_per_query=1.0)
+    code, _, err = _run(
+        policies, "query", "--dataset", "shifts", "--epsilon", "0.5", "--explain-bias", "--format", "json", BIAS_QUERY
+    )
+    assert code == 2 and json.loads(err)["error"]["code"] == "policy_violation"
+    assert "member-level" in json.loads(err)["error"]["message"]
+    code, out, _ = _run(policies, "budget", "--format", "json")
+    assert json.loads(out)["datasets"][0]["spent"] == {"epsilon": 0.0, "delta": 0.0}

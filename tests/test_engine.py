@@ -156,6 +156,7 @@ def test_dry_run_reads_no_data_and_charges_nothing(engine: Engine) -> None:
 def test_the_result_json_has_the_contract_fields(engine: Engine) -> None:
     document = engine.query("shifts", "SELECT region, COUNT(*) AS n FROM shifts GROUP BY region", epsilon=0.5).to_dict()
     assert set(document) == {
+        "bounds",
         "query_id",
         "dataset",
         "buyer",

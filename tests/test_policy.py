@@ -86,7 +86,7 @@ def test_row_unit_refuses_contribution_bounds(tmp_path: Path, bound: str) -> Non
         ("max_groups = 2", "max_groups and privacy.max_rows_per_group go together"),
         ("max_rows_per_group = 2\nmax_rows_per_member = 9", "go together: give both or neither"),
         ("max_groups = 2\nmax_rows_per_member = 9", "go together: give both or neither"),
-        ("max_rows_per_member = 0", "privacy.max_rows_per_member: Input should be greater than 0"),
+        ("max_rows_per_member = 0", "privacy.max_rows_per_member: Value error, must be a positive whole number"),
         ("max_rows_per_member = 2.5", "privacy.max_rows_per_member"),
         ("max_row_per_member = 3", "max_row_per_member"),
     ],

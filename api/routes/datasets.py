@@ -49,6 +49,7 @@ def describe(engine: Engine, policy: Policy, buyer: str | None) -> DatasetInfo:
                 type=column.type.value,
                 bounds=column.bounds,
                 public_keys=list(column.public_keys) if column.public_keys is not None else None,
+                range=column.range,
             )
             for name, column in policy.columns.items()
         ],

@@ -78,6 +78,7 @@ def post_query(
             idempotency_key=idempotency_key,
             weights=body.weights,
             accuracy=body.accuracy,
+            explain_bias=body.explain_bias,
         )
     if result.dry_run or result.cached:
         response.status_code = 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter
 
 from api.auth import EngineDep
@@ -24,7 +26,12 @@ def transparency(dataset: str, engine: EngineDep) -> TransparencyLog:
         remaining=CostBody(**status.remaining.to_dict()),
         releases=[
             TransparencyEntry(
-                at=r.created_at, buyer=r.buyer, purpose=r.purpose, sql=r.sql, cost=CostBody(**r.cost.to_dict())
+                at=r.created_at,
+                buyer=r.buyer,
+                purpose=r.purpose,
+                sql=r.sql,
+                cost=CostBody(**r.cost.to_dict()),
+                bounds=json.loads(r.bounds) if r.bounds else None,
             )
             for r in engine.releases(dataset)
         ],

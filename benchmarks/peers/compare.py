@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,13 @@ DELTA = 1e-6
 """δ of every release (peers that need δ for their key selection or truncation get the same)."""
 VALUE_BOUNDS = {"hours": HOURS_BOUNDS, "earnings": EARNINGS_BOUNDS}
 PEER_TIMEOUT_S = 3_600
+TOTAL_BOUND_PEERS = frozenset({"smartnoise", "tumult"})
+"""Peers that take a bound on a member's rows in total (SmartNoise ``max_ids``, Tumult ``MaxRowsPerID``).
+
+The others (OpenDP's Polars API, per the adapter: ``truncate_per_group`` and
+``truncate_num_groups``) get the G×R bound of the same sensitivity: one group,
+``max_rows_per_member`` rows in it (see :func:`peer_bounds`).
+"""
 PEERS_STEM = "peers"
 console = Console()
 
@@ -69,6 +76,10 @@ class Answers:
     seconds: list[float]
     releases: list[dict[str, float]]
     error: str | None = None
+    bounds: list[dict[str, Any]] = field(default_factory=list)
+    """Per run, the contribution and value bounds the system says it used (coopdp's ``Result.bounds``; {} if none)."""
+    bias: list[dict[str, float]] = field(default_factory=list)
+    """Per run, the share of each output column that the system says bounding removed (``Result.bias``)."""
 
 
 def run_peers(
@@ -136,14 +147,38 @@ def installed_peers(peers_dir: Path, only: tuple[str, ...] | None = None) -> tup
     return installed, skipped
 
 
-def request(query: BenchQuery, pool: Pool, runs: Sequence[float]) -> dict[str, Any]:
-    """What a peer's adapter needs: data, bounds, the query's fields and the (ε, δ) of each run."""
+def peer_bounds(peer: str, bounds: dict[str, Any] | None) -> dict[str, Any]:
+    """The contribution bounds a peer is asked for: the policy's, or ``bounds`` in a form the peer takes.
+
+    A total bound (``max_rows_per_member``: C) goes as it is to peers that take
+    one; the others get ``max_groups = 1, max_rows_per_group = C``, the G×R
+    bound with the same L1 sensitivity (it keeps at most C rows of one group).
+    """
+    policy = {"max_groups": MEMBER_BOUNDS.max_groups, "max_rows_per_group": MEMBER_BOUNDS.max_rows_per_group}
+    if not bounds:
+        return policy
+    total = bounds.get("max_rows_per_member")
+    if total is not None:
+        equivalent = {"max_groups": 1, "max_rows_per_group": total}
+        return {"max_rows_per_member": total, **equivalent} if peer in TOTAL_BOUND_PEERS else equivalent
+    return {name: bounds.get(name) or policy[name] for name in policy}
+
+
+def request(
+    query: BenchQuery, pool: Pool, runs: Sequence[float], peer: str = "", bounds: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a peer's adapter needs: data, bounds, the query's fields and the (ε, δ) of each run.
+
+    ``bounds`` (``Result.bounds``' form, with ``value_bounds`` for a clamp)
+    replaces the policy's bounds; by default every peer gets the policy's.
+    """
+    value_bounds = (bounds or {}).get("value_bounds") or VALUE_BOUNDS.get(query.column or "", None)
     return {
         "parts": [str(part.resolve()) for part in pool.parts],
         "rows": pool.spec.rows,
         "unit": MEMBER_BOUNDS.unit,
-        "bounds": {"max_groups": MEMBER_BOUNDS.max_groups, "max_rows_per_group": MEMBER_BOUNDS.max_rows_per_group},
-        "value_bounds": VALUE_BOUNDS.get(query.column or "", None),
+        "bounds": peer_bounds(peer, bounds),
+        "value_bounds": None if query.column is None else value_bounds,
         "query": {
             "name": query.name,
             "aggregate": query.aggregate.value,
@@ -159,13 +194,21 @@ def request(query: BenchQuery, pool: Pool, runs: Sequence[float]) -> dict[str, A
     }
 
 
-def peer_answers(peer: str, python: Path, query: BenchQuery, pool: Pool, runs: Sequence[float]) -> Answers:
+def peer_answers(
+    peer: str,
+    python: Path,
+    query: BenchQuery,
+    pool: Pool,
+    runs: Sequence[float],
+    bounds: dict[str, Any] | None = None,
+) -> Answers:
+    """One peer's runs of one query, in its own venv; ``bounds`` as in :func:`request`."""
     script = Path(__file__).with_name(PEERS[peer])
     with tempfile.TemporaryFile("w+") as stderr:
         try:
             child = subprocess.run(
                 [str(python), str(script)],
-                input=json.dumps(request(query, pool, runs)),
+                input=json.dumps(request(query, pool, runs, peer, bounds)),
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
@@ -184,21 +227,34 @@ def peer_answers(peer: str, python: Path, query: BenchQuery, pool: Pool, runs: S
     return Answers(output["seconds"], output["releases"])
 
 
-def ours(query: BenchQuery, pool: Pool, runs: Sequence[float]) -> Answers:
-    """coopdp, member level, through ``Engine.query``: δ only where the query needs it (private keys)."""
+def ours(
+    query: BenchQuery, pool: Pool, runs: Sequence[float], policies: Path | None = None, dataset: str = MEMBER_DATASET
+) -> Answers:
+    """coopdp, member level, through ``Engine.query``: δ only where the query needs it (private keys).
+
+    ``policies``: another directory of policies over the pool (the accuracy
+    suite's, e.g. with automatic bounds); ``dataset``, the policy to query.
+    Each run's ``Result.bounds`` and ``Result.bias`` are kept where the engine gives them.
+    """
     with tempfile.TemporaryDirectory(prefix="coopdp-peers-") as scratch:
-        runner = EngineRunner(pool, Path(scratch))
-        seconds, releases = [], []
+        runner = EngineRunner(pool, Path(scratch), policies)
+        seconds, releases, bounds, bias = [], [], [], []
         for epsilon in runs:
-            call = runner.call(query, MEMBER_DATASET, epsilon=epsilon)
+            call = runner.call(query, dataset, epsilon=epsilon)
             result, elapsed = _timed(call)
             seconds.append(elapsed)
             keys = len(query.keys)
             releases.append(
                 {json.dumps(list(row[:keys])): float(row[keys]) for row in result.rows if row[keys] is not None}
             )
+            chosen = dict(getattr(result, "bounds", None) or {})
+            clamps = getattr(result, "value_bounds", None) or {}
+            if query.column in clamps:  # the clamp the engine chose for the query's column
+                chosen["value_bounds"] = clamps[query.column]
+            bounds.append(chosen)
+            bias.append(dict(getattr(result, "bias", None) or {}))
         runner.close()
-    return Answers(seconds, releases)
+    return Answers(seconds, releases, bounds=bounds, bias=bias)
 
 
 def exact_cells(query: BenchQuery, pool: Pool) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """SmartNoise SQL answers one benchmark query (run inside its own venv; see child.py).
 
 SmartNoise bounds a member's rows in total (``max_ids``), not per group, so it
-gets ``max_groups × max_rows_per_group`` rows per member. Its ε is per
+gets ``max_rows_per_member`` when the request has one, else
+``max_groups × max_rows_per_group`` rows per member. The queried column's
+clamp is the request's ``value_bounds``. Its ε is per
 aggregate column, so each run's ε is scaled until the reader's own odometer
 reports the requested total. The pool is loaded into pandas once, untimed.
 """
@@ -23,8 +25,9 @@ def prepare(request: Request) -> pd.DataFrame:
 
 def metadata(request: Request) -> dict:
     query, bounds = request["query"], request["bounds"]
+    total = bounds.get("max_rows_per_member") or bounds["max_groups"] * bounds["max_rows_per_group"]
     table = {
-        "max_ids": bounds["max_groups"] * bounds["max_rows_per_group"],
+        "max_ids": total,
         "row_privacy": False,
         "censor_dims": bool(query["private_keys"]),  # public keys: no threshold
         "member_id": {"type": "int", "private_id": True},
@@ -36,6 +39,9 @@ def metadata(request: Request) -> dict:
         "age": {"type": "int", "lower": 18, "upper": 80},
         "consent_research": {"type": "boolean"},
     }
+    if query["column"] is not None and request.get("value_bounds"):
+        low, high = request["value_bounds"]
+        table[query["column"]] |= {"lower": float(low), "upper": float(high)}
     return {"pool": {"pool": {"pool": table}}}
 
 

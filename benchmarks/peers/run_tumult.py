@@ -2,7 +2,8 @@
 
 Per-group bounds are Tumult's ``MaxGroupsPerID`` and ``MaxRowsPerGroupPerID``,
 which take one grouping column; a query with several keys gets
-``MaxRowsPerID(max_groups × max_rows_per_group)`` instead. Private keys are
+``MaxRowsPerID(max_groups × max_rows_per_group)`` instead, and a request with
+``max_rows_per_member`` gets ``MaxRowsPerID`` of it. Private keys are
 first released with ``get_groups`` on half the budget. Spark starts once, untimed.
 """
 
@@ -54,7 +55,9 @@ def answer(data: DataFrame, request: Request, epsilon: float, delta: float) -> C
     if query["where"]:
         where = query["where"]
         builder = builder.filter(f"age >= {where['age_low']} AND age <= {where['age_high']} AND consent_research = 1")
-    if len(keys) == 1:
+    if bounds.get("max_rows_per_member"):
+        builder = builder.enforce(MaxRowsPerID(bounds["max_rows_per_member"]))
+    elif len(keys) == 1:
         builder = builder.enforce(MaxGroupsPerID(keys[0], bounds["max_groups"]))
         builder = builder.enforce(MaxRowsPerGroupPerID(keys[0], bounds["max_rows_per_group"]))
     else:

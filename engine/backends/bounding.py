@@ -111,6 +111,12 @@ class Primitives(Protocol[F, E]):
     def sum(self, value: E) -> E:
         """Aggregation: the sum of the group's non-NULL values, 0 when there are none."""
 
+    def largest(self, value: E) -> E:
+        """Aggregation: the largest of the group's values (never NULL where they are not)."""
+
+    def median(self, value: E) -> E:
+        """Aggregation: the median of the group's non-NULL integers, rounded down (NULL when there are none)."""
+
     def values(self, value: E) -> E:
         """Aggregation: the group's non-NULL values, as one list."""
 
@@ -159,6 +165,47 @@ def bounded(frame: F, plan: ir.QueryPlan, seed: int, integer_unit: bool, ops: Pr
         per_member = ops.keep_first(per_member, unit, GROUP_DRAW, plan.contribution.max_groups)
     combined = {part_name(index): _combine(part, index, ops) for index, part in enumerate(plan.parts)}
     return ops.aggregate(per_member, keys, combined)
+
+
+PROFILE_STATISTICS = ("rows", "groups", "fullest")
+"""Per member: rows in all groups, groups touched, rows in the member's fullest group."""
+MEMBERS = "__members"
+
+
+def value_statistic(column: str) -> str:
+    """The profile's statistic of a ``bounds = "auto"`` column: one of each member's values (fixed point)."""
+    return f"value:{column}"
+
+
+def member_profile(frame: F, plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, F]:
+    """Per statistic: one row per value it takes, with how many members take it.
+
+    The statistics are :data:`PROFILE_STATISTICS` (member level), and for each
+    column whose bound is chosen (``plan.auto_bounds.columns``) each member's
+    median value (at row level: every row's value).
+    ``frame`` is what :func:`bounded` reads. These exact counts are never shown:
+    ``engine.member_profile`` releases them, binned, through an OpenDP measurement.
+    Each member has one value of each statistic, so adding or removing a member
+    moves one count of each by one.
+    """
+    unit = plan.contribution.unit_column
+    columns = plan.auto_bounds.columns if plan.auto_bounds else ()
+    profiles = {}
+    if unit is not None:
+        keys = [key.column for key in plan.group_keys]
+        per_group = ops.aggregate(frame, [unit, *keys], {ROWS: ops.count_rows()})
+        rows = ops.column(ROWS)
+        statistics = {"rows": ops.sum(rows), "groups": ops.count_rows(), "fullest": ops.largest(rows)}
+        per_member = ops.aggregate(per_group, [unit], statistics)
+        profiles = {name: ops.aggregate(per_member, [name], {MEMBERS: ops.count_rows()}) for name in PROFILE_STATISTICS}
+    for column in columns:
+        fixed = fixed_name(column)
+        if unit is not None:  # one value per member: its median (a typical row of its)
+            frame_of_values = ops.aggregate(frame, [unit], {fixed: ops.median(ops.column(fixed))})
+        else:
+            frame_of_values = frame
+        profiles[value_statistic(column)] = ops.aggregate(frame_of_values, [fixed], {MEMBERS: ops.count_rows()})
+    return profiles
 
 
 def _row_level_parts(plan: ir.QueryPlan, ops: Primitives[F, E]) -> dict[str, E]:

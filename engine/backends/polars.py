@@ -25,7 +25,7 @@ import polars as pl
 from engine import plan as ir
 from engine.backends import bounding
 from engine.backends import draw as hashing
-from engine.backends.base import ExactAggregates
+from engine.backends.base import ExactAggregates, MemberProfile
 from engine.backends.polars_read import KINDS, check_pool, read_pool, stored_files
 from engine.backends.shared import (
     SAME_TYPE_ARITHMETIC,
@@ -92,6 +92,9 @@ class PolarsBackend:
         parts = [_group_values(result.get_column(part_name(index)), part) for index, part in enumerate(plan.parts)]
         return ExactAggregates(keys=keys, parts=parts)
 
+    def profile(self, plan: ir.QueryPlan) -> MemberProfile:
+        return member_profile(plan)
+
 
 def _group_values(column: pl.Series, part: ir.Part) -> list[Any]:
     """One integer per group; for a quantile, each group's values as a NumPy array (no Python object per value)."""
@@ -102,6 +105,26 @@ def _group_values(column: pl.Series, part: ir.Part) -> list[Any]:
 
 def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
     """The lazy query: one row per public group key (all of them), one Int64 column per part."""
+    frame, integer_unit = _prepared(plan)
+    bounded = bounding.bounded(frame, plan, seed, integer_unit, _PolarsPrimitives(grouped=bool(plan.group_keys)))
+    return _with_all_keys(bounded, plan)
+
+
+def member_profile(plan: ir.QueryPlan) -> MemberProfile:
+    """The members' statistics (``bounding.member_profile``), from one read of the pool."""
+    frame, _ = _prepared(plan)
+    profiles = bounding.member_profile(frame, plan, _PolarsPrimitives(grouped=True))
+    collected = pl.collect_all(list(profiles.values()), engine="streaming")
+    return MemberProfile(
+        {
+            name: {int(value): int(members) for value, members in table.iter_rows() if value is not None}
+            for name, table in zip(profiles, collected, strict=True)
+        }
+    )
+
+
+def _prepared(plan: ir.QueryPlan) -> tuple[pl.LazyFrame, bool]:
+    """The plan's rows, read, filtered and clamped to fixed point; and whether the unit is stored as integers."""
     frame = read_pool(plan.source, stored_files(plan.source))
     read_types = frame.collect_schema()
     if plan.where is not None:
@@ -116,9 +139,7 @@ def bounded_aggregates(plan: ir.QueryPlan, seed: int) -> pl.LazyFrame:
         _fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in value_columns(plan).items()
     )
     unit = plan.contribution.unit_column
-    integer_unit = unit is not None and read_types.get(unit, pl.String()).is_integer()
-    bounded = bounding.bounded(frame, plan, seed, integer_unit, _PolarsPrimitives(grouped=bool(plan.group_keys)))
-    return _with_all_keys(bounded, plan)
+    return frame, unit is not None and read_types.get(unit, pl.String()).is_integer()
 
 
 def _derived_type(derived: ir.DerivedColumn) -> pl.DataType:
@@ -291,6 +312,14 @@ class _PolarsPrimitives:
 
     def sum(self, value: pl.Expr) -> pl.Expr:
         return value.sum()
+
+    def largest(self, value: pl.Expr) -> pl.Expr:
+        return value.max()
+
+    def median(self, value: pl.Expr) -> pl.Expr:
+        # the two middle values as integers (a float median would round fixed-point values past 2^53)
+        lower, higher = value.quantile(0.5, interpolation="lower"), value.quantile(0.5, interpolation="higher")
+        return (lower.cast(pl.Int64) + higher.cast(pl.Int64)) // 2
 
     def values(self, value: pl.Expr) -> pl.Expr:
         return self._one_list(value.drop_nulls())

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import plan as ir
 from engine.backends import bounding
-from engine.backends.base import ExactAggregates
+from engine.backends.base import ExactAggregates, MemberProfile
 from engine.backends.shared import check_columns, fixed_name, key_type, part_name, value_columns
 from engine.backends.spark_session import SparkSettings, get_session
 from engine.errors import PolicyError
@@ -81,13 +81,33 @@ class SparkBackend:
         frame = bounded_aggregates(self.session, plan, secrets.randbits(63) if seed is None else seed)
         return _laid_out(plan, frame.collect())
 
+    def profile(self, plan: ir.QueryPlan) -> MemberProfile:
+        """The members' statistics (``bounding.member_profile``); only the tables of counts come back."""
+        from engine.backends.spark_primitives import SparkPrimitives
+
+        frame, _ = _prepared(self.session, plan)
+        profiles = bounding.member_profile(frame.cache(), plan, SparkPrimitives())
+        members = {
+            name: {int(row[0]): int(row[1]) for row in table.collect() if row[0] is not None}
+            for name, table in profiles.items()
+        }
+        frame.unpersist()
+        return MemberProfile(members)
+
 
 def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> DataFrame:
     """One row per observed group (ungrouped: exactly one row), one BIGINT (or sample array) column per part."""
+    from engine.backends.spark_primitives import SparkPrimitives
+
+    frame, integer_unit = _prepared(session, plan)
+    return bounding.bounded(frame, plan, seed, integer_unit, SparkPrimitives())
+
+
+def _prepared(session: SparkSession, plan: ir.QueryPlan) -> tuple[DataFrame, bool]:
+    """The plan's rows, read, filtered and clamped to fixed point; and whether the unit is stored as integers."""
     from pyspark.sql import functions as F
 
     from engine.backends.spark_exprs import row_expr
-    from engine.backends.spark_primitives import SparkPrimitives
 
     scan = _scan(session, plan.source)
     stored = _stored_types(scan)
@@ -105,8 +125,7 @@ def bounded_aggregates(session: SparkSession, plan: ir.QueryPlan, seed: int) -> 
         "*", *(_fixed_point(value, kinds.get(name, ir.ColumnKind.FLOAT)) for name, value in columns.items())
     )
     unit = plan.contribution.unit_column
-    integer_unit = unit is not None and stored[unit].typeName() in _INTEGRAL
-    return bounding.bounded(frame, plan, seed, integer_unit, SparkPrimitives())
+    return frame, unit is not None and stored[unit].typeName() in _INTEGRAL
 
 
 # --- reading -----------------------------------------------------------------------

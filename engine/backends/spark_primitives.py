@@ -89,6 +89,16 @@ class SparkPrimitives:
     def sum(self, value: Column) -> Column:
         return F.coalesce(F.sum(value), self.literal(0))
 
+    def largest(self, value: Column) -> Column:
+        return F.max(value)
+
+    def median(self, value: Column) -> Column:
+        ordered = F.sort_array(F.collect_list(value))
+        size = F.size(ordered)
+        lower = F.element_at(ordered, F.floor((size - 1) / 2).cast("int") + 1)
+        higher = F.element_at(ordered, F.ceil((size - 1) / 2).cast("int") + 1)
+        return F.when(size > 0, self.floor_divide(lower + higher, self.literal(2)))
+
     def values(self, value: Column) -> Column:
         return F.collect_list(value)
 

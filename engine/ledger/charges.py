@@ -82,9 +82,11 @@ class ReleaseRecord:
     cost: Cost
     created_at: str
     result: str | None
+    bounds: str | None = None
+    """The contribution bounds a query chose by DP (JSON), recorded once chosen, before its answer."""
 
 
-_RELEASE_COLUMNS = "query_id, dataset, buyer, purpose, sql, epsilon, delta, created_at, result"
+_RELEASE_COLUMNS = "query_id, dataset, buyer, purpose, sql, epsilon, delta, created_at, result, bounds"
 
 
 class Ledger:
@@ -144,6 +146,11 @@ class Ledger:
     def record_result(self, query_id: str, result_json: str) -> None:
         with self.database.transaction() as tx:
             tx.execute("UPDATE releases SET result = ? WHERE query_id = ?", (result_json, query_id))
+
+    def record_bounds(self, query_id: str, bounds_json: str) -> None:
+        """The bounds a charged query chose (or ran with, its bias disclosed): part of the transparency log."""
+        with self.database.transaction() as tx:
+            tx.execute("UPDATE releases SET bounds = ? WHERE query_id = ?", (bounds_json, query_id))
 
     def record_failure(self, query_id: str) -> None:
         """The charged query failed before its answer: its charge stands; waiters stop waiting; no reuse."""
@@ -261,4 +268,5 @@ def _write_spent(tx: Transaction, dataset: str, buyer: str, spent: Cost) -> None
 
 
 def _release(row: Any) -> ReleaseRecord:
-    return ReleaseRecord(row[0], row[1], row[2], row[3], row[4], Cost(Decimal(row[5]), Decimal(row[6])), row[7], row[8])
+    cost = Cost(Decimal(row[5]), Decimal(row[6]))
+    return ReleaseRecord(row[0], row[1], row[2], row[3], row[4], cost, row[7], row[8], row[9])

@@ -24,7 +24,8 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS releases (
         query_id TEXT PRIMARY KEY, dataset TEXT NOT NULL, buyer TEXT, purpose TEXT, sql TEXT NOT NULL,
         epsilon TEXT NOT NULL, delta TEXT NOT NULL, created_at TEXT NOT NULL,
-        reuse_key TEXT, idempotency_key TEXT, fingerprint TEXT NOT NULL, result TEXT, failed_at TEXT)""",
+        reuse_key TEXT, idempotency_key TEXT, fingerprint TEXT NOT NULL, result TEXT, failed_at TEXT,
+        bounds TEXT)""",
     "CREATE INDEX IF NOT EXISTS releases_by_reuse_key ON releases (reuse_key)",
     "CREATE UNIQUE INDEX IF NOT EXISTS releases_by_idempotency_key ON releases (buyer, idempotency_key)",
     """CREATE TABLE IF NOT EXISTS budgets (
@@ -39,7 +40,13 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit (
         id TEXT PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL)""",
 )
-_ADDED_COLUMNS = (("releases", "failed_at"), ("quotas", "delta"), ("api_keys", "id"), ("api_keys", "last_used_at"))
+_ADDED_COLUMNS = (
+    ("releases", "failed_at"),
+    ("releases", "bounds"),
+    ("quotas", "delta"),
+    ("api_keys", "id"),
+    ("api_keys", "last_used_at"),
+)
 """Text columns added since the first schema: added to a ledger that lacks them when it is opened."""
 
 

@@ -36,7 +36,7 @@ from engine.planner.keys import group_keys
 from engine.planner.output import PostExprs, select_list
 from engine.planner.scope import Reads
 from engine.planner.sql_forms import COLUMN_KINDS
-from engine.policy import Policy
+from engine.policy import AUTO, Policy
 from engine.sensitivity import check_no_overflow, noise_norms
 
 __all__ = ["contribution_mode", "plan_query"]
@@ -78,6 +78,7 @@ def plan_query(select: exp.Select, policy: Policy, consent_column: str | None = 
         order_by=order_by,
         limit=limit,
         offset=offset,
+        auto_bounds=_auto_bounds(policy, post.measures),
     )
     check_no_overflow(plan)
     return plan
@@ -100,21 +101,28 @@ def _row_filter(select: exp.Select, context: PlanContext, consent_column: str | 
 def _contribution(
     policy: Policy, reads: Reads, keys: tuple[ir.GroupKey, ...], parts: tuple[ir.Part, ...]
 ) -> ir.Contribution:
-    """How much one unit may add, from the policy; the unit column is read to bound each member."""
+    """How much one unit may add, from the policy; the unit column is read to bound each member.
+
+    An ``"auto"`` bound stands at its limit here (``auto_bounds`` says which are chosen per query).
+    """
     if policy.unit_column is None:
         return ir.Contribution(unit_column=None, max_groups=1, max_rows_per_group=1)
     reads.columns.add(policy.unit_column)
     privacy = policy.privacy
+
+    def bound(setting: int | str | None) -> int:
+        return privacy.auto_limit if setting == AUTO else int(setting or 1)
+
     per_group = None
     if privacy.per_group_bounds:
         per_group = ir.Contribution(
             unit_column=policy.unit_column,
-            max_groups=privacy.max_groups or 1,
-            max_rows_per_group=privacy.max_rows_per_group or 1,
+            max_groups=bound(privacy.max_groups),
+            max_rows_per_group=bound(privacy.max_rows_per_group),
         )
     total = None
     if privacy.max_rows_per_member is not None:
-        rows = privacy.max_rows_per_member
+        rows = bound(privacy.max_rows_per_member)
         total = ir.Contribution(policy.unit_column, max_groups=rows, max_rows_per_group=rows, max_rows_per_member=rows)
     return contribution_mode(total, per_group, keys, parts, policy.budget.accounting)
 
@@ -161,6 +169,34 @@ def contribution_mode(
         return per_group
     per_group_noise = math.prod(noise_norms(_Bounds(keys, per_group, parts), accounting))
     return per_group if per_group_noise < math.prod(noise_norms(_Bounds(keys, total, parts), accounting)) else total
+
+
+def _auto_bounds(policy: Policy, measures: Measures) -> ir.AutoBounds | None:
+    """The policy's bounds, when the engine chooses any of those the query uses per query."""
+    privacy = policy.privacy
+    columns = _auto_columns(policy, measures)
+    if not columns and (policy.unit_column is None or not privacy.has_auto):
+        return None
+    return ir.AutoBounds(
+        max_groups=privacy.max_groups,
+        max_rows_per_group=privacy.max_rows_per_group,
+        max_rows_per_member=privacy.max_rows_per_member,
+        limit=privacy.auto_limit,
+        share=privacy.auto_share,
+        columns=columns,
+    )
+
+
+def _auto_columns(policy: Policy, measures: Measures) -> tuple[str, ...]:
+    """The ``bounds = "auto"`` columns whose own values a part sums or ranks, so their bound may be chosen.
+
+    Not those a variance reads (its sum of squares is bounded by the range at
+    planning) and not expressions (``SUM(x * 2)``: bounded by the range).
+    """
+    spread = {aggregate.value.column for aggregate in measures.aggregates if aggregate.squares and aggregate.value}
+    read = {part.value.column for part in measures.parts if part.value is not None}
+    auto = {name for name, column in policy.columns.items() if column.auto}
+    return tuple(sorted((read & auto) - spread))
 
 
 def _threshold_part(policy: Policy, keys: tuple[ir.GroupKey, ...], measures: Measures) -> int | None:

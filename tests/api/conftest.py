@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from api.client import Client
 from cli import app as cli
+from tests.bounds_pools import heavy_tail_pool
 from tests.conftest import small_pool, write_dataset
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -64,6 +65,12 @@ MAIN_DATASETS: dict[str, dict[str, object]] = {
         '[public_tables.zones]\nsource = "../data/zones.csv"\nkey = "region"\ndescription = "zones"\n',
         "frame": small_pool().with_columns(pl.lit(date(2024, 2, 1)).alias("day")),
         "tables": {"zones": pl.DataFrame({"region": ["north", "south"], "zone": ["N", "S"], "rate": [1.5, 2.0]})},
+    },
+    "auto": {
+        "epsilon": 100.0,
+        "max_epsilon_per_query": 1.0,
+        "privacy": 'unit = "member_id"\nmax_groups = "auto"\nmax_rows_per_group = "auto"\nauto_limit = 256',
+        "frame": heavy_tail_pool(),
     },
 }
 

@@ -20,7 +20,7 @@ from tests.api.conftest import BuyerClient, LiveServer
 BuyerFactory = Callable[..., BuyerClient]
 
 GROUPED = "SELECT region, COUNT(*) AS n, SUM(hours) AS h, AVG(age) FROM shifts WHERE age >= 25 GROUP BY region"
-RESULT_KEYS = {"query_id", "dataset", "buyer", "columns", "rows", "accuracy", "cost", "remaining", "cached"}
+RESULT_KEYS = {"query_id", "dataset", "buyer", "columns", "rows", "accuracy", "cost", "remaining", "cached", "bounds"}
 
 
 def _error_of(response: httpx.Response) -> tuple[int, str]:
@@ -470,7 +470,7 @@ def test_the_transparency_log_is_public_and_holds_no_results(
     assert set(document) == {"dataset", "budget", "spent", "remaining", "releases"}
     assert document["dataset"] == "refusals"
     for entry in document["releases"]:
-        assert set(entry) == {"at", "buyer", "purpose", "sql", "cost"}
+        assert set(entry) == {"at", "buyer", "purpose", "sql", "cost", "bounds"}
     mine = [e for e in document["releases"] if e["buyer"] == "frank_buyer"]
     assert mine == [
         {
@@ -479,6 +479,7 @@ def test_the_transparency_log_is_public_and_holds_no_results(
             "purpose": "research",
             "sql": "SELECT region, COUNT(*) AS n FROM refusals GROUP BY region",
             "cost": {"epsilon": 0.3, "delta": 0.0},
+            "bounds": None,  # fixed bounds, their bias not asked for: the policy says them
         }
     ]
     assert result.query_id not in response.text and "rows" not in response.text and "accuracy" not in response.text

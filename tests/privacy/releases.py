@@ -13,6 +13,12 @@ distributed draws, so an observable must not depend on the backend's random
 choices (which of an over-the-bounds member's groups or rows are kept): the
 audited pools are built so that only the worst member meets the bounds, and
 the observables read what does not depend on that member's random choice.
+
+A query with a member profile (``"auto"`` bounds, or ``explain_bias``) is
+drawn whole by :class:`WholeRelease`: each draw runs the engine's own
+``Engine._answer`` after the one real charge (the profile noised, the bounds
+chosen from it or their bias estimated, the plan calibrated at them, the
+answer noised), over a backend that reads each exact result once.
 """
 
 from __future__ import annotations
@@ -21,13 +27,18 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engine import Engine
 from engine.accounting import Cost, PrivacyRequest
+from engine.backends.base import ExactAggregates, MemberProfile
+from engine.bounds_choice import column_shares, contribution_bounds
+from engine.engine import Ask
 from engine.ledger import ChargeReceipt
 from engine.mechanisms import calibrate, release
+from engine.plan import Contribution, QueryPlan
 from engine.planner import plan_query
 from engine.postprocess import Value, build_table
 from engine.sql import parse
@@ -102,6 +113,98 @@ class RepeatedRelease:
             noisy = release(self.noise, exact, self.receipt)
             table = build_table(self.plan, self.noise, noisy.keys, noisy.parts)
             observed[draw] = self.query.observe(table.rows)
+        return observed
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@dataclass(frozen=True)
+class Released:
+    """What a whole release shows a buyer: the rows, and (bounds chosen by DP, or their bias disclosed) those too."""
+
+    rows: Sequence[Sequence[Value]]
+    bounds: dict[str, int]
+    bias: dict[str, float]
+
+
+def rows_by(observe: Observable) -> Callable[[Released], float]:
+    return lambda released: observe(released.rows)
+
+
+def disclosed_bias(released: Released) -> float:
+    """The share of rows the (single aggregate) column's bounding removed, as disclosed."""
+    (share,) = released.bias.values()
+    return share
+
+
+class _Cached:
+    """The backend, reading each exact result once: the profile, and the bounded aggregates at each bound chosen.
+
+    The audited pools are built so that neither depends on the backend's random choices (see the module's note).
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._profile: MemberProfile | None = None
+        self._exact: dict[Contribution, ExactAggregates] = {}
+
+    def profile(self, plan: QueryPlan) -> MemberProfile:
+        if self._profile is None:
+            self._profile = self.backend.profile(plan)
+        return self._profile
+
+    def execute(self, plan: QueryPlan, seed: int | None = None) -> ExactAggregates:
+        if plan.contribution not in self._exact:
+            self._exact[plan.contribution] = self.backend.execute(plan, seed)
+        return self._exact[plan.contribution]
+
+    def check_schema(self, plan: QueryPlan) -> None:
+        self.backend.check_schema(plan)
+
+
+class WholeRelease:
+    """Draws of a whole query with a member profile: the profile's noise, the bounds chosen from it (or the bias
+    estimated), the answer at those bounds; each by the engine's own ``Engine._answer`` after one real charge."""
+
+    def __init__(
+        self,
+        policies: Path,
+        ledger_url: str,
+        query: AuditQuery,
+        observe: Callable[[Released], float],
+        explain_bias: bool = False,
+    ) -> None:
+        self.engine = Engine.from_policies(policies, ledger=ledger_url)
+        self.observe = observe
+        dataset = query.dataset
+        first = self.engine.query(
+            dataset, query.sql, epsilon=query.epsilon, delta=query.delta, explain_bias=explain_bias
+        )
+        self.charged: Cost = self.engine.ledger.spent(dataset).dataset
+        ask = Ask(query.epsilon, query.delta, None, None, explain_bias)
+        self.planned = self.engine._plan(dataset, query.sql, ask, None)
+        if self.planned.profile is None or self.planned.noise.cost != self.charged or first.cost != self.charged:
+            raise AssertionError(
+                f"the ledger charged {self.charged}, the query was planned for {self.planned.noise.cost}"
+            )
+        assert first.query_id is not None and first.bounds
+        self.receipt = ChargeReceipt(first.query_id, self.charged)
+        self.backend = _Cached(self.engine.backend(self.planned.policy))
+        self.engine.ledger.record_bounds = lambda query_id, bounds: None  # type: ignore[method-assign]
+        """Each draw would log its bounds again: the first release logged its own."""
+
+    def __call__(self, draws: int) -> np.ndarray:
+        observed = np.empty(draws)
+        for draw in range(draws):
+            answer = self.engine._answer(self.backend, self.planned, self.receipt)  # type: ignore[arg-type]
+            assert answer.choice is not None
+            released = Released(
+                answer.table.rows,
+                contribution_bounds(answer.plan.contribution),
+                column_shares(answer.plan, answer.choice),
+            )
+            observed[draw] = self.observe(released)
         return observed
 
     def close(self) -> None:

@@ -25,9 +25,20 @@ from engine.mechanisms import calibrate
 from engine.planner import plan_query
 from engine.policy import load_policy
 from engine.sql import parse
+from tests.bounds_pools import truncation_pool
 from tests.conftest import MEMBER_LEVEL, ROW_LEVEL, small_pool, write_dataset
 from tests.privacy.audit import AuditResult, AuditSizes, audit
-from tests.privacy.releases import AuditQuery, RepeatedRelease, cell_of, column_total, only_cell
+from tests.privacy.releases import (
+    AuditQuery,
+    Released,
+    RepeatedRelease,
+    WholeRelease,
+    cell_of,
+    column_total,
+    disclosed_bias,
+    only_cell,
+    rows_by,
+)
 
 WORST_MEMBER = 999_999
 FAR_ABOVE_HOURS = 987_654.321
@@ -61,6 +72,15 @@ def median_pool() -> pl.DataFrame:
     return frame.with_columns(
         member_id=pl.int_range(1, 41, dtype=pl.Int64),
         age=pl.Series([30] * 20 + [60] * 20, dtype=frame.schema["age"]),
+    )
+
+
+def median_hours_pool() -> pl.DataFrame:
+    """Forty one-row members, half working 10 hours and half 50: a float column, so the candidates are intervals."""
+    frame = small_pool(rows=40, members=40)
+    return frame.with_columns(
+        member_id=pl.int_range(1, 41, dtype=pl.Int64),
+        hours=pl.Series([10.0] * 20 + [50.0] * 20, dtype=frame.schema["hours"]),
     )
 
 
@@ -148,6 +168,17 @@ CASES = [
         "median_member_zcdp",
         AuditQuery("SELECT MEDIAN(age) FROM shifts", 1.0, 1e-6, only_cell),
         lambda: add_worst(median_pool(), worst_member(40)),
+        accounting="zcdp",
+    ),
+    Case(
+        "median_hours_member_pure",
+        AuditQuery("SELECT MEDIAN(hours) FROM shifts", 1.0, None, only_cell),
+        lambda: add_worst(median_hours_pool(), worst_member(40)),
+    ),
+    Case(
+        "median_hours_member_zcdp",
+        AuditQuery("SELECT MEDIAN(hours) FROM shifts", 1.0, 1e-6, only_cell),
+        lambda: add_worst(median_hours_pool(), worst_member(40)),
         accounting="zcdp",
     ),
     Case(
@@ -270,3 +301,86 @@ def test_the_audit_of_a_correct_mechanism_is_close_to_its_epsilon(audit_sizes: A
     """Not only sound but sharp enough to matter: a well-calibrated count is bounded at over half its ε."""
     result = audit(_laplace_sampler(600, 10.0), _laplace_sampler(610, 10.0), 0.0, audit_sizes)
     assert 0.5 < result.epsilon_lower_bound <= 1.0
+
+
+# --- whole queries with a member profile: bounds chosen by DP, or their bias disclosed ----------------------------
+
+AUTO_BOUNDS = 'unit = "member_id"\nmax_groups = "auto"\nmax_rows_per_group = "auto"\nauto_limit = 64'
+
+
+def truncated_neighbours() -> Neighbours:
+    """2,000 one-row members and 300 with 40 rows (a profile that sees them), and the worst member with 40 more."""
+    return add_worst(truncation_pool(2_000, 300, 40), worst_member(40))
+
+
+@dataclass(frozen=True)
+class WholeCase:
+    name: str
+    query: AuditQuery
+    observe: Callable[[Released], float]
+    privacy: str
+    explain_bias: bool = False
+    accounting: str = "pure"
+    slow: bool = False
+    """Past ten seconds (each zCDP draw calibrates its bounds): in the slow suite."""
+
+
+WHOLE_CASES = [
+    WholeCase(
+        "auto_bounds_count_pure",
+        AuditQuery("SELECT COUNT(*) FROM shifts", 1.0, None, only_cell),
+        rows_by(only_cell),
+        AUTO_BOUNDS,
+    ),
+    WholeCase(
+        "explain_bias_count_pure",
+        AuditQuery("SELECT COUNT(*) FROM shifts", 1.0, None, only_cell),
+        rows_by(only_cell),
+        MEMBER_LEVEL,
+        explain_bias=True,
+    ),
+    WholeCase(
+        "explain_bias_share_zcdp",
+        AuditQuery("SELECT SUM(hours) FROM shifts", 1.0, 1e-6, only_cell),
+        disclosed_bias,
+        MEMBER_LEVEL,
+        explain_bias=True,
+        accounting="zcdp",
+        slow=True,
+    ),
+    WholeCase(
+        "auto_bounds_count_zcdp",
+        AuditQuery("SELECT COUNT(*) FROM shifts", 1.0, 1e-6, only_cell),
+        rows_by(only_cell),
+        AUTO_BOUNDS,
+        accounting="zcdp",
+        slow=True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, id=case.name, marks=[pytest.mark.slow] if case.slow else []) for case in WHOLE_CASES]
+)
+def test_a_whole_query_with_a_member_profile_stays_within_the_charged_epsilon(
+    case: WholeCase, tmp_path: Path, audit_sizes: AuditSizes
+) -> None:
+    """The profile, the bounds chosen from it (or the bias disclosed) and the answer: each draw one whole release.
+
+    Half the samples of the other audits (each draw chooses bounds and calibrates): the bound holds at any size.
+    """
+    without, with_worst = write_pools(tmp_path, truncated_neighbours(), case.privacy, case.accounting)
+    samplers = [
+        WholeRelease(policies, f"sqlite:///{tmp_path / f'ledger{i}.db'}", case.query, case.observe, case.explain_bias)
+        for i, policies in enumerate((without, with_worst))
+    ]
+    try:
+        assert samplers[0].charged == samplers[1].charged
+        charged = samplers[0].charged
+        sizes = AuditSizes(audit_sizes.select // 2, audit_sizes.test // 2)
+        result = audit(samplers[0], samplers[1], float(charged.delta), sizes)
+    finally:
+        for sampler in samplers:
+            sampler.close()
+    _report(case.name, result, float(charged.epsilon))
+    assert result.epsilon_lower_bound <= float(charged.epsilon)

@@ -25,7 +25,7 @@ from scipy import stats
 from engine.accounting import Accounting, PrivacyRequest
 from engine.backends.base import ExactAggregates
 from engine.ledger import ChargeReceipt
-from engine.mechanisms import NoisePlan, calibrate, quantile_candidates, release
+from engine.mechanisms import NoisePlan, calibrate, release
 from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import load_policy
@@ -86,7 +86,8 @@ def test_quantile_outputs_are_candidates_whose_odds_move_at_most_e_to_the_epsilo
 ) -> None:
     plan, noise = noise_plan(tmp_path, accounting, "SELECT MEDIAN(age) FROM shifts", 1.0, 1e-6)
     (part,) = plan.parts
-    candidates = set(quantile_candidates(part))
+    assert part.value is not None and part.value.scale == 1
+    candidates = {float(v) for v in range(part.value.lower, part.value.upper + 1)}  # every age is a candidate
     without = [30.0] * 20 + [60.0] * 20
     with_member = without + [80.0] * plan.contribution.max_rows_per_group
     outputs = (_quantile_outputs(plan, noise, without), _quantile_outputs(plan, noise, with_member))
