@@ -36,6 +36,7 @@ from engine.policy import load_policy
 from engine.sensitivity import MAX_ROWS, MAX_ROWS_PER_MEMBER, SUM_LIMIT
 from engine.sql import parse
 from tests.conftest import write_dataset
+from tests.golden.explain import golden_engine
 from tests.test_private_keys import assert_private_key_neighbours
 from tests.test_sensitivity import (
     REGIONS,
@@ -332,6 +333,28 @@ def test_the_pick_compares_the_parts_norms_by_their_product_not_their_sum(tmp_pa
     in_total = [total.sensitivity(part).l1 for part in total.parts]
     assert sum(per_group) > sum(in_total) and math.prod(per_group) < math.prod(in_total)
     assert not plan.contribution.total
+
+
+def test_explain_shows_the_mode_picked_and_the_one_not_used() -> None:
+    with golden_engine() as engine:
+        counts = engine.explain(
+            "shifts_total", "SELECT region, COUNT(*) FROM shifts_total GROUP BY region", epsilon=1.0
+        )
+        median = engine.explain("shifts_total", "SELECT MEDIAN(hours) FROM shifts_total", epsilon=1.0)
+    contribution = counts.to_dict()["contribution"]
+    assert (contribution["mode"], contribution["max_rows_per_member"], contribution["groups_touched"]) == (
+        "total",
+        8,
+        4,
+    )
+    assert contribution["other_mode"] == "max_groups 2 × max_rows_per_group 5 (no less noise for this query)"
+    contribution = median.to_dict()["contribution"]
+    assert (contribution["mode"], contribution["max_rows_per_member"], contribution["max_groups"]) == (
+        "per_group",
+        None,
+        2,
+    )
+    assert contribution["other_mode"] == "max_rows_per_member 8 (quantiles need a per-group row cap)"
 
 
 def test_the_pick_compares_the_norm_the_noise_is_calibrated_to(tmp_path: Path) -> None:

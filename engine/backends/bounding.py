@@ -333,8 +333,9 @@ def _with_total_cap(frame: F, plan: ir.QueryPlan, unit: str, integer_unit: bool,
     the order (Hermite's identity). Everything depends on the member's own
     rows and the seed only, never on other members or on how rows are stored.
 
-    Integers: C⁺·N + k < T·(N + 1) ≤ ``MAX_ROWS`` × (``MAX_ROWS_PER_MEMBER`` + 1) < 2⁶³
-    (``sensitivity.check_no_overflow`` refuses a larger N before the charge).
+    Integers: C⁺·N + k < T·(N + 1) ≤ ``MAX_ROWS`` × (``MAX_ROWS_PER_MEMBER`` + 1) < 2⁶³,
+    and :func:`_kept`'s ``count × KEPT`` ≤ T·N too (``sensitivity.check_no_overflow``
+    refuses a larger N before the charge).
     Groups where a member keeps nothing are dropped, so that a member adds no
     key (a private key's count of zero still counts as a key) it keeps no row of.
     """
