@@ -50,8 +50,6 @@ from engine.member_profile import (
 from engine.quantiles import INTERVALS
 from engine.sensitivity import part_sensitivity, public_groups
 
-PRIVATE_GROUPS_GUESS = 100
-"""How many groups a query with private keys is taken to release: unknown before the release."""
 QUANTILE_RANK_FACTOR = math.log(INTERVALS / ALPHA)
 """A quantile misses by about its noise scale times this many rows of rank (the union bound over its candidates)."""
 DISCLOSED_SPAN = 8
@@ -268,11 +266,13 @@ class _Model:
     def __init__(
         self, plan: ir.QueryPlan, profile: NoisyProfile, noise: NoisePlan, weights: Sequence[float] | None
     ) -> None:
-        self.plan, self.profile, self.mode = plan, profile, noise.mode
+        self.plan, self.profile, self.mode, self.noise = plan, profile, noise.mode, noise
         self.per_unit = [part.scale / max(part.sensitivity, 1) for part in noise.parts]
+        self.noise_sensitivities = [max(part.sensitivity, 1) for part in noise.parts]
         self.weights = tuple(weights) if weights is not None else (1.0,) * len(plan.parts)
         self.member_level = TOTAL in profile.counts
-        self.groups = (public_groups(plan) or PRIVATE_GROUPS_GUESS) if plan.group_keys else 1
+        self.groups = public_groups(plan) if plan.group_keys else 1
+        self.threshold = noise.threshold
         self.in_ratios = ratio_parts(plan)
 
     def rows(self) -> float:
@@ -337,19 +337,35 @@ class _Model:
         groups_share = min(max(self.lost_groups(contribution), 0.0), 1.0)
         return Choice(contribution, rows_share, groups_share, dict(uppers), clamped)
 
+    def groups_past_threshold(self) -> float:
+        """Private keys: as many groups as would each hold the members of the least threshold any bound could give.
+
+        How many groups there are is not known before the release; its
+        smallest groups have about the threshold's members, and are where the
+        noise weighs most. The threshold grows with its part's noise scale,
+        least at a sensitivity of one (one group per member): taking that one
+        for every candidate keeps a larger threshold from looking better for
+        releasing fewer, larger groups.
+        """
+        assert self.threshold is not None and self.plan.threshold_part is not None
+        noise = self.noise.parts[self.plan.threshold_part]
+        members_each = max(self.threshold.value / max(noise.sensitivity, 1), 1.0)
+        return max(self.profile.members() / members_each, 1.0)
+
     def error(self, contribution: ir.Contribution, uppers: Mapping[str, int]) -> float:
         """Σ over parts of weight × (bias share + expected noise over the part's total, summed over the groups)."""
         bounded = with_value_bounds(replace(self.plan, contribution=contribution), uppers)
         rows = self.rows()
         rows_share = self.lost_rows(contribution) / rows
+        groups = self.groups or self.groups_past_threshold()
         total = 0.0
         for index, part in enumerate(bounded.parts):
             scale = self.per_unit[index] * self.mode.norm(part_sensitivity(bounded, part))
-            noise = self.mode.mean_error(scale) * self.groups
+            noise = self.mode.mean_error(scale) * groups
             upper = uppers.get(part.column or "")
             clamped = self.clamped(part.column or "", upper) if upper is not None else 0.0
             if part.kind is ir.PartKind.QUANTILE:
-                share = scale * QUANTILE_RANK_FACTOR * self.groups / rows
+                share = scale * QUANTILE_RANK_FACTOR * groups / rows
                 if upper is not None and part.alpha is not None:  # a bound near the quantile may clamp it
                     assert part.value is not None
                     share += max(self.above(part.column or "", upper) - (1 - part.alpha) / 4, 0.0)
