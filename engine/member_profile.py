@@ -114,9 +114,10 @@ class ProfileNoise:
         show at all. Above its fullest bin a histogram of members is about
         non-increasing, so the counts there are fitted as such (pooling
         adjacent bins that break it, as isotonic regression does), and each
-        pooled run of m bins is lowered by the noise's mean size over √m, then
-        floored at 0: an empty tail pools into long runs whose noise averages
-        out, while a real one, decreasing bin by bin, keeps its counts.
+        pooled run of m bins keeps its count less the noise's mean size times
+        √m (at least 0), shared among its bins as they were released: an empty
+        tail pools into long runs whose noise averages out, a real one keeps
+        its counts, and a cluster of busy members stays where it was.
         """
         mean = self.mode.mean_error(self.scale)
         peak = max(range(len(noisy)), key=lambda k: noisy[k])
@@ -128,9 +129,13 @@ class ProfileNoise:
                 total, bins = runs.pop()
                 runs[-1][0] += total
                 runs[-1][1] += bins
-        tail = []
+        tail: list[float] = []
         for total, bins in runs:
-            tail += [max(total / bins - SHRINKAGE * mean / math.sqrt(bins), 0.0)] * int(bins)
+            released = noisy[peak + len(tail) : peak + len(tail) + int(bins)]
+            kept = max(total - SHRINKAGE * mean * math.sqrt(bins), 0.0)
+            weights = [max(float(n), 0.0) for n in released]
+            spread = math.fsum(weights) or 1.0
+            tail += [kept * weight / spread for weight in weights]
         return (*head, *tail)
 
     @classmethod
