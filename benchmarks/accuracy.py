@@ -107,10 +107,11 @@ def run_accuracy(
     selection: Selection = ALL,
     bounds: BoundsMode = BoundsMode.AUTO,
     peer_repetitions: int | None = None,
+    with_peers: bool = True,
 ) -> None:
     environment = Environment.now()
     pool = pool_for(rows, data_dir)
-    installed, skipped = installed_peers(peers_dir, selection.peers)
+    installed, skipped = installed_peers(peers_dir, selection.peers) if with_peers else ({}, {})
     peer_runs = peer_repetitions if peer_repetitions is not None else repetitions
     measurements: list[dict[str, Any]] = []
     oracle_entries: list[dict[str, Any]] = []

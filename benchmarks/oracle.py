@@ -6,8 +6,9 @@ every candidate on a grid in NumPy:
 
 * total mode: each member keeps at most C rows across all groups
   (``max_rows_per_member``), spread proportionally over the member's groups
-  (a member with T rows keeps ``n × min(1, C / T)`` of a group's n rows);
-  L1 sensitivity C × magnitude;
+  (a member with T rows keeps ``n × min(1, C / T)`` of a group's n rows; for
+  a column's aggregate the rows are its non-NULL values, as the engine's
+  per-group cap counts them); L1 sensitivity C × magnitude;
 * G×R mode: each member keeps G of their groups (a seeded random choice, as
   the engine's hash draw) and at most R rows in each (``max_groups``,
   ``max_rows_per_group``); L1 sensitivity min(G, public groups) × R × magnitude;
@@ -19,8 +20,9 @@ rows, which is their clamped mean times the rows kept (the engine's rule).
 The noise is pure DP: discrete Laplace of scale L1 / ε on counts, Laplace on
 sums (the engine's fixed point is fine enough for the continuous law), and
 for AVG, whose two parts (count, centred sum) each get ε / 2, a seeded Monte
-Carlo of the noisy ratio. The error is the benchmark's: the mean over groups
-of E|released − exact| / max(|exact|, 1), exact being the unbounded answer.
+Carlo of the noisy ratio (Laplace draws, the count's rounded to an integer).
+The error is the benchmark's: the mean over groups of
+E|released − exact| / max(|exact|, 1), exact being the unbounded answer.
 Clipping of released counts and sums at 0 is left out (it can only lower the
 error, and matters only for cells smaller than the noise).
 """
