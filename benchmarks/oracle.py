@@ -181,14 +181,25 @@ def bounded_answer(contributions: Contributions, bounds: Bounds) -> tuple[np.nda
 
 
 def removed_share(contributions: Contributions, bounds: Bounds) -> float:
-    """The TRUE share of the answer's rows (COUNT, AVG) or mass (SUM) that these bounds remove, over all groups."""
+    """The TRUE share of the answer that these bounds remove, over all groups.
+
+    COUNT: of its rows; SUM: of its mass (capping and clamping both); AVG: of
+    its value, 1 − bounded average / exact average over all the query's rows
+    (dropping rows thins an average without lowering it; clamping lowers it;
+    negative if bounding raises it). The engine's ``Result.bias`` means the same.
+    """
     count, total = bounded_answer(contributions, bounds)
+    if contributions.aggregate is Aggregate.COUNT:
+        exact = float(contributions.counted.sum())
+        return 1.0 - float(count.sum()) / exact if exact else 0.0
+    assert total is not None
     if contributions.aggregate is Aggregate.SUM:
-        assert total is not None
         exact = float(contributions.truth.sum())
         return 1.0 - float(total.sum()) / exact if exact else 0.0
-    exact = float(contributions.counted.sum())
-    return 1.0 - float(count.sum()) / exact if exact else 0.0
+    exact_mean = float((contributions.truth * np.bincount(contributions.group, contributions.counted)).sum())
+    exact_mean /= max(float(contributions.counted.sum()), 1.0)
+    kept = float(count.sum())
+    return 1.0 - (float(total.sum()) / kept) / exact_mean if kept and exact_mean else 0.0
 
 
 def l1_scale(contributions: Contributions, bounds: Bounds) -> int:

@@ -264,8 +264,8 @@ def _bounds_table(document: Document) -> list[str]:
     lines = [
         "",
         "Bounds and bias (coopdp): the bounds used (median over repetitions; *policy* when the engine reports "
-        "none), the true share of the answer's rows (COUNT, AVG) or mass (SUM) those bounds remove, and the share "
-        "the engine reported (`Result.bias`).",
+        "none), the true share of the answer those bounds remove (COUNT: rows; SUM: mass; AVG: its value, as the "
+        "engine's `Result.bias` means it), and the share the engine reported.",
         "",
         "| query | ε | error | oracle | ÷ oracle | our bounds | oracle bounds | true bias | reported bias |",
         "|---|---:|---:|---:|---:|---|---|---:|---:|",
