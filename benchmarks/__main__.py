@@ -125,6 +125,7 @@ def accuracy(
     peer_repetitions: Annotated[
         int | None, typer.Option("--peer-repetitions", help="Each peer's releases per query and ε (default: same).")
     ] = None,
+    no_peers: Annotated[bool, typer.Option("--no-peers", help="coopdp and the oracle only.")] = False,
     peers_dir: PeersOption = PEERS,
     data_dir: DataOption = DATA,
     results: ResultsOption = RESULTS,
@@ -146,6 +147,7 @@ def accuracy(
         _selection(queries, only_peers, tag),
         BoundsMode(bounds),
         peer_repetitions,
+        with_peers=not no_peers,
     )
 
 

@@ -115,10 +115,11 @@ def run_accuracy(
     selection: Selection = ALL,
     bounds: BoundsMode = BoundsMode.AUTO,
     peer_repetitions: int | None = None,
+    with_peers: bool = True,
 ) -> None:
     environment = Environment.now()
     pool = pool_for(rows, data_dir)
-    installed, skipped = installed_peers(peers_dir, selection.peers)
+    installed, skipped = installed_peers(peers_dir, selection.peers) if with_peers else ({}, {})
     peer_runs = peer_repetitions if peer_repetitions is not None else repetitions
     measurements: list[dict[str, Any]] = []
     oracle_entries: list[dict[str, Any]] = []
@@ -261,6 +262,7 @@ def our_entries(
             "system": OURS,
             "epsilon": epsilon,
             "relative_error": statistics.fmean(errors) if errors else None,
+            **released_cells([answers.releases[i] for i in indices], exact),
             "bounds": middle.to_dict(),
             "bounds_source": "result" if any(reported) else "policy",
             "true_bias": _true_share(table, middle),
@@ -292,7 +294,8 @@ def peer_entries(
     answers = peer_answers(peer, python, query, pool, runs)
     _note_error(notes, peer, query, answers)
     for epsilon, error in errors_by_epsilon(runs, answers, exact).items():
-        entries.append(_peer_entry(rows, query, peer, epsilon, error, None))
+        cells = released_cells([r for at, r in zip(runs, answers.releases, strict=False) if at == epsilon], exact)
+        entries.append(_peer_entry(rows, query, peer, epsilon, error, None) | cells)
     fixed = policy_bounds(query)
     for epsilon in epsilons:
         ours_chose = chosen.get(epsilon)
@@ -304,7 +307,7 @@ def peer_entries(
         clamp = {"value_bounds": asked["value_bounds"]} if "value_bounds" in asked else {}
         sent = peer_bounds(peer, asked) | clamp
         for at, error in errors_by_epsilon([epsilon] * repetitions, answers, exact).items():
-            entries.append(_peer_entry(rows, query, system, at, error, sent))
+            entries.append(_peer_entry(rows, query, system, at, error, sent) | released_cells(answers.releases, exact))
     return entries
 
 
@@ -316,6 +319,12 @@ def errors_by_epsilon(runs: list[float], answers: Answers, exact: dict[str, floa
         if error is not None:
             by_epsilon.setdefault(epsilon, []).append(error)
     return {epsilon: statistics.fmean(errors) for epsilon, errors in by_epsilon.items()}
+
+
+def released_cells(releases: Sequence[dict[str, float]], exact: dict[str, float]) -> dict[str, float]:
+    """Cells released per run (mean) beside the cells of the exact answer: the error is over released cells only."""
+    released = [len(release.keys() & exact.keys()) for release in releases]
+    return {"cells_released": statistics.fmean(released) if released else 0.0, "cells_exact": len(exact)}
 
 
 def _peer_entry(

@@ -6,8 +6,9 @@ every candidate on a grid in NumPy:
 
 * total mode: each member keeps at most C rows across all groups
   (``max_rows_per_member``), spread proportionally over the member's groups
-  (a member with T rows keeps ``n × min(1, C / T)`` of a group's n rows);
-  L1 sensitivity C × magnitude;
+  (a member with T rows keeps ``n × min(1, C / T)`` of a group's n rows; for
+  a column's aggregate the rows are its non-NULL values, as the engine's
+  per-group cap counts them); L1 sensitivity C × magnitude;
 * G×R mode: each member keeps G of their groups (a seeded random choice, as
   the engine's hash draw) and at most R rows in each (``max_groups``,
   ``max_rows_per_group``); L1 sensitivity min(G, public groups) × R × magnitude;
@@ -19,8 +20,9 @@ rows, which is their clamped mean times the rows kept (the engine's rule).
 The noise is pure DP: discrete Laplace of scale L1 / ε on counts, Laplace on
 sums (the engine's fixed point is fine enough for the continuous law), and
 for AVG, whose two parts (count, centred sum) each get ε / 2, a seeded Monte
-Carlo of the noisy ratio. The error is the benchmark's: the mean over groups
-of E|released − exact| / max(|exact|, 1), exact being the unbounded answer.
+Carlo of the noisy ratio (Laplace draws, the count's rounded to an integer).
+The error is the benchmark's: the mean over groups of
+E|released − exact| / max(|exact|, 1), exact being the unbounded answer.
 Clipping of released counts and sums at 0 is left out (it can only lower the
 error, and matters only for cells smaller than the noise).
 """
@@ -179,14 +181,25 @@ def bounded_answer(contributions: Contributions, bounds: Bounds) -> tuple[np.nda
 
 
 def removed_share(contributions: Contributions, bounds: Bounds) -> float:
-    """The TRUE share of the answer's rows (COUNT, AVG) or mass (SUM) that these bounds remove, over all groups."""
+    """The TRUE share of the answer that these bounds remove, over all groups.
+
+    COUNT: of its rows; SUM: of its mass (capping and clamping both); AVG: of
+    its value, 1 − bounded average / exact average over all the query's rows
+    (dropping rows thins an average without lowering it; clamping lowers it;
+    negative if bounding raises it). The engine's ``Result.bias`` means the same.
+    """
     count, total = bounded_answer(contributions, bounds)
+    if contributions.aggregate is Aggregate.COUNT:
+        exact = float(contributions.counted.sum())
+        return 1.0 - float(count.sum()) / exact if exact else 0.0
+    assert total is not None
     if contributions.aggregate is Aggregate.SUM:
-        assert total is not None
         exact = float(contributions.truth.sum())
         return 1.0 - float(total.sum()) / exact if exact else 0.0
-    exact = float(contributions.counted.sum())
-    return 1.0 - float(count.sum()) / exact if exact else 0.0
+    exact_mean = float((contributions.truth * np.bincount(contributions.group, contributions.counted)).sum())
+    exact_mean /= max(float(contributions.counted.sum()), 1.0)
+    kept = float(count.sum())
+    return 1.0 - (float(total.sum()) / kept) / exact_mean if kept and exact_mean else 0.0
 
 
 def l1_scale(contributions: Contributions, bounds: Bounds) -> int:

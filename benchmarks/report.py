@@ -221,6 +221,7 @@ def accuracy_section(document: Document, plots: Path, relative_to: Path) -> str:
         for system, points in sorted(by_system.items()):
             values = dict(points)
             lines.append(f"| {query} | {system} | " + " | ".join(_fraction(values.get(e)) for e in epsilons) + " |")
+    lines += _fewer_cells(document)
     lines += _bounds_table(document)
     lines += _checks_table(document)
     if errors:
@@ -237,6 +238,24 @@ def accuracy_section(document: Document, plots: Path, relative_to: Path) -> str:
     return "\n".join(lines)
 
 
+def _fewer_cells(document: Document) -> list[str]:
+    """Where a system released fewer cells than the exact answer has: its error is over those cells only."""
+    short = [
+        f"{entry['system']} on {entry['query']} at ε={entry['epsilon']:g}: "
+        f"{entry['cells_released']:.1f} of {entry['cells_exact']}"
+        for entry in document["measurements"]
+        if entry.get("cells_exact") and entry.get("cells_released", entry["cells_exact"]) < entry["cells_exact"]
+    ]
+    if not short:
+        return []
+    return [
+        "",
+        "Fewer cells released than the exact answer has (mean per release; errors are over those): "
+        + "; ".join(short)
+        + ".",
+    ]
+
+
 def _bounds_table(document: Document) -> list[str]:
     """Our entries that carry bounds: the median bounds we used beside the oracle's, and the bias shares."""
     ours = [entry for entry in document["measurements"] if entry["system"] == OURS and "bounds" in entry]
@@ -245,8 +264,8 @@ def _bounds_table(document: Document) -> list[str]:
     lines = [
         "",
         "Bounds and bias (coopdp): the bounds used (median over repetitions; *policy* when the engine reports "
-        "none), the true share of the answer's rows (COUNT, AVG) or mass (SUM) those bounds remove, and the share "
-        "the engine reported (`Result.bias`).",
+        "none), the true share of the answer those bounds remove (COUNT: rows; SUM: mass; AVG: its value, as the "
+        "engine's `Result.bias` means it), and the share the engine reported.",
         "",
         "| query | ε | error | oracle | ÷ oracle | our bounds | oracle bounds | true bias | reported bias |",
         "|---|---:|---:|---:|---:|---|---|---:|---:|",

@@ -214,6 +214,7 @@ def test_peers_run_with_our_bounds_where_ours_differ_from_the_policy(pool, monke
     systems = [(entry["system"], entry["epsilon"]) for entry in entries]
     assert systems == [("fake", 0.1), ("fake", 1.0), ("fake (our bounds)", 1.0)]
     assert entries[-1]["bounds"] == {"max_groups": 1, "max_rows_per_group": 64} and not notes  # fake: no total bound
+    assert all(entry["cells_released"] == entry["cells_exact"] == 4 for entry in entries)
 
 
 def test_peer_bounds_total_or_its_per_group_equivalent(pool) -> None:
@@ -246,6 +247,7 @@ def test_the_suite_end_to_end_with_a_fake_peer(pool, tmp_path: Path, monkeypatch
         (query, epsilon) for query in ("count_by_region", "filtered_sum") for epsilon in (1.0, 10.0)
     }
     assert all(entry["oracle_error"] > 0 and 0 < entry["true_bias"] < 1 for entry in ours)
+    assert all(entry["cells_released"] == entry["cells_exact"] == 4 for entry in ours)  # public regions: all four
     assert document["bounds_mode"] == "fixed" and document["repetitions"] == 2 and document["peer_repetitions"] == 1
     assert {entry["query"] for entry in document["oracle"]} == {"count_by_region", "filtered_sum"}
     assert len(document["checks"]) == 6
@@ -257,6 +259,14 @@ def test_the_suite_end_to_end_with_a_fake_peer(pool, tmp_path: Path, monkeypatch
     assert "| count_by_region | oracle |" in text and "Targets of issue 13" in text
     assert "| count_by_region | 1 |" in text and "G=1 R=10" in text  # as the engine reports them
     assert (tmp_path / "plots" / "accuracy_error_vs_epsilon.png").exists()
+
+
+def test_report_says_where_fewer_cells_were_released(tmp_path: Path) -> None:
+    environment = Environment("2026-12-01 10:00 UTC", "2 cores", 2, 23.5, (0.1, 0.2, 0.3), {}, "python -m benchmarks")
+    entry = {"query": "q", "system": "p", "epsilon": 1.0, "relative_error": 0.1, "cells_released": 1.0}
+    save(tmp_path / "results" / "accuracy.json", environment, [entry | {"cells_exact": 4}])
+    write_report(tmp_path / "results", tmp_path / "RESULTS.md")
+    assert "p on q at ε=1: 1.0 of 4" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_oracle_report_section(tmp_path: Path) -> None:

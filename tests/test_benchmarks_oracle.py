@@ -90,6 +90,17 @@ def test_sums_are_the_clamped_mean_times_the_rows_kept() -> None:
     assert share == pytest.approx(1 - (4.8 + 4 + 2 + 3) / 53)  # mass removed by clamping and capping
 
 
+def test_average_bias_is_the_share_of_its_value_that_bounding_removes() -> None:
+    table = contributions(AVG, tiny(), "member_id")
+    # keeping every row, only 30 → 24 lowers the average: 47/11 against 53/11
+    assert removed_share(table, Bounds(max_rows_per_member=5, lower=0.0, upper=24.0)) == pytest.approx(6 / 53)
+    # C = 1: member 1 keeps a fifth of 34, member 2 a fifth of 4 + 3, member 3 its 6; one row each
+    kept_mean = (34 / 5 + 7 / 5 + 6) / 3
+    assert removed_share(table, Bounds(max_rows_per_member=1, lower=0.0, upper=24.0)) == pytest.approx(
+        1 - kept_mean / (53 / 11)
+    )
+
+
 def test_per_group_mode_caps_rows_and_keeps_a_random_g_groups() -> None:
     table = contributions(COUNT, tiny(), "member_id")
     count, _ = bounded_answer(table, Bounds(max_groups=4, max_rows_per_group=2))  # every group kept
