@@ -136,7 +136,11 @@ def offered_modes(plan: ir.QueryPlan, accounting: Accounting) -> tuple[bool, boo
 def profiled_histograms(plan: ir.QueryPlan, accounting: Accounting) -> tuple[Histogram, ...]:
     """What the profile releases: rows per member; groups and fullest group where the per-group mode needs them
     (grouped queries only: without groups, a member's fullest group is all its rows); a value per member of each
-    ``"auto"`` column."""
+    ``"auto"`` column.
+
+    The groups histogram ends at the groups the query's public keys make (a member touches no more): noise in bins
+    above would read as members in more groups than there are, and their dropped groups as rows bounding removes.
+    """
     histograms: list[Histogram] = []
     if plan.contribution.unit_column is not None:
         if plan.auto_bounds is None:
@@ -145,7 +149,12 @@ def profiled_histograms(plan: ir.QueryPlan, accounting: Accounting) -> tuple[His
             per_group = offered_modes(plan, accounting)[1]
         statistics = (TOTAL, *SPREAD) if per_group and plan.group_keys else (TOTAL,)
         limit = plan.auto_bounds.limit if plan.auto_bounds else DISCLOSED_SPAN * contribution_key(plan.contribution)
-        histograms += [contribution_histogram(name, limit) for name in statistics]
+        keys = public_groups(plan) if plan.group_keys else 0
+        for name in statistics:
+            if name == "groups" and 0 < keys <= limit:  # a member touches no more groups than the public keys make
+                histograms.append(replace(contribution_histogram(name, keys), last=float(keys)))
+            else:
+                histograms.append(contribution_histogram(name, limit))
     columns = plan.auto_bounds.columns if plan.auto_bounds else ()
     fixed = {part.value.column: part.value for part in plan.parts if part.value is not None}
     histograms += [value_histogram(fixed[column]) for column in columns]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from tests.test_sensitivity import SCHEMA as SENSITIVITY_SCHEMA
@@ -9,6 +11,19 @@ from tests.test_sensitivity import SCHEMA as SENSITIVITY_SCHEMA
 REGIONS = ("north", "south", "east", "west")
 SCHEMA = {name: dtype for name, dtype in SENSITIVITY_SCHEMA.items() if name != "day"}
 """The columns of ``tests.conftest.POLICY_TEMPLATE``."""
+FIXED_HOURS = "bounds = [0.0, 60.0]"
+AUTO_HOURS = 'bounds = "auto"\nrange = [0.0, 60.0]'
+HOURS_SCALE = 2**20
+"""The fixed-point scale of ``hours`` in [0, 60] (``engine.plan.FixedPoint``): k units are k / HOURS_SCALE hours."""
+
+
+def with_auto_hours(policies: Path, name: str = "shifts") -> Path:
+    """Make ``hours`` (``tests.conftest.POLICY_TEMPLATE``) a ``bounds = "auto"`` column in the same range [0, 60]."""
+    path = policies / f"{name}.toml"
+    text = path.read_text(encoding="utf-8")
+    assert text.count(FIXED_HOURS) == 1
+    path.write_text(text.replace(FIXED_HOURS, AUTO_HOURS), encoding="utf-8")
+    return policies
 
 
 def aggregate_query(group_by: str, aggregates: tuple[str, ...], where: str = "") -> str:

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from tests.bounds_pools import heavy_tail_pool, truncation_pool
+from tests.bounds_pools import heavy_tail_pool, truncation_pool, with_auto_hours
 
 runner = CliRunner()
 QUERY = "SELECT region, COUNT(*) AS n, SUM(hours) AS h, AVG(age) FROM shifts WHERE age >= 25 GROUP BY region ORDER BY n DESC"
@@ -223,6 +223,17 @@ def test_auto_bounds_print_the_bounds_chosen_and_their_bias(dataset: Callable[..
     )
     code, out, _ = _run(policies, "query", "--dataset", "shifts", "--epsilon", "1", BIAS_QUERY + " WHERE age > 0")
     assert code == 0 and "bias −" in out and "contribution bounds: max_groups = 1, max_rows_per_group = " in out
+
+
+def test_auto_value_bounds_are_in_the_json_result(dataset: Callable[..., Path]) -> None:
+    """Every member's hours are 8.0 in a range of [0, 60]: the bound chosen keeps them, under the range's top."""
+    policies = with_auto_hours(dataset(heavy_tail_pool(), epsilon=3.0, max_epsilon_per_query=1.0))
+    sql = "SELECT SUM(hours) AS h FROM shifts"
+    code, out, _ = _run(policies, "query", "--dataset", "shifts", "--epsilon", "1", "--format", "json", sql)
+    document = json.loads(out)
+    assert code == 0 and set(document["value_bounds"]) == {"hours"}
+    low, high = document["value_bounds"]["hours"]
+    assert low == 0.0 and 8.0 <= high < 60.0 and set(document["bias"]) == {"h"}
 
 
 def test_explain_bias_at_row_level_exits_2_and_charges_nothing(dataset: Callable[..., Path]) -> None:

@@ -70,7 +70,8 @@ MAIN_DATASETS: dict[str, dict[str, object]] = {
         "epsilon": 100.0,
         "max_epsilon_per_query": 1.0,
         "privacy": 'unit = "member_id"\nmax_groups = "auto"\nmax_rows_per_group = "auto"\nauto_limit = 256',
-        "frame": heavy_tail_pool(),
+        "extra": '[columns.pay]\ntype = "float"\nbounds = "auto"\nrange = [0.0, 1000.0]\n',
+        "frame": heavy_tail_pool().with_columns(pl.lit(20.0).alias("pay")),
     },
 }
 

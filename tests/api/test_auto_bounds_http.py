@@ -1,5 +1,6 @@
-"""Contribution bounds over HTTP: ``explain_bias`` in the request, ``bounds`` and ``bias`` in the response and the
-client, the bounds a query chose in the public transparency log (a real server: ``tests/api/conftest.py``)."""
+"""Contribution bounds over HTTP: ``explain_bias`` in the request, ``bounds``, ``value_bounds`` and ``bias`` in the
+response and the client, the bounds a query chose in the public transparency log (a real server:
+``tests/api/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,28 @@ def test_auto_bounds_show_in_the_response_the_stored_release_and_the_transparenc
     assert result.query_id not in response.text and "bias" not in response.text
 
 
+def test_auto_value_bounds_show_in_the_response_the_client_and_the_transparency_log(
+    server: LiveServer, buyer: BuyerClient
+) -> None:
+    """Every member's pay is 20.0 in a range of [0, 1000]: the bound chosen keeps it, far under the range's top."""
+    (pay,) = [column for column in buyer.dataset("auto").columns if column.name == "pay"]
+    assert (pay.bounds, pay.range) == ("auto", (0.0, 1000.0))
+    sql = "SELECT SUM(pay) AS p, AVG(pay) AS a FROM auto"
+    response = buyer.http.post("/v1/queries", json={"dataset": "auto", "sql": sql, "epsilon": 1.0})
+    assert response.status_code == 201
+    document = response.json()
+    low, high = document["value_bounds"]["pay"]
+    assert low == 0.0 and 20.0 <= high < 100.0
+    assert set(document["bias"]) == {"p", "a"} and document["bias"]["a"] < 0.05
+    result = buyer.query("auto", sql + " WHERE age > 0", epsilon=1.0)
+    assert set(result.value_bounds) == {"pay"} and 20.0 <= result.value_bounds["pay"][1] < 100.0
+    assert result.rows[0][1] == pytest.approx(20.0, abs=2.0)
+    with server.client() as public:
+        entries = {entry.sql: entry for entry in public.transparency("auto").releases if entry.buyer == buyer.name}
+    assert entries[sql].bounds is not None and entries[sql].bounds["value_bounds"] == document["value_bounds"]
+    assert entries[sql].bounds["max_rows_per_group"] == document["bounds"]["max_rows_per_group"]
+
+
 def test_auto_bounds_with_accuracy_targets_are_refused_for_free(server: LiveServer, buyer: BuyerClient) -> None:
     with server.client() as public:
         before = public.transparency("auto")
@@ -75,8 +98,11 @@ def test_the_client_reads_bounds_and_bias() -> None:
         "query_id": "q_1", "dataset": "d", "buyer": None, "columns": ["n"], "rows": [[1]], "accuracy": {"n": 1.0},
         "cost": {"epsilon": 1.0, "delta": 0.0}, "remaining": {"epsilon": 1.0, "delta": 0.0}, "cached": False,
         "bounds": {"max_groups": 2, "max_rows_per_group": 16}, "bias": {"n": 0.125},
+        "value_bounds": {"pay": [0.0, 70.5]},
     }  # fmt: skip
     result = QueryResult.from_dict(document)
     assert result.bounds == {"max_groups": 2, "max_rows_per_group": 16} and result.bias == {"n": 0.125}
-    del document["bounds"], document["bias"]
-    assert QueryResult.from_dict(document).bounds == {} and QueryResult.from_dict(document).bias == {}
+    assert result.value_bounds == {"pay": [0.0, 70.5]}
+    del document["bounds"], document["bias"], document["value_bounds"]
+    bare = QueryResult.from_dict(document)
+    assert bare.bounds == {} and bare.bias == {} and bare.value_bounds == {}

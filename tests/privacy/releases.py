@@ -17,15 +17,16 @@ the observables read what does not depend on that member's random choice.
 A query with a member profile (``"auto"`` bounds, or ``explain_bias``) is
 drawn whole by :class:`WholeRelease`: each draw runs the engine's own
 ``Engine._answer`` after the one real charge (the profile noised, the bounds
-chosen from it or their bias estimated, the plan calibrated at them, the
-answer noised), over a backend that reads each exact result once.
+chosen from it, contribution and clamp bounds, or their bias estimated, the
+plan calibrated at them, the answer noised), over a backend that reads each
+exact result once per bounds.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,11 @@ import numpy as np
 from engine import Engine
 from engine.accounting import Cost, PrivacyRequest
 from engine.backends.base import ExactAggregates, MemberProfile
-from engine.bounds_choice import column_shares, contribution_bounds
+from engine.bounds_choice import column_shares, contribution_bounds, value_bounds
 from engine.engine import Ask
 from engine.ledger import ChargeReceipt
 from engine.mechanisms import calibrate, release
-from engine.plan import Contribution, QueryPlan
+from engine.plan import Contribution, FixedPoint, QueryPlan
 from engine.planner import plan_query
 from engine.postprocess import Value, build_table
 from engine.sql import parse
@@ -126,10 +127,17 @@ class Released:
     rows: Sequence[Sequence[Value]]
     bounds: dict[str, int]
     bias: dict[str, float]
+    value_bounds: dict[str, list[float]] = field(default_factory=dict)
+    """The clamp bounds chosen for ``"auto"`` columns."""
 
 
 def rows_by(observe: Observable) -> Callable[[Released], float]:
     return lambda released: observe(released.rows)
+
+
+def chosen_upper(column: str) -> Callable[[Released], float]:
+    """The upper clamp bound chosen for an ``"auto"`` column."""
+    return lambda released: released.value_bounds[column][1]
 
 
 def disclosed_bias(released: Released) -> float:
@@ -139,7 +147,8 @@ def disclosed_bias(released: Released) -> float:
 
 
 class _Cached:
-    """The backend, reading each exact result once: the profile, and the bounded aggregates at each bound chosen.
+    """The backend, reading each exact result once: the profile, and the bounded aggregates at each bound chosen
+    (contribution bounds and clamp bounds).
 
     The audited pools are built so that neither depends on the backend's random choices (see the module's note).
     """
@@ -147,7 +156,7 @@ class _Cached:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         self._profile: MemberProfile | None = None
-        self._exact: dict[Contribution, ExactAggregates] = {}
+        self._exact: dict[tuple[Contribution, tuple[FixedPoint | None, ...]], ExactAggregates] = {}
 
     def profile(self, plan: QueryPlan) -> MemberProfile:
         if self._profile is None:
@@ -155,9 +164,10 @@ class _Cached:
         return self._profile
 
     def execute(self, plan: QueryPlan, seed: int | None = None) -> ExactAggregates:
-        if plan.contribution not in self._exact:
-            self._exact[plan.contribution] = self.backend.execute(plan, seed)
-        return self._exact[plan.contribution]
+        bounds = (plan.contribution, tuple(part.value for part in plan.parts))
+        if bounds not in self._exact:
+            self._exact[bounds] = self.backend.execute(plan, seed)
+        return self._exact[bounds]
 
     def check_schema(self, plan: QueryPlan) -> None:
         self.backend.check_schema(plan)
@@ -203,6 +213,7 @@ class WholeRelease:
                 answer.table.rows,
                 contribution_bounds(answer.plan.contribution),
                 column_shares(answer.plan, answer.choice),
+                value_bounds(answer.plan, answer.choice.uppers),
             )
             observed[draw] = self.observe(released)
         return observed

@@ -25,7 +25,7 @@ from engine.mechanisms import calibrate
 from engine.planner import plan_query
 from engine.policy import load_policy
 from engine.sql import parse
-from tests.bounds_pools import truncation_pool
+from tests.bounds_pools import truncation_pool, with_auto_hours
 from tests.conftest import MEMBER_LEVEL, ROW_LEVEL, small_pool, write_dataset
 from tests.privacy.audit import AuditResult, AuditSizes, audit
 from tests.privacy.releases import (
@@ -34,6 +34,7 @@ from tests.privacy.releases import (
     RepeatedRelease,
     WholeRelease,
     cell_of,
+    chosen_upper,
     column_total,
     disclosed_bias,
     only_cell,
@@ -322,7 +323,11 @@ class WholeCase:
     explain_bias: bool = False
     accounting: str = "pure"
     slow: bool = False
-    """Past ten seconds (each zCDP draw calibrates its bounds): in the slow suite."""
+    """Past ten seconds (each zCDP draw calibrates its bounds, each draw with an "auto" column chooses its bound
+    too): in the slow suite."""
+    auto_hours: bool = False
+    """``hours`` with ``bounds = "auto"`` in [0, 60]: its clamp bound chosen too (the worst member's hours are far
+    above, the others' 8.0)."""
 
 
 WHOLE_CASES = [
@@ -331,6 +336,20 @@ WHOLE_CASES = [
         AuditQuery("SELECT COUNT(*) FROM shifts", 1.0, None, only_cell),
         rows_by(only_cell),
         AUTO_BOUNDS,
+    ),
+    *(  # hours' clamp bound chosen too: observe the sum, or the bound itself
+        WholeCase(
+            name,
+            AuditQuery("SELECT SUM(hours) FROM shifts", 1.0, None, only_cell),
+            observe,
+            AUTO_BOUNDS,
+            auto_hours=True,
+            slow=True,
+        )
+        for name, observe in (
+            ("auto_value_bounds_sum_pure", rows_by(only_cell)),
+            ("auto_value_bound_chosen_pure", chosen_upper("hours")),
+        )
     ),
     WholeCase(
         "explain_bias_count_pure",
@@ -370,6 +389,8 @@ def test_a_whole_query_with_a_member_profile_stays_within_the_charged_epsilon(
     Half the samples of the other audits (each draw chooses bounds and calibrates): the bound holds at any size.
     """
     without, with_worst = write_pools(tmp_path, truncated_neighbours(), case.privacy, case.accounting)
+    for policies in (without, with_worst) if case.auto_hours else ():
+        with_auto_hours(policies)
     samplers = [
         WholeRelease(policies, f"sqlite:///{tmp_path / f'ledger{i}.db'}", case.query, case.observe, case.explain_bias)
         for i, policies in enumerate((without, with_worst))

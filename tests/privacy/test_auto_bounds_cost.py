@@ -3,12 +3,14 @@
 Such a query makes two kinds of release: the member profile (integer-vector
 noise on ``k`` histograms, one count per member in each) and the query's
 parts at the bounds chosen from it. For random policies (``"auto"`` or fixed
-bounds, limits, shares, accounting) and queries, the test runs the engine,
+contribution bounds, ``hours`` with a fixed or an ``"auto"`` clamp bound,
+limits, shares, accounting) and queries, the test runs the engine,
 catches the noise it actually draws (the profile's and the parts' at the
 chosen bounds), and recomputes every loss from OpenDP's own measurements with
 sensitivities it derives itself from the policy, the key sets and the chosen
 bounds (as ``test_charged_cost.py`` does, never with the engine's calibration
-math). Together they must fit the charged (ε, δ) and spend at least 99% of it.
+math; a chosen clamp bound is read from the result's ``value_bounds``).
+Together they must fit the charged (ε, δ) and spend at least 99% of it.
 Then: the profile is read only after the charge, and a refused query is charged nothing.
 """
 
@@ -32,7 +34,7 @@ import engine.engine as engine_module
 from engine import Engine
 from engine.accounting import Accounting, PrivacyRequest
 from engine.backends.polars import PolarsBackend
-from engine.bounds_choice import candidates
+from engine.bounds_choice import candidates, value_candidates, with_value_bounds
 from engine.errors import BudgetExhausted, PolicyViolation
 from engine.ledger import open_ledger
 from engine.mechanisms import NoisePlan, calibrate, part_weights
@@ -41,7 +43,7 @@ from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
 from engine.sql import parse
-from tests.bounds_pools import aggregate_query
+from tests.bounds_pools import HOURS_SCALE, aggregate_query
 from tests.conftest import ROW_LEVEL, small_pool, write_dataset
 from tests.privacy.test_charged_cost import KEY_SETS, RELATIVE, Setting, epsilon_of_rho, recompute
 
@@ -57,6 +59,7 @@ AGGREGATES = (
     "VAR_POP(hours)",
 )
 BOUND = st.one_of(st.just("auto"), st.integers(1, 5))
+HOURS_RANGE = (0.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class AutoSetting:
     weights: tuple[float, ...] | None = None
     pick: float = 0.5
     """Which other candidate bounds to calibrate at too (a fraction of the way through the list)."""
+    auto_hours: bool = False
+    """``hours`` with ``bounds = "auto"`` in its range [0, 60] (else fixed at [0, 60])."""
 
     @property
     def weights_by_column(self) -> dict[str, float] | None:
@@ -87,7 +92,14 @@ class AutoSetting:
 
     @property
     def auto(self) -> bool:
-        return "auto" in (self.max_groups, self.max_rows_per_group)
+        """Whether the engine chooses bounds for this query (contribution bounds, or a column's clamp bound)."""
+        return "auto" in (self.max_groups, self.max_rows_per_group) or bool(self.auto_columns)
+
+    @property
+    def auto_columns(self) -> tuple[str, ...]:
+        """The ``"auto"`` columns whose values the query sums or ranks (a variance keeps the range)."""
+        reads = {"SUM(hours)", "MEDIAN(hours)"} & set(self.aggregates)
+        return ("hours",) if self.auto_hours and reads and "VAR_POP(hours)" not in self.aggregates else ()
 
     def at(self, bounds: dict[str, int]) -> Setting:
         """The fixed-bounds setting of ``test_charged_cost`` the query ran with."""
@@ -122,6 +134,7 @@ def auto_settings(draw: st.DrawFn) -> AutoSetting:
         explain_bias=draw(st.booleans()) or "auto" not in (max_groups, max_rows),
         weights=tuple(draw(st.sampled_from([1.0, 3.0, 0.25])) for _ in aggregates) if weighted else None,
         pick=draw(st.floats(min_value=0.0, max_value=1.0, exclude_max=True)),
+        auto_hours=draw(st.booleans()),
     )
 
 
@@ -139,10 +152,14 @@ def policy_for(base: Policy, setting: AutoSetting) -> Policy:
         "auto_limit": setting.auto_limit,
         "auto_share": setting.auto_share,
     }
+    columns = dict(base.columns)
+    if setting.auto_hours:
+        columns["hours"] = columns["hours"].model_copy(update={"bounds": "auto", "range": HOURS_RANGE})
     return base.model_copy(
         update={
             "privacy": base.privacy.model_copy(update=privacy),
             "budget": base.budget.model_copy(update={"accounting": setting.accounting}),
+            "columns": columns,
         }
     )
 
@@ -182,9 +199,10 @@ def drawn_noise() -> Iterator[Drawn]:
 
 
 def profile_loss(setting: AutoSetting, noise: ProfileNoise) -> float:
-    """ε or ρ of the profile by OpenDP's map: one count in each of its histograms (three when grouped per group)."""
-    histograms = 3 if setting.group_by else 1
-    assert len(noise.statistics) == histograms
+    """ε or ρ of the profile by OpenDP's map: one count in each of its histograms (rows; groups and fullest when
+    grouped per group; a value histogram per ``"auto"`` column read)."""
+    histograms = (3 if setting.group_by else 1) + len(setting.auto_columns)
+    assert len(noise.histograms) == histograms
     domain = dp.vector_domain(dp.atom_domain(T="i64"))
     if setting.accounting == "pure":
         return float(dp.m.make_laplace(domain, dp.l1_distance(T="i64"), scale=noise.scale).map(histograms))
@@ -228,6 +246,13 @@ DISTINCT_WEIGHTED = AutoSetting(
     "zcdp", "auto", "auto", 16, 0.05, "member_flag", ("COUNT(DISTINCT member_id)", "SUM(hours)"), 2.0, 1e-8, True,
     (3.0, 0.25),
 )  # fmt: skip
+AUTO_HOURS_FIXED = AutoSetting(
+    "pure", 2, 3, 1024, 0.1, "region", ("SUM(hours)", "COUNT(*)"), 1.0, 1e-6, False, auto_hours=True
+)
+AUTO_HOURS_PRIVATE = AutoSetting(
+    "zcdp", "auto", "auto", 100, 0.5, "city", ("MEDIAN(hours)", "AVG(age)"), 0.5, 1e-6, False, pick=0.9,
+    auto_hours=True,
+)  # fmt: skip
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -235,6 +260,8 @@ DISTINCT_WEIGHTED = AutoSetting(
 @example(PRIVATE_ZCDP)
 @example(FIXED_EXPLAINED)
 @example(DISTINCT_WEIGHTED)
+@example(AUTO_HOURS_FIXED)
+@example(AUTO_HOURS_PRIVATE)
 @given(setting=auto_settings())
 def test_the_charge_covers_the_profile_and_the_parts_at_the_chosen_bounds(
     base_policy: Policy, setting: AutoSetting
@@ -246,13 +273,18 @@ def test_the_charge_covers_the_profile_and_the_parts_at_the_chosen_bounds(
         assert {receipt.cost for receipt in drawn.receipts} == {charged} == {result.cost}
         assert result.cost.epsilon == Decimal(repr(setting.epsilon))
         chosen = setting.at(result.bounds)
-        if setting.auto:
-            for name, value in result.bounds.items():
-                fixed = getattr(setting, name)
-                assert value == fixed if fixed != "auto" else 1 <= value <= setting.auto_limit
-        else:
-            assert result.bounds == {"max_groups": setting.max_groups, "max_rows_per_group": setting.max_rows_per_group}
+        for name, value in result.bounds.items():
+            fixed = getattr(setting, name)
+            assert value == fixed if fixed != "auto" else 1 <= value <= setting.auto_limit
         plan = plan_query(parse(setting.sql), policy_for(base_policy, setting))
+        assert (plan.auto_bounds.columns if plan.auto_bounds else ()) == setting.auto_columns
+        assert set(result.value_bounds) == set(setting.auto_columns)
+        for part_noise in parts.parts:  # the parts ran clamped at the bound the result discloses, inside the range
+            value = part_noise.part.value
+            if value is not None and value.column in setting.auto_columns:
+                low, high = result.value_bounds[value.column]
+                assert low == HOURS_RANGE[0] and 0 < high <= HOURS_RANGE[1]
+                assert value.scale == HOURS_SCALE and value.lower == 0 and value.upper == high * HOURS_SCALE
         recomputed = recompute(chosen, plan, parts)
         from_profile = profile_loss(setting, profile)
         total = recomputed.loss + from_profile
@@ -262,12 +294,18 @@ def test_the_charge_covers_the_profile_and_the_parts_at_the_chosen_bounds(
         if setting.auto:  # any other bounds the choice might have made (on this small pool it often takes the least)
             found = candidates(plan, Accounting(setting.accounting))
             other = found[int(setting.pick * len(found))]
+            uppers = {}
+            for column in setting.auto_columns:
+                values = value_candidates(plan, column)
+                uppers[column] = values[int(setting.pick * len(values))]
+                assert 0 < uppers[column] <= HOURS_RANGE[1] * HOURS_SCALE
             request = PrivacyRequest.validate(setting.epsilon, setting.delta, policy_for(base_policy, setting).budget)
             weights = part_weights(plan, setting.weights_by_column) if setting.weights_by_column else None
-            noise = calibrate(replace(plan, contribution=other), request, weights, profile.loss)
+            bounded = with_value_bounds(replace(plan, contribution=other), uppers)
+            noise = calibrate(bounded, request, weights, profile.loss)
             assert noise.cost == charged
             bounds = {"max_groups": other.max_groups, "max_rows_per_group": other.max_rows_per_group}
-            again = recompute(setting.at(bounds), plan, noise)
+            again = recompute(setting.at(bounds), bounded, noise)
             assert again.loss + from_profile == pytest.approx(noise.loss, rel=1e-6)
             assert_fits_and_spends_the_request(setting, again.loss + from_profile, again.threshold_delta)
     finally:
