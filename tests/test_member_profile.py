@@ -432,35 +432,55 @@ def fixed_noise(mode: Mode, scale: float, values: list[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("mode", [PURE, ZCDP], ids=["pure", "zcdp"])
-def test_dense_counts_are_lowered_by_the_noises_mean_size_and_floored_at_zero(
-    mode: Mode, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Read as released, the noise in the many empty bins of busy members would show phantom rows: every count of a
-    contribution histogram is lowered by the noise's mean absolute size (negative ones read as 0), none is cut off."""
-    monkeypatch.setattr("engine.member_profile.add_vector_noise", fixed_noise)
+def test_dense_counts_fit_a_non_increasing_tail(mode: Mode) -> None:
+    """Read as released, the noise in the many empty bins of busy members would show phantom rows. Below the fullest
+    bin every count is lowered by the noise's mean size; above it the counts are fitted non-increasing (adjacent bins
+    that break it pooled), each pooled run keeps its count less the mean size times √(its bins), shared among its bins
+    as released, and nothing is negative."""
     noise = ProfileNoise.fitted(mode, CONTRIBUTION, 0.1)
-    assert noise.shrinkage() == SHRINKAGE * mode.mean_error(noise.scale) > 2
+    mean = SHRINKAGE * mode.mean_error(noise.scale)
+    assert mean > 2
+    big = 100 * mean
+    # a real tail, decreasing bin by bin: each bin its own run, lowered by the mean size
+    falling = [big, big / 2, big / 4, big / 8]
+    assert noise.dense_counts(falling) == pytest.approx([count - mean for count in falling])
+    # below the fullest bin: lowered and floored
+    rising = [mean / 2, big / 2, big]
+    assert noise.dense_counts(rising) == pytest.approx([0.0, big / 2 - mean, big - mean])
+    # a cluster of busy members above empty bins stays in its bin, less the run's allowance
+    cluster = [big, 0, 0, 0, big / 4]
+    fitted = noise.dense_counts(cluster)
+    assert fitted[:4] == pytest.approx([big - mean, 0, 0, 0]) and fitted[4] == pytest.approx(big / 4 - 2 * mean)
+    # an empty tail of noise: never negative, and its phantoms are fewer than the noise released there
+    tail = [math.floor(big), *(OFFSETS * 4)]
+    fitted = noise.dense_counts(tail)
+    assert min(fitted) >= 0.0
+    assert math.fsum(fitted[1:]) <= max(math.fsum(OFFSETS * 4), 0) + max(OFFSETS)
+    assert math.fsum(fitted[1:]) < math.fsum(max(offset, 0) for offset in OFFSETS * 4)
+
+
+def test_release_reads_dense_histograms_through_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``release`` returns for a contribution histogram is ``dense_counts`` of its noisy window."""
+    monkeypatch.setattr("engine.member_profile.add_vector_noise", fixed_noise)
+    noise = ProfileNoise.fitted(PURE, CONTRIBUTION, 0.1)
     released = release(noise, EXACT, ChargeReceipt("q", COST), COST)
     start = 0
     for histogram in CONTRIBUTION:
         exact = _binned(histogram, EXACT.members[histogram.name])
-        drawn = fixed_noise(mode, noise.scale, [0] * (start + len(exact)))[start:]
-        expected = tuple(
-            max(count + offset - noise.shrinkage(), 0.0) for count, offset in zip(exact, drawn, strict=True)
-        )
-        assert released.counts[histogram.name] == pytest.approx(expected), histogram.name
-        assert any(0 < count < noise.shrinkage() for count in drawn), "some noise alone is shrunk to 0"
+        drawn = fixed_noise(PURE, noise.scale, [0] * (start + len(exact)))[start:]
+        window = [count + offset for count, offset in zip(exact, drawn, strict=True)]
+        assert released.counts[histogram.name] == pytest.approx(noise.dense_counts(window)), histogram.name
         start += len(exact)
-    assert released.counts[TOTAL][-1] == 0.0 and released.counts[TOTAL][0] == pytest.approx(5_005 - noise.shrinkage())
 
 
 @pytest.mark.parametrize("mode", [PURE, ZCDP], ids=["pure", "zcdp"])
 def test_the_shrinkage_is_the_mean_size_of_the_noise_drawn(mode: Mode) -> None:
-    """OpenDP's integer noise at the profile's scale: its mean absolute value is what dense counts are lowered by."""
+    """OpenDP's integer noise at the profile's scale: its mean absolute value is what dense counts are lowered by
+    (``Mode.mean_error``)."""
     noise = ProfileNoise.fitted(mode, CONTRIBUTION, 0.1)
     drawn = add_vector_noise(mode, noise.scale, [0] * 20_000)
     mean = sum(abs(value) for value in drawn) / len(drawn)
-    assert mean == pytest.approx(noise.shrinkage(), rel=0.05)
+    assert mean == pytest.approx(mode.mean_error(noise.scale), rel=0.05)
 
 
 def test_a_value_histogram_is_zeroed_above_the_highest_occupied_bin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -477,7 +497,8 @@ def test_a_value_histogram_is_zeroed_above_the_highest_occupied_bin(monkeypatch:
     assert len(counts) == len(HOURS.edges)
     assert counts[:11] == (5.0,) * 3 + (2_005.0,) + (5.0,) * 6 + (1_505.0,)
     assert set(counts[11:]) == {0.0}
-    assert released.counts[TOTAL][0] == pytest.approx(5_005 - noise.shrinkage()), "the rows histogram is dense"
+    shrunk = SHRINKAGE * PURE.mean_error(noise.scale)
+    assert released.counts[TOTAL][0] == pytest.approx(5_005 - shrunk), "the rows histogram is dense"
     assert released.counts[TOTAL][-1] == 0.0, "5 on an empty dense bin is shrunk to 0, not zeroed above a top"
 
 
@@ -525,4 +546,5 @@ def test_the_released_counts_spread_as_the_noise_scale_says(mode: Mode) -> None:
     spread = math.sqrt(sum((count - mean) ** 2 for count in released) / (len(released) - 1))
     expected = noise.scale * (math.sqrt(2) if mode is PURE else 1.0)  # discrete Laplace: about √2 · scale
     assert 0.75 * expected < spread < 1.25 * expected
-    assert abs(mean - (100_000 - noise.shrinkage())) < 5 * expected / math.sqrt(len(released))
+    shrunk = SHRINKAGE * mode.mean_error(noise.scale)
+    assert abs(mean - (100_000 - shrunk)) < 5 * expected / math.sqrt(len(released))
