@@ -54,6 +54,8 @@ QUANTILE_RANK_FACTOR = math.log(INTERVALS / ALPHA)
 """A quantile misses by about its noise scale times this many rows of rank (the union bound over its candidates)."""
 DISCLOSED_SPAN = 8
 """With fixed bounds, the profile's bins reach this many times the bound (beyond, one bin)."""
+SAMPLE_RANK_SPREAD = 0.5
+"""A sample quantile's rank wanders by about this over √(values): why a quantile wants more than one value a member."""
 ROUNDS = 2
 """Turns of choosing the contribution bound given the value bounds, then each value bound given the rest."""
 
@@ -375,6 +377,8 @@ class _Model:
             clamped = self.clamped(part.column or "", upper) if upper is not None else 0.0
             if part.kind is ir.PartKind.QUANTILE:
                 share = scale * QUANTILE_RANK_FACTOR * groups / rows
+                kept = max(rows * (1 - rows_share) / groups, 1.0)
+                share += SAMPLE_RANK_SPREAD / math.sqrt(kept)  # fewer values kept: a quantile of a smaller sample
                 if upper is not None and part.alpha is not None:  # a bound near the quantile may clamp it
                     assert part.value is not None
                     share += max(self.above(part.column or "", upper) - (1 - part.alpha) / 4, 0.0)
