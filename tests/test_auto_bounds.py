@@ -343,7 +343,9 @@ def test_an_average_discloses_only_what_clamping_removes(tmp_path: Path) -> None
     finally:
         engine.close()
     assert result.bias["a"] == result.bias["g"] == 0.0
-    assert result.bias["n"] == result.bias["h"] == pytest.approx(exact_share(pool, 1, 10), abs=0.05)
+    # the count and the sum disclose the same rows dropped; how close that is to the truth is tracked above
+    assert result.bias["n"] == result.bias["h"]
+    assert abs(result.bias["n"] - exact_share(pool, 1, 10)) < 2 * TRACKING
 
 
 def test_the_shares_of_a_choice_per_column(tmp_path: Path) -> None:
