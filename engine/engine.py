@@ -12,23 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-
-from sqlglot import exp
 
 from engine.accounting import EXACT, ChargeReceipt, Cost, PrivacyRequest, budget_of, exact
 from engine.accuracy_targets import choose, part_targets
 from engine.backends import BACKENDS, Backend
 from engine.bounds_choice import (
-    Choice,
     choose_bounds,
     column_shares,
     contribution_bounds,
     disclosed,
-    largest,
-    profiled_histograms,
     value_bounds,
     with_value_bounds,
 )
@@ -57,16 +52,16 @@ from engine.ledger import (
     StoredRelease,
     open_ledger,
 )
-from engine.mechanisms import MODES, NoisePlan, calibrate, part_weights, release, request_loss
-from engine.member_profile import ProfileNoise
+from engine.mechanisms import NoisePlan, calibrate, part_weights, release
 from engine.member_profile import release as release_profile
 from engine.plan import QueryPlan
 from engine.planner import plan_query
 from engine.policy import Policy, load_policies
-from engine.postprocess import Table, build_table, rank_accuracy
 from engine.postprocess import accuracy as column_accuracy
+from engine.postprocess import build_table, rank_accuracy
+from engine.profiling import AUTO_DRY_RUN_NOTE, calibrated_at_every_limit, profile_noise
+from engine.query_state import Answer, Ask, BudgetStatus, Caller, PlannedQuery
 from engine.result import Result
-from engine.sensitivity import check_no_overflow
 from engine.sql import normalised, parse
 
 DEFAULT_LEDGER_NAME = "coopdp.db"
@@ -77,68 +72,6 @@ IN_FLIGHT_WAIT_S = 60.0
 def default_ledger_url(policies: Path) -> str:
     """``sqlite:///`` beside the policies directory."""
     return f"sqlite:///{(policies.resolve().parent / DEFAULT_LEDGER_NAME)}"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks: a buyer (None for the operator), their purpose, and the policy's quota for them."""
-
-    name: str | None
-    purpose: str | None
-    quota: Quota
-
-
-@dataclass(frozen=True)
-class PlannedQuery:
-    """A query as far as it goes before any data is read: checked, planned and calibrated, nothing charged.
-
-    With a ``profile`` (bounds chosen per query, or their bias disclosed) the
-    plan's noise is calibrated at the largest bounds the choice may make, and
-    again at the chosen ones once the profile is released.
-    """
-
-    policy: Policy
-    caller: Caller
-    statement: exp.Select
-    plan: QueryPlan
-    noise: NoisePlan
-    request: PrivacyRequest
-    weights: tuple[float, ...] | None = None
-    profile: ProfileNoise | None = None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What a charged query released: its table, and the plan and noise it ran with (bounds chosen or not)."""
-
-    table: Table
-    plan: QueryPlan
-    noise: NoisePlan
-    choice: Choice | None
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What a query asks to spend: an ε (split evenly or by ``weights``), or ``accuracy`` targets that choose it."""
-
-    epsilon: float | None
-    delta: float | None
-    weights: Mapping[str, float] | None
-    accuracy: Mapping[str, float] | None
-    explain_bias: bool = False
-    """Release an estimate of what bounding removes (a share of the query's ε; always so with ``"auto"`` bounds)."""
-
-
-@dataclass(frozen=True)
-class BudgetStatus:
-    dataset: str
-    accounting: str
-    budget: Cost
-    spent: Cost
-
-    @property
-    def remaining(self) -> Cost:
-        return self.budget - self.spent
 
 
 class Engine:
@@ -345,9 +278,11 @@ class Engine:
         statement = parse(sql)
         plan = plan_query(statement, policy, consent_column=policy.consent_column(caller.purpose))
         weights = part_weights(plan, ask.weights) if ask.weights else None
-        profile = _profile_noise(policy, plan, request, ask)
+        profile = profile_noise(
+            policy, plan, request, explain_bias=ask.explain_bias, accuracy_targets=ask.accuracy is not None
+        )
         if profile is not None:
-            noise = _calibrated_at_every_limit(plan, request, weights, profile.loss)
+            noise = calibrated_at_every_limit(plan, request, weights, profile.loss)
         elif ask.accuracy is None:
             noise = calibrate(plan, request, weights)
         else:
@@ -497,47 +432,6 @@ class Engine:
 
     def close(self) -> None:
         self.ledger.close()
-
-
-AUTO_DRY_RUN_NOTE = (
-    "contribution bounds are chosen when the query runs (auto): the accuracy shown is at the largest bounds it may "
-    "choose; the answer's will be as good or better"
-)
-
-
-def _profile_noise(policy: Policy, plan: QueryPlan, request: PrivacyRequest, ask: Ask) -> ProfileNoise | None:
-    """The member profile's noise, when bounds are chosen per query or their bias is asked for; else None.
-
-    It spends the policy's ``auto_share`` of the request's loss; the query's parts get the rest.
-    """
-    if plan.auto_bounds is None and not ask.explain_bias:
-        return None
-    if plan.contribution.unit_column is None and plan.auto_bounds is None:
-        raise PolicyViolation("explain_bias is for member-level datasets: at row level bounding removes no rows")
-    if ask.accuracy is not None:
-        raise PolicyViolation(
-            "accuracy targets need fixed contribution bounds: give epsilon (this query's bounds are chosen by DP "
-            "when it runs, or their bias is estimated)"
-        )
-    loss = policy.privacy.auto_share * request_loss(plan, request)
-    return ProfileNoise.fitted(MODES[request.accounting], profiled_histograms(plan, request.accounting), loss)
-
-
-def _calibrated_at_every_limit(
-    plan: QueryPlan, request: PrivacyRequest, weights: tuple[float, ...] | None, reserved: float
-) -> NoisePlan:
-    """The plan's noise beside the profile's loss; with ``"auto"`` bounds, checked at each mode's largest bounds.
-
-    Whatever the choice after the charge, its bounds are at most these: its
-    plan cannot overflow and its noise calibrates (a smaller sensitivity only needs less noise).
-    """
-    noise = calibrate(plan, request, weights, reserved)
-    if plan.auto_bounds is not None:
-        for contribution in largest(plan, request.accounting):
-            bounded = replace(plan, contribution=contribution)
-            check_no_overflow(bounded)
-            calibrate(bounded, request, weights, reserved)
-    return noise
 
 
 def _capped(left: Decimal, quota: Decimal | None, spent_by_buyer: Decimal) -> Decimal:
