@@ -250,6 +250,8 @@ def column_shares(plan: ir.QueryPlan, choice: Choice) -> dict[str, float]:
     """
     shares = {}
     for column in plan.output:
+        if not isinstance(column.expr, ir.AggRef):
+            continue  # arithmetic of aggregates (SUM(x) / COUNT(*)): dropped rows move both sides; no share says it
         parts = [plan.parts[index] for index in plan.parts_of(column.expr)]
         if not parts or any(part.kind is ir.PartKind.QUANTILE for part in parts):
             continue  # a quantile reads a sample of each member's values: fewer rows, not a lower value

@@ -348,6 +348,14 @@ def test_an_average_discloses_only_what_clamping_removes(tmp_path: Path) -> None
     assert abs(result.bias["n"] - exact_share(pool, 1, 10)) < 2 * TRACKING
 
 
+def test_arithmetic_of_aggregates_discloses_no_share(tmp_path: Path) -> None:
+    """``SUM(x) / COUNT(*)``: dropped rows lower both sides, so no share of either says how the ratio moved."""
+    policy = load_policy(with_auto_hours(write_dataset(tmp_path, truncation_pool(1, 0, 0))) / "shifts.toml")
+    plan = plan_query(parse("SELECT COUNT(*) AS n, SUM(hours) / COUNT(*) AS per_row FROM shifts"), policy)
+    choice = Choice(plan.contribution, 0.5, 0.0, {}, {})
+    assert column_shares(plan, choice) == {"n": 0.5}
+
+
 def test_the_shares_of_a_choice_per_column(tmp_path: Path) -> None:
     """Rows dropped and value mass clamped compose for a sum; an average keeps clamping's only; a count the rows'."""
     policy = load_policy(with_auto_hours(write_dataset(tmp_path, truncation_pool(1, 0, 0))) / "shifts.toml")
