@@ -153,8 +153,10 @@ class NoisyProfile:
     histograms: dict[str, Histogram]
 
     def members(self) -> float:
-        """About how many members the query's rows belong to."""
-        return max(math.fsum(self.counts[TOTAL]), 1.0)
+        """About how many members the query's rows belong to (at row level, rows: each counted once in a value
+        histogram, the only kind a row-level profile has)."""
+        counted = self.counts[TOTAL] if TOTAL in self.counts else max(self.counts.values(), key=math.fsum, default=())
+        return max(math.fsum(counted), 1.0)
 
     def total(self, statistic: str) -> float:
         """About the sum of ``statistic`` over members (rows: the query's rows)."""

@@ -162,3 +162,16 @@ def test_one_member_moves_one_count_of_the_value_histogram(
     moved = sum(abs(a - b) for a, b in zip(*histograms, strict=True))
     assert moved <= 1
     assert math.isclose(sum(histograms[1]) - sum(histograms[0]), moved)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT city, SUM(pay) AS s FROM shifts GROUP BY city", "SELECT city, AVG(pay) AS a FROM shifts GROUP BY city"],
+)
+def test_row_level_auto_values_with_private_keys_answer(tmp_path: Path, sql: str) -> None:
+    """At row level the profile holds only value histograms: choosing with private keys must not need a member count
+    (it failed after the charge with a KeyError)."""
+    policies = write_dataset(tmp_path, pool_with_pay(300), privacy='unit = "row"', extra=AUTO_PAY)
+    engine = Engine.from_policies(policies, ledger=f"sqlite:///{tmp_path / 'ledger.db'}")
+    result = engine.query("shifts", sql, epsilon=1.0, delta=1e-6)
+    assert 0 < result.value_bounds["pay"][1] <= 100_000
