@@ -61,8 +61,8 @@ class Histogram:
 
 def contribution_histogram(name: str, limit: int) -> Histogram:
     """Bins of a contribution statistic: every edge up to ``limit`` (the largest bound a choice may make), and the
-    rest above it in one bin. Every bin is read as released (negative counts as 0): a thin tail of busy members
-    holds many rows, and only bins this few keep its noise small enough to see it."""
+    rest above it in one bin: a thin tail of busy members holds many rows, and only bins this few keep its noise
+    small enough to see it (``ProfileNoise.dense_counts`` reads them)."""
     edges = tuple(sorted({*(edge for edge in EDGES if edge < limit), limit}))
     return Histogram(name, edges, limit * math.sqrt(2))
 
